@@ -1,0 +1,97 @@
+//! Hashing: file hashes, the artifact content hash and the artifact key.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::manifest::FileEntry;
+use crate::{IoContext, Result, STORE_FORMAT};
+
+/// blake3 of a file's bytes, as lower-case hex. Large files are memory-mapped and hashed on all
+/// cores.
+pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path).at(path)?;
+    let size = std::fs::metadata(path).at(path)?.len();
+    Ok((size, hasher.finalize().to_hex().to_string()))
+}
+
+/// The content hash of an artifact: blake3 over its sorted file list (path, size, file hash).
+/// The manifest itself is not part of it, so two runs that write the same bytes agree.
+pub fn content_hash(files: &[FileEntry]) -> String {
+    let mut sorted: Vec<&FileEntry> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"ft-artifact-content/v1\n");
+    for f in sorted {
+        hasher.update(f.path.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(f.size.to_string().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(f.blake3.as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+/// Canonical JSON text of a value: object keys sorted (serde_json's default map is ordered), no
+/// whitespace, floats in their shortest round-trip form. Parameters go through their typed struct
+/// before this, so `2e-5`, `0.00002` and `2.0e-5` all give the same text.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    // `Value`'s maps are BTreeMaps (no `preserve_order` feature anywhere in the workspace), so
+    // serializing sorts keys recursively.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The key of an artifact: blake3 over the store format, stage name, code version, canonical
+/// parameters and the content hashes of the inputs (by input name), as 32 hex digits.
+pub fn compute_key(
+    stage: &str,
+    code_version: &str,
+    params: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+) -> String {
+    let doc = serde_json::json!({
+        "format": STORE_FORMAT,
+        "stage": stage,
+        "code_version": code_version,
+        "params": params,
+        "inputs": inputs,
+    });
+    let text = canonical_json(&doc);
+    let hash = blake3::hash(text.as_bytes()).to_hex();
+    hash[..32].to_string()
+}
+
+/// The first 8 hex digits of a key or hash, for people.
+pub fn short(key: &str) -> &str {
+    &key[..key.len().min(8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_ignores_key_order_and_changes_with_every_part() {
+        let inputs: BTreeMap<String, String> = [("download".to_string(), "abc".to_string())].into();
+        let a = compute_key("tokenize", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs);
+        let b = compute_key("tokenize", "1-x", &json!({"b": {"x": 0.00001, "y": 2.5}, "a": 1}), &inputs);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, compute_key("train", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
+        assert_ne!(a, compute_key("tokenize", "1-y", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
+        assert_ne!(a, compute_key("tokenize", "1-x", &json!({"a": 2, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
+        let other: BTreeMap<String, String> = [("download".to_string(), "abd".to_string())].into();
+        assert_ne!(a, compute_key("tokenize", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &other));
+    }
+
+    #[test]
+    fn content_hash_is_order_free_and_sensitive() {
+        let f = |p: &str, h: &str| FileEntry { path: p.into(), size: 3, blake3: h.into() };
+        let a = content_hash(&[f("a", "1"), f("b", "2")]);
+        assert_eq!(a, content_hash(&[f("b", "2"), f("a", "1")]));
+        assert_ne!(a, content_hash(&[f("a", "1"), f("b", "3")]));
+        assert_ne!(a, content_hash(&[f("a", "1"), f("c", "2")]));
+    }
+}

@@ -1,0 +1,296 @@
+//! The command line and life cycle every stage binary shares: compute the key, reuse a verified
+//! artifact or run the stage into a staging directory under the key's lock, publish, report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::{compute_key, short};
+use crate::manifest::{InputRef, Manifest};
+use crate::store::{Artifact, Store};
+
+/// Exit code of `--mode lookup` when the artifact is not in the store.
+pub const EXIT_NOT_CACHED: i32 = 3;
+
+/// What a stage invocation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Reuse the artifact if it exists and verifies, else compute and publish it.
+    Run,
+    /// Only report the artifact if it exists (exit code 3 if not); never compute.
+    Lookup,
+    /// Run nothing: say whether the stage would run and what differs from the nearest artifact.
+    Explain,
+}
+
+/// Arguments shared by every `ft-<stage>` binary.
+#[derive(clap::Args, Clone, Debug)]
+pub struct StageArgs {
+    /// The stage's parameters: a YAML (or JSON) file holding the stage's section of a pipeline.
+    #[arg(long, value_name = "FILE")]
+    pub params: PathBuf,
+    /// An input artifact directory, as NAME=DIR (NAME is the upstream stage). Repeatable.
+    #[arg(long = "input", value_name = "NAME=DIR")]
+    pub inputs: Vec<String>,
+    /// The artifact store.
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub store: PathBuf,
+    /// Write the JSON report here instead of printing it on stdout.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Recompute even if a valid artifact exists (it is replaced atomically).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value_t = Mode::Run)]
+    pub mode: Mode,
+}
+
+/// A stage's identity: its name and code version (schema version plus source hash).
+#[derive(Clone, Debug)]
+pub struct StageDef {
+    pub name: &'static str,
+    pub code_version: String,
+    /// The stage crate's version, recorded in the manifest's environment.
+    pub tool_version: &'static str,
+}
+
+/// What one invocation did; printed as one JSON line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub stage: String,
+    pub key: String,
+    pub cached: bool,
+    pub seconds: f64,
+    /// The artifact directory; absent when `lookup` found nothing or `explain` would run.
+    pub artifact: Option<PathBuf>,
+    pub content_hash: Option<String>,
+    /// `explain` only: whether it would run, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub would_run: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// What a stage body gets: where to write, its inputs, and places to report into.
+pub struct Ctx {
+    /// The staging directory: write every output file under it.
+    pub out: PathBuf,
+    pub inputs: BTreeMap<String, Artifact>,
+    /// Extra environment facts for the manifest (libtorch version, device...).
+    pub environment: BTreeMap<String, String>,
+    /// Stage figures for the manifest's `summary`.
+    pub summary: serde_json::Value,
+}
+
+impl Ctx {
+    /// An input by name, or an error saying which inputs were given.
+    pub fn input(&self, name: &str) -> anyhow::Result<&Artifact> {
+        self.inputs.get(name).with_context(|| {
+            format!(
+                "missing input `{name}` (pass --input {name}=DIR); given: {:?}",
+                self.inputs.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+}
+
+fn parse_inputs(specs: &[String]) -> anyhow::Result<BTreeMap<String, Artifact>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let Some((name, dir)) = spec.split_once('=') else {
+            bail!("--input `{spec}`: expected NAME=DIR, for example --input download=data/download/<key>")
+        };
+        let art = Artifact::open(Path::new(dir))
+            .with_context(|| format!("--input {name}: {dir} is not an artifact directory"))?;
+        out.insert(name.to_string(), art);
+    }
+    Ok(out)
+}
+
+/// Flattens a JSON value into dotted paths, for explaining parameter differences.
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&p, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
+}
+
+/// Differences between what this invocation would key on and an existing manifest.
+fn differences(
+    code_version: &str,
+    params: &serde_json::Value,
+    inputs: &BTreeMap<String, String>,
+    m: &Manifest,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if m.code_version != code_version {
+        out.push(format!("code version {} -> {}", m.code_version, code_version));
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &m.params, &mut a);
+    flatten("", params, &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    for k in keys {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(absent)".into());
+            out.push(format!("parameter {k}: {} -> {}", show(x), show(y)));
+        }
+    }
+    let names: std::collections::BTreeSet<&String> = m.inputs.keys().chain(inputs.keys()).collect();
+    for n in names {
+        let old = m.inputs.get(n).map(|i| i.content_hash.as_str());
+        let new = inputs.get(n).map(|s| s.as_str());
+        if old != new {
+            out.push(format!(
+                "input {n}: {} -> {}",
+                old.map(short).unwrap_or("(absent)"),
+                new.map(short).unwrap_or("(absent)")
+            ));
+        }
+    }
+    out
+}
+
+/// Runs one stage invocation. `extra_inputs` names content that the key must cover beyond the
+/// input artifacts (local source files: name -> blake3). `body` writes the outputs into
+/// `ctx.out`; it runs only when the artifact must be computed, under the key's lock.
+pub fn execute<P: Serialize>(
+    def: &StageDef,
+    args: &StageArgs,
+    params: &P,
+    extra_inputs: BTreeMap<String, String>,
+    body: impl FnOnce(&mut Ctx) -> anyhow::Result<()>,
+) -> anyhow::Result<Report> {
+    let start = Instant::now();
+    let params = serde_json::to_value(params).context("serializing parameters")?;
+    let inputs = parse_inputs(&args.inputs)?;
+    let mut refs: BTreeMap<String, InputRef> = inputs
+        .iter()
+        .map(|(n, a)| {
+            let r = InputRef {
+                content_hash: a.manifest.content_hash.clone(),
+                key: a.manifest.key.clone(),
+                stage: a.manifest.stage.clone(),
+            };
+            (n.clone(), r)
+        })
+        .collect();
+    for (n, h) in extra_inputs {
+        refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: "file".into() });
+    }
+    let hashes: BTreeMap<String, String> = refs.iter().map(|(n, r)| (n.clone(), r.content_hash.clone())).collect();
+    let key = compute_key(def.name, &def.code_version, &params, &hashes);
+    let store = Store::open(&args.store)?;
+    let mut report = Report { stage: def.name.to_string(), key: key.clone(), ..Default::default() };
+
+    let finish = |mut report: Report| -> anyhow::Result<Report> {
+        report.seconds = start.elapsed().as_secs_f64();
+        let line = serde_json::to_string(&report)?;
+        match &args.report {
+            Some(p) => std::fs::write(p, line).with_context(|| format!("writing report {}", p.display()))?,
+            None => println!("{line}"),
+        }
+        Ok(report)
+    };
+
+    match args.mode {
+        Mode::Explain => {
+            let dir = store.artifact_dir(def.name, &key);
+            let valid = Artifact::open(&dir).ok().filter(|a| a.verify().is_ok());
+            if let Some(a) = valid.filter(|_| !args.force) {
+                report.cached = true;
+                report.would_run = Some(false);
+                report.content_hash = Some(a.manifest.content_hash.clone());
+                report.artifact = Some(a.dir);
+            } else {
+                report.would_run = Some(true);
+                if args.force {
+                    report.reasons.push("forced".into());
+                }
+                let nearest = store
+                    .list(def.name)
+                    .into_iter()
+                    .map(|a| differences(&def.code_version, &params, &hashes, &a.manifest))
+                    .min_by_key(|d| d.len());
+                match nearest {
+                    Some(d) if d.is_empty() => report.reasons.push("its artifact is missing or failed verification".into()),
+                    Some(d) => report.reasons.extend(d),
+                    None => report.reasons.push(format!("no {} artifact in the store yet", def.name)),
+                }
+            }
+            return finish(report);
+        }
+        Mode::Lookup => {
+            if let Some(a) = store.lookup(def.name, &key)? {
+                report.cached = true;
+                report.content_hash = Some(a.manifest.content_hash.clone());
+                report.artifact = Some(a.dir);
+            }
+            return finish(report);
+        }
+        Mode::Run => {}
+    }
+
+    if !args.force {
+        if let Some(a) = store.lookup(def.name, &key)? {
+            report.cached = true;
+            report.content_hash = Some(a.manifest.content_hash.clone());
+            report.artifact = Some(a.dir);
+            return finish(report);
+        }
+    }
+    let _lock = store.lock(def.name, &key)?;
+    if !args.force {
+        // Another process may have published it while we waited for the lock.
+        if let Some(a) = store.lookup(def.name, &key)? {
+            report.cached = true;
+            report.content_hash = Some(a.manifest.content_hash.clone());
+            report.artifact = Some(a.dir);
+            return finish(report);
+        }
+    }
+    for (name, a) in &inputs {
+        a.verify().with_context(|| format!("input {name} failed verification; rerun its stage"))?;
+    }
+    let staging = store.stage_dir(def.name)?;
+    let mut environment = BTreeMap::new();
+    environment.insert(format!("ft-{}", def.name), def.tool_version.to_string());
+    environment.insert("os".into(), format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
+    let mut ctx = Ctx { out: staging.dir.clone(), inputs, environment, summary: serde_json::Value::Null };
+    let work = Instant::now();
+    body(&mut ctx)?;
+    let wall_seconds = work.elapsed().as_secs_f64();
+    let manifest = Manifest {
+        format: crate::STORE_FORMAT,
+        stage: def.name.to_string(),
+        key: key.clone(),
+        code_version: def.code_version.clone(),
+        params,
+        inputs: refs,
+        files: Vec::new(),
+        content_hash: String::new(),
+        wall_seconds,
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        environment: ctx.environment,
+        summary: ctx.summary,
+    };
+    let art = store.publish(staging, manifest)?;
+    report.content_hash = Some(art.manifest.content_hash.clone());
+    report.artifact = Some(art.dir);
+    finish(report)
+}

@@ -1,0 +1,354 @@
+//! Every stage's parameters, as users write them in a pipeline's sections. Defaults are filled
+//! in here, so the canonical form (and so the key) never depends on whether a default was
+//! written out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+fn main_rev() -> String {
+    "main".into()
+}
+fn seed_42() -> u64 {
+    42
+}
+
+/// `download`: where the dataset and the pretrained model come from, and how to normalize the
+/// dataset into `text`/`label` splits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    pub dataset: DatasetSource,
+    pub model: ModelSource,
+    /// Source column names.
+    #[serde(default)]
+    pub columns: Columns,
+    /// Output split name -> source split name. Defaults: train -> train, test -> test, and
+    /// validation -> validation when the source has one.
+    #[serde(default)]
+    pub splits: BTreeMap<String, String>,
+    /// Class names, in id order, when the dataset card does not give them.
+    #[serde(default)]
+    pub label_names: Option<Vec<String>>,
+    /// String label -> class id, for datasets whose labels are strings.
+    #[serde(default)]
+    pub label_map: Option<BTreeMap<String, i64>>,
+    /// How to carve a validation split from train when the source has none.
+    #[serde(default)]
+    pub validation: ValidationSplit,
+    /// Keep at most this many examples of a split (a seeded shuffle, then the first N), for
+    /// quick runs on a subset.
+    #[serde(default)]
+    pub max_examples: BTreeMap<String, usize>,
+}
+
+/// A dataset on the Hub (`repo`) or local files (`files`: split -> path or glob).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSource {
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default = "main_rev")]
+    pub revision: String,
+    /// Local files per split: paths or globs of parquet, CSV or JSON Lines files.
+    #[serde(default)]
+    pub files: Option<BTreeMap<String, String>>,
+}
+
+/// A model on the Hub (`repo`) or a local directory in Hub layout (`path`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    #[serde(default)]
+    pub repo: Option<String>,
+    #[serde(default = "main_rev")]
+    pub revision: String,
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Columns {
+    #[serde(default = "Columns::text_default")]
+    pub text: String,
+    #[serde(default = "Columns::label_default")]
+    pub label: String,
+}
+
+impl Columns {
+    fn text_default() -> String {
+        "text".into()
+    }
+    fn label_default() -> String {
+        "label".into()
+    }
+}
+
+impl Default for Columns {
+    fn default() -> Self {
+        Columns { text: Columns::text_default(), label: Columns::label_default() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationSplit {
+    /// Fraction of train moved to validation (stratified by label); 0 disables.
+    #[serde(default = "ValidationSplit::fraction_default")]
+    pub fraction: f64,
+    #[serde(default = "seed_42")]
+    pub seed: u64,
+}
+
+impl ValidationSplit {
+    fn fraction_default() -> f64 {
+        0.1
+    }
+}
+
+impl Default for ValidationSplit {
+    fn default() -> Self {
+        ValidationSplit { fraction: ValidationSplit::fraction_default(), seed: 42 }
+    }
+}
+
+/// `tokenize`: how texts become token ids.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeParams {
+    /// Longest sequence, special tokens included.
+    pub max_length: usize,
+    #[serde(default)]
+    pub truncation: Truncation,
+    /// For `head_tail`: tokens kept from the start (the rest of the budget comes from the end).
+    #[serde(default = "TokenizeParams::head_default")]
+    pub head_tokens: usize,
+    /// Largest shard file, in MiB.
+    #[serde(default = "TokenizeParams::shard_default")]
+    pub shard_mib: u64,
+}
+
+impl TokenizeParams {
+    fn head_default() -> usize {
+        128
+    }
+    fn shard_default() -> u64 {
+        256
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// [CLS] + the first max_length-2 tokens + [SEP].
+    #[default]
+    Head,
+    /// [CLS] + the first `head_tokens` + the last max_length-2-head_tokens + [SEP].
+    HeadTail,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 on CUDA, fp32 on CPU.
+    #[default]
+    Auto,
+    Fp32,
+    Bf16,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Length-bucketed batches padded to their longest example.
+    #[default]
+    Dynamic,
+    /// Every batch padded to max_length (reproduces the HF seed for comparisons).
+    MaxLength,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Init {
+    /// The model artifact's weights.
+    #[default]
+    Pretrained,
+    /// Random weights from config.json alone (benchmarks at a model's shape).
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    #[default]
+    Accuracy,
+    F1,
+    Loss,
+}
+
+/// `train`: fine-tuning hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainParams {
+    /// `auto`, `cpu`, `cuda` or `cuda:N`. Not part of the result's identity in spirit, but kept
+    /// in the key since results differ bitwise between devices.
+    #[serde(default = "TrainParams::device_default")]
+    pub device: String,
+    #[serde(default)]
+    pub precision: Precision,
+    #[serde(default)]
+    pub init: Init,
+    #[serde(default = "TrainParams::epochs_default")]
+    pub epochs: f64,
+    /// Stop after this many optimizer steps (overrides epochs).
+    #[serde(default)]
+    pub max_steps: Option<u64>,
+    #[serde(default = "TrainParams::lr_default")]
+    pub learning_rate: f64,
+    #[serde(default = "TrainParams::wd_default")]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub warmup_ratio: f64,
+    /// Overrides warmup_ratio.
+    #[serde(default)]
+    pub warmup_steps: Option<u64>,
+    #[serde(default = "TrainParams::bs_default")]
+    pub batch_size: usize,
+    /// Batch by a token budget (batch_size x padded length) instead of a fixed count.
+    #[serde(default)]
+    pub batch_tokens: Option<usize>,
+    #[serde(default = "TrainParams::one")]
+    pub grad_accum: usize,
+    #[serde(default = "TrainParams::clip_default")]
+    pub max_grad_norm: f64,
+    #[serde(default = "seed_42")]
+    pub seed: u64,
+    #[serde(default)]
+    pub padding: Padding,
+    /// Validate every N steps (default: at the end of every epoch).
+    #[serde(default)]
+    pub eval_every_steps: Option<u64>,
+    /// Split used for validation and best-checkpoint selection.
+    #[serde(default = "TrainParams::val_default")]
+    pub validation_split: String,
+    #[serde(default)]
+    pub select_metric: Metric,
+    /// Stop after this many validations without improvement.
+    #[serde(default)]
+    pub early_stopping_patience: Option<u32>,
+    /// Train on at most this many examples of the train split (a seeded subset).
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Log a line every N steps.
+    #[serde(default = "TrainParams::log_default")]
+    pub log_every_steps: u64,
+}
+
+impl TrainParams {
+    fn device_default() -> String {
+        "auto".into()
+    }
+    fn epochs_default() -> f64 {
+        3.0
+    }
+    fn lr_default() -> f64 {
+        2e-5
+    }
+    fn wd_default() -> f64 {
+        0.01
+    }
+    fn bs_default() -> usize {
+        32
+    }
+    fn one() -> usize {
+        1
+    }
+    fn clip_default() -> f64 {
+        1.0
+    }
+    fn val_default() -> String {
+        "validation".into()
+    }
+    fn log_default() -> u64 {
+        50
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weights {
+    #[default]
+    Best,
+    Final,
+}
+
+/// `evaluate`: metrics on a split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    #[serde(default = "EvaluateParams::split_default")]
+    pub split: String,
+    #[serde(default)]
+    pub weights: Weights,
+    /// For two classes: the class whose precision/recall/F1 are reported (name or id; default 1).
+    #[serde(default)]
+    pub positive_class: Option<String>,
+    /// Bootstrap resamples for 95% confidence intervals (0 disables).
+    #[serde(default = "EvaluateParams::bootstrap_default")]
+    pub bootstrap: u32,
+    #[serde(default = "EvaluateParams::bs_default")]
+    pub batch_size: usize,
+    #[serde(default = "EvaluateParams::device_default")]
+    pub device: String,
+    #[serde(default)]
+    pub precision: Precision,
+    #[serde(default = "seed_42")]
+    pub seed: u64,
+}
+
+impl EvaluateParams {
+    fn split_default() -> String {
+        "test".into()
+    }
+    fn bootstrap_default() -> u32 {
+        1000
+    }
+    fn bs_default() -> usize {
+        128
+    }
+    fn device_default() -> String {
+        "auto".into()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    #[default]
+    Fp32,
+    Bf16,
+    Fp16,
+}
+
+/// `export`: a directory that `transformers` loads with `from_pretrained`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    #[serde(default)]
+    pub dtype: Dtype,
+    #[serde(default)]
+    pub weights: Weights,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_make_one_canonical_form() {
+        let a: TrainParams = serde_yaml_ng::from_str("learning_rate: 0.00002").unwrap();
+        let b: TrainParams = serde_yaml_ng::from_str("learning_rate: 2.0e-5\nepochs: 3\nweight_decay: 0.01").unwrap();
+        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
+    }
+}

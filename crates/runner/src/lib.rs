@@ -1,0 +1,232 @@
+//! The pipeline runner: runs each stage's binary as a subprocess, in order, passing the upstream
+//! artifact directories as inputs. Caching itself lives in the stage binaries (the `artifact`
+//! crate), so a stage run alone behaves exactly as under the runner.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use artifact::{Mode, Report};
+use pipeline::{Pipeline, Stage};
+use serde::Serialize;
+
+/// What to run and how.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Run only this stage; the stages before it must be cached.
+    pub only: Option<Stage>,
+    /// Rerun this stage and every one after it; the stages before it must be cached.
+    pub from: Option<Stage>,
+    /// Rerun these stages even if cached.
+    pub force: Vec<Stage>,
+    /// Resolve the download stage's branches again (same as forcing `download`).
+    pub refresh: bool,
+    /// Run nothing; say what would run and why.
+    pub explain: bool,
+    /// Folder holding the `ft-<stage>` binaries.
+    pub bin_dir: PathBuf,
+    /// Overrides the pipeline's store.
+    pub store: Option<PathBuf>,
+}
+
+/// One stage's outcome, as printed with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageOutcome {
+    pub stage: String,
+    pub key: String,
+    pub cached: bool,
+    pub seconds: f64,
+    pub artifact: Option<PathBuf>,
+    /// `--explain` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_run: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+}
+
+/// A stage binary failed; the run stopped there.
+#[derive(Debug, thiserror::Error)]
+#[error("stage `{stage}` failed with exit code {code}; nothing was published for it")]
+pub struct StageFailed {
+    pub stage: Stage,
+    pub code: i32,
+}
+
+/// The stages of a pipeline that a run with these options visits, and in which mode.
+fn plan(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<Vec<(Stage, Mode, bool)>> {
+    for s in opts.only.iter().chain(opts.from.iter()).chain(opts.force.iter()) {
+        if p.section(*s).is_none() {
+            bail!("stage `{s}` is not in pipeline `{}` (its stages: {})", p.name, names(p));
+        }
+    }
+    let mut out = Vec::new();
+    for sec in &p.stages {
+        let s = sec.stage;
+        let forced = opts.force.contains(&s) || (opts.refresh && s == Stage::Download);
+        let (mode, force) = if opts.explain {
+            (Mode::Explain, forced || opts.from.is_some_and(|f| s >= f))
+        } else if let Some(only) = opts.only {
+            if s < only {
+                (Mode::Lookup, false)
+            } else if s == only {
+                (Mode::Run, forced)
+            } else {
+                break;
+            }
+        } else if let Some(from) = opts.from {
+            if s < from {
+                (Mode::Lookup, false)
+            } else {
+                (Mode::Run, true)
+            }
+        } else {
+            (Mode::Run, forced)
+        };
+        out.push((s, mode, force));
+        if opts.explain && opts.only == Some(s) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+fn names(p: &Pipeline) -> String {
+    p.stages.iter().map(|s| s.stage.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// The store a pipeline uses under these options.
+pub fn store_of(p: &Pipeline, opts: &RunOptions) -> PathBuf {
+    opts.store.clone().unwrap_or_else(|| p.store.clone())
+}
+
+/// Invokes one stage binary and reads its report.
+fn invoke(
+    store: &Path,
+    bin_dir: &Path,
+    stage: Stage,
+    params: &serde_json::Value,
+    inputs: &BTreeMap<Stage, PathBuf>,
+    mode: Mode,
+    force: bool,
+) -> anyhow::Result<Report> {
+    let tmp = store.join(".tmp");
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tag = format!("{}-{}-{n}", stage, std::process::id());
+    let params_path = tmp.join(format!("params-{tag}.json"));
+    let report_path = tmp.join(format!("report-{tag}.json"));
+    std::fs::write(&params_path, serde_json::to_vec_pretty(params)?)
+        .with_context(|| format!("writing {}", params_path.display()))?;
+    let _ = std::fs::remove_file(&report_path);
+    let bin = bin_dir.join(stage.binary());
+    let mut cmd = Command::new(&bin);
+    cmd.arg("--params").arg(&params_path).arg("--store").arg(store).arg("--report").arg(&report_path);
+    cmd.arg("--mode").arg(match mode {
+        Mode::Run => "run",
+        Mode::Lookup => "lookup",
+        Mode::Explain => "explain",
+    });
+    if force {
+        cmd.arg("--force");
+    }
+    for up in stage.inputs() {
+        if let Some(dir) = inputs.get(up) {
+            cmd.arg("--input").arg(format!("{}={}", up, dir.display()));
+        }
+    }
+    let status = cmd.status().with_context(|| format!("starting {}", bin.display()))?;
+    let _ = std::fs::remove_file(&params_path);
+    let not_cached = mode == Mode::Lookup && status.code() == Some(artifact::EXIT_NOT_CACHED);
+    if !status.success() && !not_cached {
+        let _ = std::fs::remove_file(&report_path);
+        return Err(StageFailed { stage, code: status.code().unwrap_or(-1) }.into());
+    }
+    let text = std::fs::read(&report_path)
+        .with_context(|| format!("stage `{stage}` exited 0 but wrote no report at {}", report_path.display()))?;
+    let _ = std::fs::remove_file(&report_path);
+    Ok(serde_json::from_slice(&text).with_context(|| format!("stage `{stage}` wrote an unreadable report"))?)
+}
+
+/// Runs (or explains) a pipeline. `on_stage` is called as each stage finishes.
+pub fn run(
+    p: &Pipeline,
+    opts: &RunOptions,
+    mut on_stage: impl FnMut(&StageOutcome),
+) -> anyhow::Result<Vec<StageOutcome>> {
+    let store = store_of(p, opts);
+    let steps = plan(p, opts)?;
+    let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
+    let mut blocked: Option<Stage> = None;
+    let mut out = Vec::new();
+    for (stage, mode, force) in steps {
+        let params = &p.section(stage).context("planned stage without a section")?.params;
+        if let Some(up) = blocked {
+            // --explain past a stage that would run: this one's key depends on bytes not made yet.
+            let o = StageOutcome {
+                stage: stage.name().into(),
+                key: String::new(),
+                cached: false,
+                seconds: 0.0,
+                artifact: None,
+                would_run: None,
+                reasons: vec![format!(
+                    "depends on `{up}`, which would run: cached only if `{up}` writes byte-identical output"
+                )],
+            };
+            on_stage(&o);
+            out.push(o);
+            continue;
+        }
+        let t = Instant::now();
+        let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
+        if mode == Mode::Lookup && r.artifact.is_none() {
+            bail!(
+                "stage `{stage}` of pipeline `{}` has no artifact in {} for its current parameters and inputs; \
+                 run the pipeline without --only/--from first",
+                p.name,
+                store.display()
+            );
+        }
+        let o = StageOutcome {
+            stage: stage.name().into(),
+            key: r.key.clone(),
+            cached: r.cached,
+            seconds: t.elapsed().as_secs_f64(),
+            artifact: r.artifact.clone(),
+            would_run: r.would_run,
+            reasons: r.reasons.clone(),
+        };
+        on_stage(&o);
+        match &r.artifact {
+            Some(dir) => {
+                artifacts.insert(stage, dir.clone());
+            }
+            None => blocked = Some(stage),
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// The artifact directories a pipeline currently references (the stages found cached in order;
+/// the chain stops at the first stage without an artifact).
+pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<BTreeSet<PathBuf>> {
+    let store = store_of(p, opts);
+    let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
+    let mut keep = BTreeSet::new();
+    for sec in &p.stages {
+        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, Mode::Lookup, false)?;
+        let Some(dir) = r.artifact else { break };
+        keep.insert(dir.clone());
+        artifacts.insert(sec.stage, dir);
+    }
+    Ok(keep)
+}
+
+/// The binaries a run of this pipeline needs.
+pub fn binaries_needed(p: &Pipeline) -> Vec<Stage> {
+    p.stages.iter().map(|s| s.stage).collect()
+}

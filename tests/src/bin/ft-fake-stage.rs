@@ -1,0 +1,84 @@
+//! A test stage executable: speaks the real stage command line and publishes through the real
+//! artifact store, but its "work" is writing a description of its parameters and inputs. Tests
+//! link it as `ft-download`, `ft-tokenize`, ... and steer it with `KEY=VALUE` lines in the file
+//! `fake.env` beside the store (one per test, so parallel tests do not interfere):
+//!
+//! * `FAKE_CODE_VERSION_<STAGE>`: its code version (default `1`);
+//! * `FAKE_CONSTANT_<STAGE>=1`: write output that ignores parameters and inputs;
+//! * `FAKE_CRASH_<STAGE>=1`: write half a file, then abort (as a `kill -9` mid-write would);
+//! * `FAKE_FAIL_<STAGE>=CODE`: print an error and exit with CODE before writing;
+//! * `FAKE_SLEEP_MS`: sleep while writing (for concurrency tests);
+//! * `FAKE_LOG=FILE`: append `<stage>` to FILE each time the stage really runs.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use clap::Parser;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: artifact::StageArgs,
+}
+
+type Controls = BTreeMap<String, String>;
+
+fn controls(store: &std::path::Path) -> Controls {
+    let path = store.parent().unwrap_or(store).join("fake.env");
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())))
+        .collect()
+}
+
+fn main() -> anyhow::Result<()> {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let file = std::path::Path::new(&argv0).file_name().and_then(|f| f.to_str()).unwrap_or_default().to_string();
+    let stage_name = file.strip_prefix("ft-").unwrap_or(&file).to_string();
+    let stage = pipeline::Stage::parse(&stage_name).ok_or_else(|| anyhow::anyhow!("link me as ft-<stage>, not {file}"))?;
+    let cli = Cli::parse();
+    let c = controls(&cli.args.store);
+    let env = |name: &str, stage: &str| c.get(&format!("{name}_{}", stage.to_uppercase())).cloned();
+    let params: serde_json::Value = pipeline::load_params(&cli.args.params)?;
+    let def = artifact::StageDef {
+        name: stage.name(),
+        code_version: env("FAKE_CODE_VERSION", stage.name()).unwrap_or_else(|| "1".into()),
+        tool_version: env!("CARGO_PKG_VERSION"),
+    };
+    let report = artifact::execute(&def, &cli.args, &params, BTreeMap::new(), |ctx| {
+        if let Some(code) = env("FAKE_FAIL", stage.name()) {
+            eprintln!("fake {stage}: failing on purpose");
+            std::process::exit(code.parse().unwrap_or(1));
+        }
+        if let Ok(log) = c.get("FAKE_LOG").ok_or(()) {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            writeln!(f, "{stage}")?;
+        }
+        let text = if env("FAKE_CONSTANT", stage.name()).is_some() {
+            format!("{stage}: constant\n")
+        } else {
+            let inputs: BTreeMap<&String, &String> =
+                ctx.inputs.iter().map(|(n, a)| (n, &a.manifest.content_hash)).collect();
+            format!("{stage}: {params}\ninputs: {inputs:?}\n")
+        };
+        let path = ctx.out.join("out.txt");
+        let mut f = std::fs::File::create(&path)?;
+        let (a, b) = text.as_bytes().split_at(text.len() / 2);
+        f.write_all(a)?;
+        f.flush()?;
+        if let Ok(ms) = c.get("FAKE_SLEEP_MS").ok_or(()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+        }
+        if env("FAKE_CRASH", stage.name()).is_some() {
+            std::process::abort();
+        }
+        f.write_all(b)?;
+        ctx.summary = serde_json::json!({"bytes": text.len()});
+        Ok(())
+    })?;
+    if cli.args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
+        std::process::exit(artifact::EXIT_NOT_CACHED);
+    }
+    Ok(())
+}

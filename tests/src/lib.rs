@@ -1,0 +1,1 @@
+//! Integration tests live in `it/`; `src/bin/` holds the test stage executable they drive.

@@ -1,0 +1,259 @@
+//! `cargo xtask`: the project's commands. It stays light (no tch, no polars): stage work happens
+//! in the `ft-<stage>` binaries, which this builds and runs.
+
+mod setup;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use pipeline::Stage;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Fine-tuning pipelines: run, test, setup, doctor, gc, verify")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a pipeline: each stage reuses its artifact when nothing it depends on changed.
+    Run {
+        pipeline: PathBuf,
+        /// Run only this stage (the stages before it must be cached).
+        #[arg(long, value_parser = parse_stage)]
+        only: Option<Stage>,
+        /// Rerun this stage and all after it (the stages before it must be cached).
+        #[arg(long, value_parser = parse_stage)]
+        from: Option<Stage>,
+        /// Rerun this stage even if cached (repeatable).
+        #[arg(long, value_parser = parse_stage)]
+        force: Vec<Stage>,
+        /// Resolve Hub branches (e.g. `main`) again; later stages rerun only if bytes changed.
+        #[arg(long)]
+        refresh: bool,
+        /// Run nothing: say per stage whether it would run and what changed.
+        #[arg(long)]
+        explain: bool,
+        /// One JSON object per stage on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Use prebuilt stage binaries from this folder instead of building them.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Use this artifact store instead of the pipeline's.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Run the test suite (sets up libtorch first when needed).
+    Test {
+        /// Extra arguments for `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Create the project venv (.venv) with torch==2.11.0 for tch, unless LIBTORCH is set.
+    Setup,
+    /// Print the libtorch in use and whether CUDA and cuDNN work.
+    Doctor,
+    /// Re-hash every artifact in a store and report the bad ones.
+    Verify {
+        #[arg(long, default_value = "data")]
+        store: PathBuf,
+    },
+    /// Remove artifacts that no pipeline references.
+    Gc {
+        /// Pipelines whose artifacts to keep (default: every file in pipelines/).
+        pipelines: Vec<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::parse(s).ok_or_else(|| {
+        format!("unknown stage `{s}`, expected one of {}", Stage::ALL.map(|s| s.name()).join(", "))
+    })
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Builds the binaries of these stages (release profile, like tests) and returns their folder.
+fn build_stages(stages: &[Stage]) -> anyhow::Result<PathBuf> {
+    let needs_torch = stages.iter().any(|s| matches!(s, Stage::Train | Stage::Evaluate | Stage::Export));
+    if needs_torch {
+        setup::ensure()?;
+    }
+    let t = Instant::now();
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).args(["build", "--release", "--quiet"]);
+    for s in stages {
+        cmd.args(["-p", s.package(), "--bin", s.binary()]);
+    }
+    let st = cmd.status().context("running cargo build")?;
+    if !st.success() {
+        bail!("building the stage binaries failed (see cargo's output above)");
+    }
+    eprintln!("built {} stage binaries in {:.1} s", stages.len(), t.elapsed().as_secs_f64());
+    Ok(target_dir().join("release"))
+}
+
+fn load(path: &Path) -> anyhow::Result<pipeline::Pipeline> {
+    Ok(pipeline::load(path)?)
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        if let Some(f) = e.downcast_ref::<runner::StageFailed>() {
+            eprintln!("error: {f}");
+            std::process::exit(if f.code > 0 { f.code } else { 1 });
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store } => {
+            let p = load(&pipeline)?;
+            if only.is_some() && from.is_some() {
+                bail!("--only and --from cannot be combined");
+            }
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => build_stages(&runner::binaries_needed(&p))?,
+            };
+            let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store };
+            let t = Instant::now();
+            runner::run(&p, &opts, |o| {
+                if json {
+                    println!("{}", serde_json::to_string(o).unwrap_or_default());
+                } else {
+                    print_outcome(o, explain);
+                }
+            })?;
+            eprintln!("pipeline `{}`: {:.2} s", p.name, t.elapsed().as_secs_f64());
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            setup::ensure()?;
+            let st = Command::new(cargo())
+                .current_dir(root())
+                .args(["test", "--release", "--workspace"])
+                .args(&args)
+                .status()
+                .context("running cargo test")?;
+            if !st.success() {
+                std::process::exit(st.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        Cmd::Setup => setup::setup(),
+        Cmd::Doctor => {
+            setup::ensure()?;
+            let st = Command::new(cargo())
+                .current_dir(root())
+                .args(["run", "--release", "--quiet", "-p", "train", "--bin", "ft-doctor"])
+                .status()
+                .context("running ft-doctor")?;
+            if !st.success() {
+                bail!("ft-doctor failed");
+            }
+            Ok(())
+        }
+        Cmd::Verify { store } => {
+            let s = artifact::Store::open(&store)?;
+            let mut bad = 0;
+            let all = s.all_dirs();
+            for (stage, key, dir) in &all {
+                match artifact::Artifact::open(dir).map_err(|e| e.to_string()).and_then(|a| a.verify().map_err(|e| e.to_string())) {
+                    Ok(()) => println!("ok   {stage:<9} {}", artifact::short(key)),
+                    Err(e) => {
+                        bad += 1;
+                        println!("BAD  {stage:<9} {}: {e}", artifact::short(key));
+                    }
+                }
+            }
+            println!("{} artifacts, {bad} bad", all.len());
+            if bad > 0 {
+                bail!("{bad} artifacts failed verification; `cargo xtask gc` or a rerun replaces them");
+            }
+            Ok(())
+        }
+        Cmd::Gc { pipelines, dry_run, store, bin_dir } => {
+            let files = if pipelines.is_empty() {
+                let dir = root().join("pipelines");
+                let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .with_context(|| format!("reading {}", dir.display()))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                    .collect();
+                v.sort();
+                v
+            } else {
+                pipelines
+            };
+            let parsed = files.iter().map(|f| load(f)).collect::<anyhow::Result<Vec<_>>>()?;
+            let bin_dir = match bin_dir {
+                Some(d) => d,
+                None => {
+                    let stages: BTreeSet<Stage> = parsed.iter().flat_map(runner::binaries_needed).collect();
+                    build_stages(&stages.into_iter().collect::<Vec<_>>())?
+                }
+            };
+            let mut by_store: std::collections::BTreeMap<PathBuf, BTreeSet<PathBuf>> = Default::default();
+            for p in &parsed {
+                let opts = runner::RunOptions { bin_dir: bin_dir.clone(), store: store.clone(), ..Default::default() };
+                let keep = runner::referenced(p, &opts)?;
+                by_store.entry(runner::store_of(p, &opts)).or_default().extend(keep);
+            }
+            for (st, keep) in by_store {
+                let s = artifact::Store::open(&st)?;
+                let gone = s.gc(&keep, dry_run)?;
+                for g in &gone {
+                    println!("{} {}", if dry_run { "would remove" } else { "removed" }, g.display());
+                }
+                println!("{}: kept {}, {} {}", st.display(), keep.len(), if dry_run { "would remove" } else { "removed" }, gone.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_outcome(o: &runner::StageOutcome, explain: bool) {
+    let path = o.artifact.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    if explain {
+        let verdict = match o.would_run {
+            Some(true) => "would run",
+            Some(false) => "cached",
+            None => "depends",
+        };
+        println!("{:<9} {:<9} {:<8} {}", o.stage, verdict, artifact::short(&o.key), path);
+        for r in &o.reasons {
+            println!("            - {r}");
+        }
+    } else {
+        let verdict = if o.cached { "cached" } else { "ran" };
+        println!("{:<9} {:<6} {:<8} {:>8.2} s  {}", o.stage, verdict, artifact::short(&o.key), o.seconds, path);
+    }
+}

@@ -1,0 +1,83 @@
+//! `cargo xtask setup`: a project-local venv (.venv) with the PyTorch whose libtorch tch 0.24
+//! builds against, plus the Python packages the parity tests compare with. Idempotent: a stamp
+//! file records what was installed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+/// PyTorch version that tch 0.24 pairs with. Bump together with `tch` in Cargo.toml.
+pub const TORCH: &str = "torch==2.11.0";
+/// Reference packages for parity tests and benchmarks (tokenizers, transformers, safetensors).
+pub const EXTRAS: &[&str] = &["tokenizers==0.22.1", "transformers==4.57.1", "safetensors==0.6.2", "pyarrow==21.0.0"];
+
+fn venv() -> PathBuf {
+    super::root().join(".venv")
+}
+
+fn stamp_text() -> String {
+    let mut s = String::from(TORCH);
+    for e in EXTRAS {
+        s.push(' ');
+        s.push_str(e);
+    }
+    s
+}
+
+fn stamp() -> PathBuf {
+    venv().join(".ft-setup")
+}
+
+/// Whether setup is complete for the current requirements.
+pub fn is_done() -> bool {
+    std::env::var_os("LIBTORCH").is_some()
+        || std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false)
+}
+
+/// Runs setup unless it is already done.
+pub fn ensure() -> anyhow::Result<()> {
+    if is_done() {
+        return Ok(());
+    }
+    setup()
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    if let Some(lt) = std::env::var_os("LIBTORCH") {
+        eprintln!("LIBTORCH is set ({}): using it, no venv needed", PathBuf::from(lt).display());
+        return Ok(());
+    }
+    let venv = venv();
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("setup: creating {}", venv.display());
+        let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().context("running python3 -m venv")?;
+        if !st.success() {
+            bail!("python3 -m venv {} failed: install Python 3.9+ with the venv module", venv.display());
+        }
+    }
+    if std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false) {
+        eprintln!("setup: {} is up to date ({})", venv.display(), stamp_text());
+        return Ok(());
+    }
+    eprintln!("setup: installing {} into {} (about 4.5 GB the first time)", stamp_text(), venv.display());
+    let st = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH])
+        .args(EXTRAS)
+        .status()
+        .context("running pip")?;
+    if !st.success() {
+        bail!("pip install into {} failed (see above); rerun `cargo xtask setup`", venv.display());
+    }
+    let check = Command::new(&python)
+        .args(["-c", "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.11.0') else 1)"])
+        .status()
+        .context("checking torch")?;
+    if !check.success() {
+        bail!("{} does not import torch 2.11.0 after install", python.display());
+    }
+    std::fs::write(stamp(), stamp_text()).context("writing the setup stamp")?;
+    eprintln!("setup: done");
+    Ok(())
+}
