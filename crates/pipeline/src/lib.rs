@@ -210,7 +210,7 @@ fn top_level_line(text: &str, key: &str) -> Option<usize> {
         .enumerate()
         .filter(|(_, l)| l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with(':')))
         .map(|(i, _)| i + 1)
-        .next_back()
+        .last()
 }
 
 /// Parses a pipeline from text; `path` is only used in messages.

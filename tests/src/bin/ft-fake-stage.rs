@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             let inputs: BTreeMap<&String, &String> =
                 ctx.inputs.iter().map(|(n, a)| (n, &a.manifest.content_hash)).collect();
-            format!("{stage}: {params}\ninputs: {inputs:?}\n")
+            format!("{stage} v{}: {params}\ninputs: {inputs:?}\n", def.code_version)
         };
         let path = ctx.out.join("out.txt");
         let mut f = std::fs::File::create(&path)?;
