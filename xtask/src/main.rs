@@ -156,6 +156,15 @@ fn real_main() -> anyhow::Result<()> {
         }
         Cmd::Test { args } => {
             setup::ensure()?;
+            // The end-to-end tests run the stage binaries, which `cargo test` does not build.
+            let st = Command::new(cargo())
+                .current_dir(root())
+                .args(["build", "--release", "--workspace", "--bins"])
+                .status()
+                .context("running cargo build")?;
+            if !st.success() {
+                std::process::exit(st.code().unwrap_or(1));
+            }
             let st = Command::new(cargo())
                 .current_dir(root())
                 .args(["test", "--release", "--workspace"])

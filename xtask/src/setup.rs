@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 /// PyTorch version that tch 0.24 pairs with. Bump together with `tch` in Cargo.toml.
 pub const TORCH: &str = "torch==2.11.0";
 /// Reference packages for parity tests and benchmarks (tokenizers, transformers, safetensors).
-pub const EXTRAS: &[&str] = &["tokenizers==0.22.1", "transformers==4.57.1", "safetensors==0.6.2", "pyarrow==21.0.0"];
+pub const EXTRAS: &[&str] = &["transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "pyarrow==26.0.1"];
 
 fn venv() -> PathBuf {
     super::root().join(".venv")
@@ -29,10 +29,22 @@ fn stamp() -> PathBuf {
     venv().join(".ft-setup")
 }
 
+/// The libtorch link that .cargo/config.toml points `LIBTORCH` at.
+fn link() -> PathBuf {
+    venv().join("libtorch")
+}
+
+/// A `LIBTORCH` the user set themselves (not the project's own link from .cargo/config.toml).
+fn user_libtorch() -> Option<PathBuf> {
+    let lt = PathBuf::from(std::env::var_os("LIBTORCH")?);
+    let ours = lt.ends_with(".venv/libtorch") && lt.starts_with(super::root());
+    (!ours).then_some(lt)
+}
+
 /// Whether setup is complete for the current requirements.
 pub fn is_done() -> bool {
-    std::env::var_os("LIBTORCH").is_some()
-        || std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false)
+    user_libtorch().is_some()
+        || (link().join("lib").exists() && std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false))
 }
 
 /// Runs setup unless it is already done.
@@ -44,8 +56,8 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 pub fn setup() -> anyhow::Result<()> {
-    if let Some(lt) = std::env::var_os("LIBTORCH") {
-        eprintln!("LIBTORCH is set ({}): using it, no venv needed", PathBuf::from(lt).display());
+    if let Some(lt) = user_libtorch() {
+        eprintln!("LIBTORCH is set ({}): using it, no venv needed", lt.display());
         return Ok(());
     }
     let venv = venv();
@@ -57,7 +69,7 @@ pub fn setup() -> anyhow::Result<()> {
             bail!("python3 -m venv {} failed: install Python 3.9+ with the venv module", venv.display());
         }
     }
-    if std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false) {
+    if is_done() {
         eprintln!("setup: {} is up to date ({})", venv.display(), stamp_text());
         return Ok(());
     }
@@ -77,6 +89,13 @@ pub fn setup() -> anyhow::Result<()> {
     if !check.success() {
         bail!("{} does not import torch 2.11.0 after install", python.display());
     }
+    let out = Command::new(&python)
+        .args(["-c", "import os, torch; print(os.path.dirname(torch.__file__))"])
+        .output()
+        .context("locating torch")?;
+    let torch_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let _ = std::fs::remove_file(link());
+    std::os::unix::fs::symlink(&torch_dir, link()).with_context(|| format!("linking {}", link().display()))?;
     std::fs::write(stamp(), stamp_text()).context("writing the setup stamp")?;
     eprintln!("setup: done");
     Ok(())

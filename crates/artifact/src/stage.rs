@@ -84,6 +84,10 @@ pub struct Ctx {
     pub environment: BTreeMap<String, String>,
     /// Stage figures for the manifest's `summary`.
     pub summary: serde_json::Value,
+    /// This artifact's key, and the store it goes to (for state that must outlive a crashed
+    /// run, such as training checkpoints under `STORE/.checkpoints/`).
+    pub key: String,
+    pub store: PathBuf,
 }
 
 impl Ctx {
@@ -268,7 +272,14 @@ pub fn execute<P: Serialize>(
     let mut environment = BTreeMap::new();
     environment.insert(format!("ft-{}", def.name), def.tool_version.to_string());
     environment.insert("os".into(), format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
-    let mut ctx = Ctx { out: staging.dir.clone(), inputs, environment, summary: serde_json::Value::Null };
+    let mut ctx = Ctx {
+        out: staging.dir.clone(),
+        inputs,
+        environment,
+        summary: serde_json::Value::Null,
+        key: key.clone(),
+        store: store.root.clone(),
+    };
     let work = Instant::now();
     body(&mut ctx)?;
     let wall_seconds = work.elapsed().as_secs_f64();

@@ -1,0 +1,304 @@
+//! The download stage: a dataset and a pretrained model, from the Hugging Face Hub or local
+//! files, into one artifact:
+//!
+//! ```text
+//! dataset/<split>.parquet   text (utf8), label (int64, 0..n_classes-1)
+//! dataset/labels.json       {"names": [...]}
+//! dataset/info.json         source, commit, files (sha256), split sizes and class counts
+//! model/                    config.json, model.safetensors, tokenizer files (as on the Hub)
+//! model-source.json         repo, revision, commit, sha256 of every model file
+//! ```
+
+pub mod dataset;
+pub mod hub;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use pipeline::{DatasetSource, DownloadParams, ModelSource};
+use serde_json::json;
+use sha2::Digest;
+
+use dataset::{RawLabels, SplitData};
+use hub::{Hub, RepoType};
+
+/// Bump when the artifact's layout or normalization rules change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn stage_def() -> artifact::StageDef {
+    artifact::StageDef {
+        name: "download",
+        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
+        tool_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+/// Checks the parameters before anything runs.
+pub fn validate(p: &DownloadParams) -> anyhow::Result<()> {
+    match (&p.dataset.repo, &p.dataset.files) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => bail!("download.dataset: give exactly one of `repo` (a Hub dataset such as stanfordnlp/imdb) or `files` (split -> local path or glob)"),
+    }
+    match (&p.model.repo, &p.model.path) {
+        (Some(_), None) | (None, Some(_)) => {}
+        _ => bail!("download.model: give exactly one of `repo` (a Hub model such as google-bert/bert-base-uncased) or `path` (a local directory in Hub layout)"),
+    }
+    if !(0.0..1.0).contains(&p.validation.fraction) {
+        bail!("download.validation.fraction must be in [0, 1), got {}", p.validation.fraction);
+    }
+    Ok(())
+}
+
+/// Content the key must cover beyond parameters: the bytes of local source files.
+pub fn local_inputs(p: &DownloadParams) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(files) = &p.dataset.files {
+        for pattern in files.values() {
+            for f in dataset::expand_local(pattern)? {
+                let h = blake3_file(&f)?;
+                out.insert(format!("file:{}", f.display()), h);
+            }
+        }
+    }
+    if let Some(dir) = &p.model.path {
+        for f in model_files(&local_listing(Path::new(dir))?, dir)? {
+            let path = Path::new(dir).join(&f);
+            out.insert(format!("file:{}", path.display()), blake3_file(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn blake3_file(path: &Path) -> anyhow::Result<String> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn local_listing(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let rd = std::fs::read_dir(dir).with_context(|| format!("model path {}: not a readable directory", dir.display()))?;
+    let mut v: Vec<String> = rd.flatten().filter(|e| e.path().is_file()).map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The model files we take from a listing, or why the repo cannot be used.
+pub fn model_files(listing: &[String], what: &str) -> anyhow::Result<Vec<String>> {
+    let has = |f: &str| listing.iter().any(|x| x == f);
+    if !has("config.json") {
+        bail!("{what}: no config.json; is this a transformers model repository?");
+    }
+    if !has("model.safetensors") {
+        if has("model.safetensors.index.json") {
+            bail!("{what}: sharded safetensors checkpoints (model.safetensors.index.json) are not supported yet; save it as one model.safetensors");
+        }
+        if has("pytorch_model.bin") {
+            bail!(
+                "{what}: has only pytorch_model.bin; we do not load pickle files (they can run arbitrary code). \
+                 Convert it once in Python: `AutoModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)`, then point download.model.path at dir"
+            );
+        }
+        bail!("{what}: no model.safetensors");
+    }
+    let mut out = vec!["config.json".to_string(), "model.safetensors".to_string()];
+    if has("tokenizer.json") {
+        out.push("tokenizer.json".into());
+    } else if has("vocab.txt") {
+        out.push("vocab.txt".into());
+    } else {
+        bail!("{what}: no tokenizer (neither tokenizer.json nor vocab.txt)");
+    }
+    for extra in ["tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
+        if has(extra) && !out.iter().any(|o| o == extra) {
+            out.push(extra.into());
+        }
+    }
+    Ok(out)
+}
+
+/// Copies a file into the artifact, returning its sha256 (computed while copying).
+fn copy_hashed(src: &Path, dst: &Path) -> anyhow::Result<String> {
+    let mut r = std::fs::File::open(src).with_context(|| format!("opening {}", src.display()))?;
+    let mut w = std::io::BufWriter::new(std::fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).with_context(|| format!("reading {}", src.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n]).with_context(|| format!("writing {}", dst.display()))?;
+    }
+    w.flush().with_context(|| format!("writing {}", dst.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut r = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut r, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Source files of each split, downloaded or local: split -> (display name, path).
+fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::Result<(BTreeMap<String, Vec<(String, PathBuf)>>, Option<Vec<String>>, serde_json::Value)> {
+    let mut out: BTreeMap<String, Vec<(String, PathBuf)>> = BTreeMap::new();
+    if let Some(files) = &src.files {
+        for (split, pattern) in files {
+            for f in dataset::expand_local(pattern)? {
+                out.entry(split.clone()).or_default().push((f.display().to_string(), f));
+            }
+        }
+        return Ok((out, None, json!({"local": files})));
+    }
+    let repo = src.repo.as_deref().unwrap_or_default();
+    let info = hub.resolve(RepoType::Dataset, repo, &src.revision)?;
+    for f in &info.files {
+        hub::check_repo_path(f).with_context(|| format!("dataset {repo}"))?;
+    }
+    let mut card = dataset::Card::default();
+    if info.files.iter().any(|f| f == "README.md") {
+        let readme = hub.file(RepoType::Dataset, repo, &info.sha, "README.md")?;
+        let text = std::fs::read_to_string(&readme).unwrap_or_default();
+        card = dataset::parse_card(&text, label_column);
+    }
+    let mapping = if card.data_files.is_empty() {
+        dataset::guess_data_files(&info.files)
+    } else {
+        card.data_files.iter().map(|(s, pats)| (s.clone(), dataset::match_patterns(&info.files, pats))).collect()
+    };
+    if mapping.values().all(|v| v.is_empty()) {
+        bail!("dataset {repo}@{}: found no data files (parquet, csv, jsonl) for any split; files: {:?}", info.sha, info.files);
+    }
+    let mut sha256 = BTreeMap::new();
+    for (split, files) in mapping {
+        for f in files {
+            let path = hub.file(RepoType::Dataset, repo, &info.sha, &f)?;
+            sha256.insert(f.clone(), sha256_file(&path)?);
+            out.entry(split.clone()).or_default().push((f, path));
+        }
+    }
+    let source = json!({"repo": repo, "revision": src.revision, "commit": info.sha, "files_sha256": sha256, "from_cache": info.from_cache});
+    Ok((out, card.class_names, source))
+}
+
+/// Runs the stage into `out`. Returns the summary for the manifest.
+pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_json::Value> {
+    validate(p)?;
+    let t0 = std::time::Instant::now();
+    // Model first: it is small to check and its errors are the commonest.
+    let model_dir = out.join("model");
+    std::fs::create_dir_all(&model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
+    let model_source = fetch_model(hub, &p.model, &model_dir)?;
+    std::fs::write(out.join("model-source.json"), serde_json::to_vec_pretty(&model_source)?)?;
+    let t_model = t0.elapsed().as_secs_f64();
+
+    let (files, card_names, source) = dataset_files(hub, &p.dataset, &p.columns.label)?;
+    let t_fetch = t0.elapsed().as_secs_f64();
+    // Output split -> source split.
+    let mapping: BTreeMap<String, String> = if p.splits.is_empty() {
+        files.keys().filter(|s| ["train", "validation", "test"].contains(&s.as_str())).map(|s| (s.clone(), s.clone())).collect()
+    } else {
+        p.splits.clone()
+    };
+    if mapping.is_empty() {
+        bail!("the dataset has no train, validation or test split (it has {:?}); map yours with download.splits", files.keys().collect::<Vec<_>>());
+    }
+    let mut raw: BTreeMap<String, (Vec<String>, Vec<RawLabels>)> = BTreeMap::new();
+    for (out_split, src_split) in &mapping {
+        let Some(list) = files.get(src_split) else {
+            bail!("download.splits.{out_split}: the source has no split `{src_split}`; it has {:?}", files.keys().collect::<Vec<_>>());
+        };
+        let mut texts = Vec::new();
+        let mut labels = Vec::new();
+        for (name, path) in list {
+            let df = dataset::read_table(path).with_context(|| format!("split `{src_split}`"))?;
+            let (t, l) = dataset::extract(&df, name, p)?;
+            texts.extend(t);
+            labels.push(l);
+        }
+        raw.insert(out_split.clone(), (texts, labels));
+    }
+    let all_raw: Vec<&RawLabels> = raw.values().flat_map(|(_, l)| l.iter()).collect();
+    let names = dataset::class_names(p, card_names.as_deref(), &all_raw);
+    let mut splits: BTreeMap<String, SplitData> = BTreeMap::new();
+    for (split, (text, labels)) in raw {
+        let mut label = Vec::with_capacity(text.len());
+        for l in labels {
+            label.extend(dataset::map_labels(l, &split, p, &names)?);
+        }
+        if text.is_empty() {
+            bail!("split `{split}` is empty; check download.dataset and download.splits");
+        }
+        splits.insert(split, SplitData { text, label });
+    }
+    let mut carved = serde_json::Value::Null;
+    if !splits.contains_key("validation") && p.validation.fraction > 0.0 {
+        if let Some(train) = splits.get("train") {
+            let (kept, val) = dataset::stratified_split(&train.label, p.validation.fraction, p.validation.seed);
+            let (t, v) = (train.take(&kept), train.take(&val));
+            carved = json!({"from": "train", "fraction": p.validation.fraction, "seed": p.validation.seed, "stratified": true, "rows": v.len()});
+            splits.insert("train".into(), t);
+            splits.insert("validation".into(), v);
+        }
+    }
+    for (split, n) in &p.max_examples {
+        let Some(data) = splits.get(split) else {
+            bail!("download.max_examples.{split}: no such split (splits: {:?})", splits.keys().collect::<Vec<_>>());
+        };
+        if *n < data.len() {
+            let perm = dataset::permutation(data.len(), p.validation.seed.wrapping_add(1));
+            let sub = data.take(&perm[..*n]);
+            splits.insert(split.clone(), sub);
+        }
+    }
+    let ds_dir = out.join("dataset");
+    std::fs::create_dir_all(&ds_dir).with_context(|| format!("creating {}", ds_dir.display()))?;
+    let mut split_info = serde_json::Map::new();
+    for (split, data) in &splits {
+        if data.is_empty() {
+            bail!("split `{split}` is empty after subsetting");
+        }
+        data.write_parquet(&ds_dir.join(format!("{split}.parquet")))?;
+        let mut counts = vec![0usize; names.len()];
+        for &l in &data.label {
+            counts[l as usize] += 1;
+        }
+        split_info.insert(split.clone(), json!({"rows": data.len(), "class_counts": counts}));
+    }
+    std::fs::write(ds_dir.join("labels.json"), serde_json::to_vec_pretty(&json!({"names": names}))?)?;
+    let info = json!({"source": source, "splits": split_info, "validation_carved": carved, "columns": p.columns, "split_map": mapping});
+    std::fs::write(ds_dir.join("info.json"), serde_json::to_vec_pretty(&info)?)?;
+    let t_total = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "dataset": info,
+        "labels": names,
+        "model": model_source,
+        "seconds": {"model": t_model, "dataset_fetch": t_fetch - t_model, "normalize": t_total - t_fetch},
+    }))
+}
+
+fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<serde_json::Value> {
+    let mut sha256 = BTreeMap::new();
+    if let Some(local) = &src.path {
+        let listing = local_listing(Path::new(local))?;
+        for f in model_files(&listing, local)? {
+            sha256.insert(f.clone(), copy_hashed(&Path::new(local).join(&f), &dir.join(&f))?);
+        }
+        return Ok(json!({"path": local, "files_sha256": sha256}));
+    }
+    let repo = src.repo.as_deref().unwrap_or_default();
+    let info = hub.resolve(RepoType::Model, repo, &src.revision)?;
+    for f in &info.files {
+        hub::check_repo_path(f).with_context(|| format!("model {repo}"))?;
+    }
+    let what = format!("model {repo}@{}", src.revision);
+    for f in model_files(&info.files, &what)? {
+        let path = hub.file(RepoType::Model, repo, &info.sha, &f)?;
+        sha256.insert(f.clone(), copy_hashed(&path, &dir.join(&f))?);
+    }
+    Ok(json!({"repo": repo, "revision": src.revision, "commit": info.sha, "files_sha256": sha256, "from_cache": info.from_cache}))
+}

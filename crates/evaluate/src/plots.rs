@@ -1,0 +1,163 @@
+//! PNG plots for the report, drawn with plotters and the bundled DejaVu Sans font.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use serde_json::json;
+
+static FONT: Once = Once::new();
+
+fn font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+fn err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("drawing {}: {e}", path.display())
+}
+
+/// A heat map of the confusion matrix with counts.
+pub fn confusion(path: &Path, conf: &serde_json::Value, names: &[String]) -> anyhow::Result<()> {
+    font();
+    let n = names.len();
+    let cells: Vec<Vec<u64>> = conf.as_array().map(|r| r.iter().map(|row| row.as_array().map(|c| c.iter().map(|x| x.as_u64().unwrap_or(0)).collect()).unwrap_or_default()).collect()).unwrap_or_default();
+    let max = cells.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let root = BitMapBackend::new(path, (520, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Confusion matrix", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0f64..n as f64, 0f64..n as f64)
+        .map_err(err(path))?;
+    let names_x = names.to_vec();
+    let names_y = names.to_vec();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(n * 2 + 1)
+        .y_labels(n * 2 + 1)
+        .x_label_formatter(&move |v| label_at(&names_x, *v))
+        .y_label_formatter(&move |v| label_at(&names_y, n as f64 - *v))
+        .x_desc("predicted")
+        .y_desc("true")
+        .draw()
+        .map_err(err(path))?;
+    for (t, row) in cells.iter().enumerate() {
+        for (p, &c) in row.iter().enumerate() {
+            let shade = c as f64 / max;
+            let color = RGBColor(255 - (shade * 200.0) as u8, 255 - (shade * 120.0) as u8, 255);
+            let y = (n - 1 - t) as f64;
+            chart
+                .draw_series(std::iter::once(Rectangle::new([(p as f64, y), (p as f64 + 1.0, y + 1.0)], color.filled())))
+                .map_err(err(path))?;
+            chart
+                .draw_series(std::iter::once(Text::new(c.to_string(), (p as f64 + 0.42, y + 0.55), ("sans-serif", 20))))
+                .map_err(err(path))?;
+        }
+    }
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+fn label_at(names: &[String], v: f64) -> String {
+    let f = v - v.floor();
+    if (f - 0.5).abs() < 1e-6 && v >= 0.0 {
+        names.get(v.floor() as usize).cloned().unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// Training loss and validation accuracy/F1 against the step, from the train log.
+pub fn curves(path: &Path, log: &str) -> anyhow::Result<()> {
+    font();
+    let mut loss = Vec::new();
+    let mut acc = Vec::new();
+    let mut f1 = Vec::new();
+    for line in log.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let step = v["step"].as_f64().unwrap_or(0.0);
+        if let Some(l) = v["loss"].as_f64() {
+            loss.push((step, l));
+        }
+        if let Some(a) = v["eval"]["accuracy"].as_f64() {
+            acc.push((step, a));
+            f1.push((step, v["eval"]["f1"].as_f64().unwrap_or(0.0)));
+        }
+    }
+    let root = BitMapBackend::new(path, (960, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let (left, right) = root.split_horizontally(480);
+    let max_step = loss.iter().chain(&acc).map(|p| p.0).fold(1.0, f64::max);
+    let max_loss = loss.iter().map(|p| p.1).fold(0.1, f64::max) * 1.1;
+    let mut c1 = ChartBuilder::on(&left)
+        .caption("Training loss", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_step, 0f64..max_loss)
+        .map_err(err(path))?;
+    c1.configure_mesh().x_desc("step").draw().map_err(err(path))?;
+    c1.draw_series(LineSeries::new(loss, &BLUE)).map_err(err(path))?;
+    let lo = acc.iter().chain(&f1).map(|p| p.1).fold(1.0, f64::min).min(0.5);
+    let mut c2 = ChartBuilder::on(&right)
+        .caption("Validation", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..max_step, (lo - 0.02).max(0.0)..1.0)
+        .map_err(err(path))?;
+    c2.configure_mesh().x_desc("step").draw().map_err(err(path))?;
+    c2.draw_series(LineSeries::new(acc.clone(), &RED)).map_err(err(path))?.label("accuracy").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+    c2.draw_series(acc.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(err(path))?;
+    c2.draw_series(LineSeries::new(f1, &GREEN)).map_err(err(path))?.label("F1").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+    c2.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// Accuracy in length deciles (untruncated token length); returns the buckets as JSON.
+pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u32]) -> anyhow::Result<serde_json::Value> {
+    font();
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by_key(|&i| full[i]);
+    let buckets = 10.min(order.len().max(1));
+    let mut rows = Vec::new();
+    for b in 0..buckets {
+        let lo = b * order.len() / buckets;
+        let hi = (b + 1) * order.len() / buckets;
+        if hi <= lo {
+            continue;
+        }
+        let idx = &order[lo..hi];
+        let correct = idx.iter().filter(|&&i| labels[i] == preds[i]).count();
+        rows.push((full[idx[0]], full[idx[idx.len() - 1]], correct as f64 / idx.len() as f64, idx.len()));
+    }
+    let root = BitMapBackend::new(path, (640, 400)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let lo = rows.iter().map(|r| r.2).fold(1.0, f64::min).min(0.5);
+    let mut c = ChartBuilder::on(&root)
+        .caption("Accuracy by length decile", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..rows.len().max(1) as f64, (lo - 0.05).max(0.0)..1.0)
+        .map_err(err(path))?;
+    let labels_x: Vec<String> = rows.iter().map(|r| format!("≤{}", r.1)).collect();
+    c.configure_mesh()
+        .x_labels(rows.len() * 2 + 1)
+        .x_label_formatter(&move |v| label_at(&labels_x, *v))
+        .x_desc("tokens (upper bound of decile)")
+        .y_desc("accuracy")
+        .draw()
+        .map_err(err(path))?;
+    c.draw_series(rows.iter().enumerate().map(|(i, r)| Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, r.2)], BLUE.mix(0.6).filled())))
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(json!(rows.iter().map(|r| json!({"min_tokens": r.0, "max_tokens": r.1, "accuracy": r.2, "n": r.3})).collect::<Vec<_>>()))
+}

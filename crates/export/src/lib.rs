@@ -1,0 +1,209 @@
+//! The export stage: a directory that `transformers.AutoModelForSequenceClassification` and
+//! `AutoTokenizer` load with `from_pretrained(dir)`, no warnings about weights:
+//!
+//! ```text
+//! model.safetensors        HF tensor names (classifier included), fp32, bf16 or fp16
+//! config.json              BertForSequenceClassification, num_labels, id2label, label2id, dtype
+//! tokenizer.json           the tokenizer used for training (no baked-in truncation or padding)
+//! tokenizer_config.json    with model_max_length = the pipeline's max_length
+//! special_tokens_map.json, vocab.txt (when the base model has them)
+//! README.md                model card: metrics, data and base-model revisions, hyper-parameters, lineage
+//! ```
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use pipeline::{Dtype, ExportParams, Weights};
+use safetensors::{Dtype as StDtype, SafeTensors};
+use serde_json::json;
+
+/// Bump when the exported layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn stage_def() -> artifact::StageDef {
+    artifact::StageDef {
+        name: "export",
+        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
+        tool_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+        .with_context(|| format!("{}: not JSON", path.display()))
+}
+
+/// Rewrites fp32 safetensors as `dtype` (other tensors are copied as they are).
+pub fn convert_weights(src: &Path, dst: &Path, dtype: Dtype) -> anyhow::Result<usize> {
+    let bytes = std::fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not safetensors", src.display()))?;
+    let mut owned: Vec<(String, StDtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let (dt, data) = match (view.dtype(), dtype) {
+            (StDtype::F32, Dtype::Bf16) => (StDtype::BF16, convert(view.data(), |x| half::bf16::from_f32(x).to_le_bytes())),
+            (StDtype::F32, Dtype::Fp16) => (StDtype::F16, convert(view.data(), |x| half::f16::from_f32(x).to_le_bytes())),
+            (d, _) => (d, view.data().to_vec()),
+        };
+        owned.push((name, dt, view.shape().to_vec(), data));
+    }
+    owned.sort_by(|a, b| a.0.cmp(&b.0));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| safetensors::tensor::TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<_, _>>()
+        .context("building tensors")?;
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::tensor::serialize_to_file(views, Some(meta), dst).with_context(|| format!("writing {}", dst.display()))?;
+    Ok(owned.len())
+}
+
+fn convert(data: &[u8], f: impl Fn(f32) -> [u8; 2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 2);
+    for c in data.chunks_exact(4) {
+        out.extend_from_slice(&f(f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+    }
+    out
+}
+
+/// Runs the stage.
+pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact::Artifact, train: &artifact::Artifact, out: &Path) -> anyhow::Result<serde_json::Value> {
+    match train.manifest.inputs.get("tokenize") {
+        Some(r) if r.content_hash == tokenize.manifest.content_hash => {}
+        _ => bail!("the train artifact {} was not trained on the given tokenize artifact; rerun the pipeline", train.dir.display()),
+    }
+    let weights = match p.weights {
+        Weights::Best => train.dir.join("best.safetensors"),
+        Weights::Final => train.dir.join("final.safetensors"),
+    };
+    let n = convert_weights(&weights, &out.join("model.safetensors"), p.dtype)?;
+    let mut config = read_json(&train.dir.join("config.json"))?;
+    let dtype_name = match p.dtype {
+        Dtype::Fp32 => "float32",
+        Dtype::Bf16 => "bfloat16",
+        Dtype::Fp16 => "float16",
+    };
+    config["dtype"] = json!(dtype_name);
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+    let meta = read_json(&tokenize.dir.join("meta.json"))?;
+    let max_length = meta["max_length"].as_u64().unwrap_or(512);
+    std::fs::copy(tokenize.dir.join("tokenizer.json"), out.join("tokenizer.json")).context("copying tokenizer.json")?;
+    let model_dir = download.dir.join("model");
+    let mut tok_cfg = read_json(&model_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
+    tok_cfg["model_max_length"] = json!(max_length);
+    if tok_cfg.get("tokenizer_class").is_none() {
+        tok_cfg["tokenizer_class"] = json!("BertTokenizer");
+    }
+    if let Some(o) = tok_cfg.as_object_mut() {
+        o.remove("name_or_path");
+    }
+    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_vec_pretty(&tok_cfg)?)?;
+    for extra in ["special_tokens_map.json", "vocab.txt"] {
+        let src = model_dir.join(extra);
+        if src.exists() {
+            std::fs::copy(&src, out.join(extra)).with_context(|| format!("copying {extra}"))?;
+        }
+    }
+    let card = model_card(p, download, tokenize, train, &config, dtype_name, max_length)?;
+    std::fs::write(out.join("README.md"), card)?;
+    eprintln!("exported {n} tensors ({dtype_name}) with config and tokenizer");
+    Ok(json!({"tensors": n, "dtype": dtype_name, "max_length": max_length}))
+}
+
+fn model_card(
+    p: &ExportParams,
+    download: &artifact::Artifact,
+    tokenize: &artifact::Artifact,
+    train: &artifact::Artifact,
+    config: &serde_json::Value,
+    dtype: &str,
+    max_length: u64,
+) -> anyhow::Result<String> {
+    let dsum = &download.manifest.summary;
+    let model_src = &dsum["model"];
+    let data_src = &dsum["dataset"]["source"];
+    let base = model_src["repo"].as_str().or(model_src["path"].as_str()).unwrap_or("?");
+    let dataset = data_src["repo"].as_str().unwrap_or("local files");
+    let tsum = &train.manifest.summary;
+    let val = &tsum["last_validation"];
+    let hp = read_json(&train.dir.join("hparams.json")).unwrap_or_default();
+    let labels: Vec<String> = (0..config["num_labels"].as_u64().unwrap_or(0))
+        .map(|i| config["id2label"][i.to_string()].as_str().unwrap_or("?").to_string())
+        .collect();
+    let mut s = String::new();
+    s.push_str(&format!("---\nlibrary_name: transformers\npipeline_tag: text-classification\nbase_model: {base}\n"));
+    if data_src["repo"].is_string() {
+        s.push_str(&format!("datasets:\n- {dataset}\n"));
+    }
+    s.push_str("---\n\n");
+    s.push_str(&format!("# {base} fine-tuned on {dataset}\n\n"));
+    s.push_str(&format!(
+        "Sequence classification ({} classes: {}), fine-tuned from [{base}] on {dataset}.\n\n",
+        labels.len(),
+        labels.join(", ")
+    ));
+    s.push_str("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n");
+    s.push_str("tok = AutoTokenizer.from_pretrained(\"path/to/this/dir\")\nmodel = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/dir\")\n");
+    s.push_str(&format!("logits = model(**tok([\"a great film\"], truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n```\n\n"));
+    s.push_str(&format!(
+        "## Validation metrics (split `{}`, the selected weights: `{:?}`)\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| F1 | {:.4} |\n| loss | {:.4} |\n| examples | {} |\n\n",
+        hp["params"]["validation_split"].as_str().unwrap_or("validation"),
+        p.weights,
+        val["accuracy"].as_f64().unwrap_or(f64::NAN),
+        val["f1"].as_f64().unwrap_or(f64::NAN),
+        val["loss"].as_f64().unwrap_or(f64::NAN),
+        val["examples"]
+    ));
+    s.push_str("Test-set metrics are in the pipeline's evaluate artifact (`metrics.json`, `report.md`).\n\n");
+    s.push_str(&format!(
+        "## Sources\n\n| | |\n|---|---|\n| base model | `{base}` revision `{}` commit `{}` |\n| dataset | `{dataset}` revision `{}` commit `{}` |\n| max_length | {max_length} ({}) |\n| weights dtype | {dtype} |\n\n",
+        model_src["revision"].as_str().unwrap_or("-"),
+        model_src["commit"].as_str().unwrap_or("-"),
+        data_src["revision"].as_str().unwrap_or("-"),
+        data_src["commit"].as_str().unwrap_or("-"),
+        tokenize.manifest.params["truncation"].as_str().unwrap_or("head"),
+    ));
+    s.push_str(&format!("## Hyper-parameters\n\n```json\n{}\n```\n\n", serde_json::to_string_pretty(&hp["params"])?));
+    s.push_str(&format!(
+        "Training: {} steps, {:.1} s, {:.1} samples/s on {} ({}).\n\n",
+        tsum["steps"],
+        tsum["train_seconds"].as_f64().unwrap_or(0.0),
+        tsum["samples_per_second"].as_f64().unwrap_or(0.0),
+        hp["device"].as_str().unwrap_or("?"),
+        hp["precision"].as_str().unwrap_or("?")
+    ));
+    s.push_str(&format!(
+        "## Lineage (artifact keys)\n\n- download `{}`\n- tokenize `{}`\n- train `{}`\n",
+        download.manifest.key, tokenize.manifest.key, train.manifest.key
+    ));
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_and_fp16_conversion() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vals: Vec<f32> = vec![1.0, -2.5, 0.1, 65504.0];
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let v = safetensors::tensor::TensorView::new(StDtype::F32, vec![2, 2], &bytes).unwrap();
+        let src = tmp.path().join("a.safetensors");
+        safetensors::tensor::serialize_to_file(vec![("w".to_string(), v)], None, &src).unwrap();
+        for (d, sd) in [(Dtype::Bf16, StDtype::BF16), (Dtype::Fp16, StDtype::F16), (Dtype::Fp32, StDtype::F32)] {
+            let dst = tmp.path().join("b.safetensors");
+            convert_weights(&src, &dst, d).unwrap();
+            let b = std::fs::read(&dst).unwrap();
+            let st = SafeTensors::deserialize(&b).unwrap();
+            let t = st.tensor("w").unwrap();
+            assert_eq!(t.dtype(), sd);
+            assert_eq!(t.shape(), &[2, 2]);
+            if d == Dtype::Bf16 {
+                let back: Vec<f32> = t.data().chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect();
+                assert_eq!(back[0], 1.0);
+                assert_eq!(back[1], -2.5);
+                assert!((back[2] - 0.1).abs() < 1e-3);
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The BERT forward pass; mirrors transformers' `modeling_bert.py` (BertEmbeddings,
+//! BertSelfAttention with SDPA, BertSelfOutput, BertIntermediate, BertOutput, BertPooler, and the
+//! classification head of BertForSequenceClassification).
+//!
+//! Mixed precision: matrix products run in `model.compute` (bf16 on CUDA) on working copies cast
+//! from the fp32 master weights at each use, so gradients land on the fp32 masters; LayerNorm,
+//! residual sums and the logits stay fp32, as under PyTorch autocast.
+
+use tch::{Kind, Tensor};
+
+use crate::Model;
+
+fn linear(m: &Model, x: &Tensor, name: &str) -> Tensor {
+    let p = &m.params;
+    let w = p.get(&format!("{name}.weight")).to_kind(m.compute);
+    let b = p.get(&format!("{name}.bias")).to_kind(m.compute);
+    x.to_kind(m.compute).linear(&w, Some(&b))
+}
+
+fn layer_norm(m: &Model, x: &Tensor, name: &str) -> Tensor {
+    let p = &m.params;
+    x.to_kind(Kind::Float).layer_norm(
+        [m.config.hidden_size],
+        Some(p.get(&format!("{name}.weight"))),
+        Some(p.get(&format!("{name}.bias"))),
+        m.config.layer_norm_eps,
+        true,
+    )
+}
+
+fn act(m: &Model, x: &Tensor) -> Tensor {
+    match m.config.hidden_act.as_str() {
+        "relu" => x.relu(),
+        "gelu_new" | "gelu_pytorch_tanh" => x.gelu("tanh"),
+        _ => x.gelu("none"),
+    }
+}
+
+/// Logits `(batch, num_labels)` in fp32. `mask` is `(batch, len)` with 1 for real tokens; pass
+/// `None` for a batch without padding (lets CUDA use flash attention).
+pub fn forward(m: &Model, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    let c = &m.config;
+    let p = &m.params;
+    let (b, l) = ids.size2().expect("ids must be (batch, len)");
+    let (h, nh) = (c.hidden_size, c.num_attention_heads);
+    let hd = h / nh;
+    let word = Tensor::embedding(p.get("bert.embeddings.word_embeddings.weight"), ids, c.pad_token_id, false, false);
+    let pos = p.get("bert.embeddings.position_embeddings.weight").narrow(0, 0, l);
+    let typ = p.get("bert.embeddings.token_type_embeddings.weight").get(0);
+    let mut x = layer_norm(m, &(word + pos + typ), "bert.embeddings.LayerNorm").dropout(c.hidden_dropout_prob, train);
+    let attn_mask = mask.map(|mk| mk.to_kind(Kind::Bool).view([b, 1, 1, l]));
+    let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
+    for i in 0..c.num_hidden_layers {
+        let pre = format!("bert.encoder.layer.{i}");
+        let heads = |t: Tensor| t.view([b, l, nh, hd]).transpose(1, 2);
+        let q = heads(linear(m, &x, &format!("{pre}.attention.self.query")));
+        let k = heads(linear(m, &x, &format!("{pre}.attention.self.key")));
+        let v = heads(linear(m, &x, &format!("{pre}.attention.self.value")));
+        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask.as_ref(), attn_drop, false, None, false);
+        let ctx = ctx.transpose(1, 2).reshape([b, l, h]);
+        let a = linear(m, &ctx, &format!("{pre}.attention.output.dense")).dropout(c.hidden_dropout_prob, train);
+        let a = layer_norm(m, &(a.to_kind(Kind::Float) + &x), &format!("{pre}.attention.output.LayerNorm"));
+        let inter = act(m, &linear(m, &a, &format!("{pre}.intermediate.dense")));
+        let o = linear(m, &inter, &format!("{pre}.output.dense")).dropout(c.hidden_dropout_prob, train);
+        x = layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"));
+    }
+    let cls = x.select(1, 0);
+    let pooled = linear(m, &cls, "bert.pooler.dense").tanh();
+    let pooled = pooled.dropout(c.classifier_dropout(), train);
+    linear(m, &pooled, "classifier").to_kind(Kind::Float)
+}

@@ -1,0 +1,79 @@
+//! BERT-family encoders for sequence classification in tch, numerically matching Hugging Face
+//! `BertForSequenceClassification`, with weights under Hugging Face names.
+//!
+//! * [`config`]: `config.json` as a serde struct.
+//! * [`params`]: the named parameters (fp32 master copies), loading and saving safetensors.
+//! * [`bert`]: the forward pass (embeddings, encoder layers with SDPA, pooler, classifier).
+//! * [`infer`]: batched, length-sorted inference over a token split.
+//! * [`device`]: resolving `auto|cpu|cuda|cuda:N`, and what libtorch can do here.
+//!
+//! New architectures (DistilBERT, RoBERTa) add a module beside `bert` and a variant of
+//! [`Arch`]; the training loop only sees [`Model::forward`].
+
+pub mod bert;
+pub mod config;
+pub mod device;
+pub mod infer;
+pub mod params;
+
+pub use config::BertConfig;
+pub use params::Params;
+
+use tch::{Kind, Tensor};
+
+/// The architectures we can build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Bert,
+}
+
+/// A classifier: config, parameters, and the dtype matrix products run in.
+pub struct Model {
+    pub arch: Arch,
+    pub config: BertConfig,
+    pub num_labels: i64,
+    pub params: Params,
+    /// `Kind::Float` (fp32) or `Kind::BFloat16` (bf16 compute over fp32 master weights).
+    pub compute: Kind,
+}
+
+/// What loading weights found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Initialized fresh (not in the file): the pooler and classifier of an encoder-only file.
+    pub initialized: Vec<String>,
+    /// In the file but not used (MLM heads, buffers such as `position_ids`).
+    pub unused: Vec<String>,
+}
+
+impl Model {
+    /// Logits `(batch, num_labels)` in fp32. `ids` and `mask` are `(batch, len)` int64; `mask`
+    /// may be `None` when no row is padded.
+    pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+        match self.arch {
+            Arch::Bert => bert::forward(self, ids, mask, train),
+        }
+    }
+
+    /// A model with random weights (HF's initialization), from a config alone.
+    pub fn random(config: BertConfig, num_labels: i64, device: tch::Device, seed: u64) -> anyhow::Result<Model> {
+        config.check()?;
+        let params = Params::init(&config, num_labels, device, seed);
+        Ok(Model { arch: Arch::Bert, config, num_labels, params, compute: Kind::Float })
+    }
+
+    /// A model from a Hugging Face safetensors file; missing pooler/classifier weights are
+    /// initialized as HF does and reported.
+    pub fn load(
+        config: BertConfig,
+        num_labels: i64,
+        weights: &std::path::Path,
+        device: tch::Device,
+        seed: u64,
+    ) -> anyhow::Result<(Model, LoadReport)> {
+        config.check()?;
+        let mut params = Params::init(&config, num_labels, device, seed);
+        let report = params.load_hf(weights)?;
+        Ok((Model { arch: Arch::Bert, config, num_labels, params, compute: Kind::Float }, report))
+    }
+}

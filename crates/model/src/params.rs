@@ -1,0 +1,232 @@
+//! Named parameters under Hugging Face names (`bert.encoder.layer.0.attention.self.query.weight`,
+//! `classifier.weight`, ...), kept in fp32 as the master copy; HF initialization; safetensors
+//! loading (with or without the `bert.` prefix) and saving.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::BertConfig;
+use crate::LoadReport;
+
+/// How a parameter is initialized (transformers' `BertPreTrainedModel._init_weights`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Init {
+    Normal,
+    NormalPadZero(i64),
+    Zeros,
+    Ones,
+}
+
+/// Parameters in a fixed order (the order HF lists them), each a leaf tensor requiring grad.
+pub struct Params {
+    pub names: Vec<String>,
+    pub tensors: Vec<Tensor>,
+    index: HashMap<String, usize>,
+}
+
+fn layout(c: &BertConfig, num_labels: i64) -> Vec<(String, Vec<i64>, Init)> {
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    let mut v: Vec<(String, Vec<i64>, Init)> = vec![
+        ("bert.embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h], Init::NormalPadZero(c.pad_token_id)),
+        ("bert.embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h], Init::Normal),
+        ("bert.embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h], Init::Normal),
+        ("bert.embeddings.LayerNorm.weight".into(), vec![h], Init::Ones),
+        ("bert.embeddings.LayerNorm.bias".into(), vec![h], Init::Zeros),
+    ];
+    let linear = |v: &mut Vec<(String, Vec<i64>, Init)>, name: String, out: i64, inp: i64| {
+        v.push((format!("{name}.weight"), vec![out, inp], Init::Normal));
+        v.push((format!("{name}.bias"), vec![out], Init::Zeros));
+    };
+    let ln = |v: &mut Vec<(String, Vec<i64>, Init)>, name: String| {
+        v.push((format!("{name}.weight"), vec![h], Init::Ones));
+        v.push((format!("{name}.bias"), vec![h], Init::Zeros));
+    };
+    for l in 0..c.num_hidden_layers {
+        let p = format!("bert.encoder.layer.{l}");
+        for q in ["query", "key", "value"] {
+            linear(&mut v, format!("{p}.attention.self.{q}"), h, h);
+        }
+        linear(&mut v, format!("{p}.attention.output.dense"), h, h);
+        ln(&mut v, format!("{p}.attention.output.LayerNorm"));
+        linear(&mut v, format!("{p}.intermediate.dense"), i, h);
+        linear(&mut v, format!("{p}.output.dense"), h, i);
+        ln(&mut v, format!("{p}.output.LayerNorm"));
+    }
+    linear(&mut v, "bert.pooler.dense".into(), h, h);
+    linear(&mut v, "classifier".into(), num_labels, h);
+    v
+}
+
+/// Maps a checkpoint's tensor name to ours: adds the `bert.` prefix that encoder-only files
+/// (all-MiniLM-L6-v2) lack, and renames TF-era `gamma`/`beta`.
+pub fn canonical_name(name: &str) -> String {
+    let n = if ["embeddings.", "encoder.", "pooler."].iter().any(|p| name.starts_with(p)) {
+        format!("bert.{name}")
+    } else {
+        name.to_string()
+    };
+    if let Some(stem) = n.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = n.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        n
+    }
+}
+
+impl Params {
+    /// Fresh parameters, initialized as HF does, deterministically from `seed` (generated on the
+    /// CPU, so every device gets the same values).
+    pub fn init(c: &BertConfig, num_labels: i64, device: Device, seed: u64) -> Params {
+        tch::manual_seed(seed as i64);
+        let mut names = Vec::new();
+        let mut tensors = Vec::new();
+        tch::no_grad(|| {
+            for (name, shape, init) in layout(c, num_labels) {
+                let t = match init {
+                    Init::Normal => Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * c.initializer_range,
+                    Init::NormalPadZero(pad) => {
+                        let t = Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * c.initializer_range;
+                        if pad >= 0 && pad < shape[0] {
+                            let _ = t.get(pad).fill_(0.0);
+                        }
+                        t
+                    }
+                    Init::Zeros => Tensor::zeros(&shape, (Kind::Float, Device::Cpu)),
+                    Init::Ones => Tensor::ones(&shape, (Kind::Float, Device::Cpu)),
+                };
+                names.push(name);
+                tensors.push(t.to_device(device).set_requires_grad(true));
+            }
+        });
+        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        Params { names, tensors, index }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        match self.index.get(name) {
+            Some(&i) => &self.tensors[i],
+            None => panic!("no parameter {name}: the layout and the forward pass disagree"),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn numel(&self) -> i64 {
+        self.tensors.iter().map(|t| t.numel() as i64).sum()
+    }
+
+    /// Copies values into the parameters by name (shapes must match).
+    pub fn assign(&self, named: &[(String, Tensor)], origin: &str) -> anyhow::Result<Vec<String>> {
+        let mut assigned = Vec::new();
+        tch::no_grad(|| -> anyhow::Result<()> {
+            for (name, t) in named {
+                let Some(&i) = self.index.get(name) else { continue };
+                let dst = &self.tensors[i];
+                if dst.size() != t.size() {
+                    bail!(
+                        "{origin}: tensor {name} has shape {:?}, the model expects {:?}: config.json does not match these weights",
+                        t.size(),
+                        dst.size()
+                    );
+                }
+                let mut d = dst.shallow_clone();
+                d.copy_(&t.to_kind(Kind::Float).to_device(dst.device()));
+                assigned.push(name.clone());
+            }
+            Ok(())
+        })?;
+        Ok(assigned)
+    }
+
+    /// Loads a Hugging Face safetensors file. Encoder weights must all be present; the pooler
+    /// and classifier may be missing (then they keep their fresh initialization).
+    pub fn load_hf(&mut self, path: &Path) -> anyhow::Result<LoadReport> {
+        let raw = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut named = Vec::with_capacity(raw.len());
+        let mut unused = Vec::new();
+        for (name, t) in raw {
+            let c = canonical_name(&name);
+            if self.index.contains_key(&c) {
+                named.push((c, t));
+            } else {
+                unused.push(name);
+            }
+        }
+        let assigned = self.assign(&named, &path.display().to_string())?;
+        let got: std::collections::HashSet<&String> = assigned.iter().collect();
+        let missing: Vec<String> = self.names.iter().filter(|n| !got.contains(n)).cloned().collect();
+        let required: Vec<&String> = missing
+            .iter()
+            .filter(|n| !n.starts_with("bert.pooler.") && !n.starts_with("classifier."))
+            .collect();
+        if !required.is_empty() {
+            bail!(
+                "{}: {} encoder weights are missing (first: {:?}); is this a BERT checkpoint matching config.json?",
+                path.display(),
+                required.len(),
+                &required[..required.len().min(3)]
+            );
+        }
+        unused.sort();
+        Ok(LoadReport { initialized: missing, unused })
+    }
+
+    /// Loads our own safetensors (exact names, all required).
+    pub fn load_exact(&self, path: &Path) -> anyhow::Result<()> {
+        let raw = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+        let assigned = self.assign(&raw, &path.display().to_string())?;
+        if assigned.len() != self.len() {
+            bail!("{}: has {} of the model's {} tensors", path.display(), assigned.len(), self.len());
+        }
+        Ok(())
+    }
+
+    /// Saves under HF names, as `kind` (fp32, bf16 or fp16).
+    pub fn save(&self, path: &Path, kind: Kind) -> anyhow::Result<()> {
+        let named: Vec<(String, Tensor)> = self
+            .names
+            .iter()
+            .zip(&self.tensors)
+            .map(|(n, t)| (n.clone(), t.detach().to_kind(kind).to_device(Device::Cpu).contiguous()))
+            .collect();
+        Tensor::write_safetensors(&named, path).with_context(|| format!("writing {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Whether a parameter gets weight decay (HF Trainer: not biases, not LayerNorm weights).
+    pub fn decays(name: &str) -> bool {
+        !(name.ends_with(".bias") || name.contains("LayerNorm"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_canonicalized() {
+        assert_eq!(canonical_name("embeddings.word_embeddings.weight"), "bert.embeddings.word_embeddings.weight");
+        assert_eq!(canonical_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
+        assert_eq!(canonical_name("encoder.layer.0.output.LayerNorm.gamma"), "bert.encoder.layer.0.output.LayerNorm.weight");
+        assert_eq!(canonical_name("classifier.weight"), "classifier.weight");
+    }
+
+    #[test]
+    fn decay_groups() {
+        assert!(Params::decays("bert.encoder.layer.0.attention.self.query.weight"));
+        assert!(Params::decays("bert.embeddings.word_embeddings.weight"));
+        assert!(!Params::decays("bert.encoder.layer.0.attention.self.query.bias"));
+        assert!(!Params::decays("bert.embeddings.LayerNorm.weight"));
+        assert!(!Params::decays("classifier.bias"));
+    }
+}

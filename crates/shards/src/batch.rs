@@ -1,0 +1,42 @@
+//! Batching helpers: gather examples and pad at load time.
+
+use crate::Split;
+
+/// A padded batch, row-major `rows × len`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub rows: usize,
+    pub len: usize,
+    pub ids: Vec<i64>,
+    /// 1 for real tokens, 0 for padding.
+    pub mask: Vec<i64>,
+    pub labels: Vec<i64>,
+    /// The examples' indices in the split.
+    pub index: Vec<usize>,
+    /// Real (unpadded) tokens in the batch.
+    pub tokens: usize,
+}
+
+/// Gathers `index` from a split and pads to the longest example, or to `pad_to` when given (and
+/// longer), with `pad_id`.
+pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usize>) -> Batch {
+    let longest = index.iter().map(|&i| split.length(i)).max().unwrap_or(0);
+    let len = pad_to.map_or(longest, |p| p.max(longest)).max(1);
+    let rows = index.len();
+    let mut ids = vec![pad_id as i64; rows * len];
+    let mut mask = vec![0i64; rows * len];
+    let mut labels = Vec::with_capacity(rows);
+    let mut buf = Vec::with_capacity(len);
+    let mut tokens = 0;
+    for (r, &i) in index.iter().enumerate() {
+        buf.clear();
+        split.ids_into(i, &mut buf);
+        tokens += buf.len();
+        for (c, &id) in buf.iter().enumerate() {
+            ids[r * len + c] = id as i64;
+            mask[r * len + c] = 1;
+        }
+        labels.push(split.label(i) as i64);
+    }
+    Batch { rows, len, ids, mask, labels, index: index.to_vec(), tokens }
+}

@@ -1,0 +1,89 @@
+//! Round trips, and damaged files rejected without panics.
+
+use proptest::prelude::*;
+use shards::{pad_batch, Shard, ShardWriter, Split};
+
+fn write(dir: &std::path::Path, examples: &[(Vec<u32>, i32)], vocab: usize, cap: u64) -> Vec<std::path::PathBuf> {
+    let mut w = ShardWriter::new(dir, "train", vocab, cap);
+    for (ids, l) in examples {
+        w.push(ids, *l, ids.len() as u32 + 1).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+#[test]
+fn round_trip_across_shards_and_widths() {
+    for vocab in [30522, 100_000] {
+        let tmp = tempfile::tempdir().unwrap();
+        let ex: Vec<(Vec<u32>, i32)> =
+            (0..50u32).map(|i| ((0..i % 7).map(|j| (i * 31 + j * 1000) % vocab as u32).collect(), (i % 3) as i32)).collect();
+        let files = write(tmp.path(), &ex, vocab, 300);
+        assert!(files.len() > 1, "cap should split the split into several shards");
+        let s = Split::open(tmp.path(), "train").unwrap();
+        assert_eq!(s.len(), 50);
+        for (i, (ids, l)) in ex.iter().enumerate() {
+            assert_eq!(&s.ids(i), ids);
+            assert_eq!(s.label(i), *l);
+            assert_eq!(s.length(i), ids.len());
+            assert_eq!(s.full_length(i), ids.len() as u32 + 1);
+        }
+        let b = pad_batch(&s, &[3, 5], 0, None);
+        assert_eq!((b.rows, b.len), (2, 5));
+        assert_eq!(&b.ids[..5], &[93 % vocab as i64, 1093, 2093, 0, 0][..]);
+        assert_eq!(&b.mask[5..], &[1, 1, 1, 1, 1][..]);
+        assert_eq!(b.tokens, 8);
+        let p = pad_batch(&s, &[3], 0, Some(16));
+        assert_eq!(p.len, 16);
+    }
+}
+
+#[test]
+fn missing_split_lists_present() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), &[(vec![1, 2], 0)], 100, 1 << 20);
+    let e = Split::open(tmp.path(), "test").err().unwrap().to_string();
+    assert!(e.contains("`test`") && e.contains("train"), "{e}");
+}
+
+#[test]
+fn every_truncation_and_byte_flip_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write(tmp.path(), &[(vec![1, 2, 3], 0), (vec![4], 1), (vec![], 1)], 100, 1 << 20);
+    let good = std::fs::read(&files[0]).unwrap();
+    let p = tmp.path().join("bad.shard");
+    for cut in 0..good.len() {
+        std::fs::write(&p, &good[..cut]).unwrap();
+        let e = Shard::open(&p).err().expect("truncated shard accepted").to_string();
+        assert!(e.contains("bad.shard"), "{e}");
+    }
+    for i in 0..good.len() {
+        if (48..64).contains(&i) {
+            continue; // reserved bytes are not checked
+        }
+        let mut b = good.clone();
+        b[i] ^= 0x41;
+        std::fs::write(&p, &b).unwrap();
+        assert!(Shard::open(&p).is_err(), "flip at byte {i} accepted");
+    }
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400), header in any::<bool>()) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.shard");
+        let mut b = bytes;
+        if header && b.len() >= 16 {
+            b[..8].copy_from_slice(shards::MAGIC);
+            b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            b[12..16].copy_from_slice(&2u32.to_le_bytes());
+        }
+        std::fs::write(&p, &b).unwrap();
+        if let Ok(s) = Shard::open(&p) {
+            for i in 0..s.len() {
+                let _ = s.ids(i);
+                let _ = s.label(i);
+            }
+        }
+    }
+}

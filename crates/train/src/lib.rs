@@ -1,0 +1,219 @@
+//! The train stage: fine-tunes the download artifact's pretrained encoder on the tokenize
+//! artifact's shards. Artifact layout:
+//!
+//! ```text
+//! best.safetensors    weights with the best validation metric (HF names)
+//! final.safetensors   weights at the end of training
+//! config.json         the base config plus num_labels, id2label, label2id, architectures
+//! hparams.json        the resolved hyper-parameters (schedule length, warmup, device, precision)
+//! log.jsonl           one line per log step (loss, lr, grad_norm, samples/s, tokens/s) and eval
+//! summary.json        throughput, best step and metric, final validation metrics
+//! ```
+//!
+//! While it runs, checkpoints live in `STORE/.checkpoints/train-<key>/`; a rerun after a crash or
+//! Ctrl-C resumes from there.
+
+pub mod batches;
+pub mod optim;
+pub mod trainer;
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use pipeline::{Precision, TrainParams};
+use serde_json::json;
+use tch::Kind;
+
+/// Bump when the artifact's layout or the training algorithm's meaning changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn stage_def() -> artifact::StageDef {
+    artifact::StageDef {
+        name: "train",
+        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
+        tool_version: env!("CARGO_PKG_VERSION"),
+    }
+}
+
+pub fn validate(p: &TrainParams) -> anyhow::Result<()> {
+    if p.batch_size == 0 {
+        bail!("train.batch_size must be positive");
+    }
+    if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
+        bail!("train.learning_rate must be a positive number, got {}", p.learning_rate);
+    }
+    if p.epochs <= 0.0 && p.max_steps.is_none() {
+        bail!("train.epochs must be positive (or set max_steps)");
+    }
+    if !(0.0..1.0).contains(&p.warmup_ratio) {
+        bail!("train.warmup_ratio must be in [0, 1), got {}", p.warmup_ratio);
+    }
+    Ok(())
+}
+
+/// The compute dtype for a precision setting on a device.
+pub fn compute_kind(p: Precision, device: tch::Device) -> Kind {
+    match (p, device) {
+        (Precision::Fp32, _) => Kind::Float,
+        (Precision::Bf16, _) => Kind::BFloat16,
+        (Precision::Auto, tch::Device::Cuda(_)) => Kind::BFloat16,
+        (Precision::Auto, _) => Kind::Float,
+    }
+}
+
+/// Class names from a tokenize artifact.
+pub fn label_names(tokenize: &Path) -> anyhow::Result<Vec<String>> {
+    let path = tokenize.join("labels.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
+    let names: Vec<String> = v["names"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+    if names.len() < 2 {
+        bail!("{}: needs at least two classes, found {names:?}", path.display());
+    }
+    Ok(names)
+}
+
+/// The config.json we ship with trained weights: the base config plus the classification head.
+pub fn classifier_config(base: &model::BertConfig, names: &[String]) -> serde_json::Value {
+    let mut v = serde_json::to_value(base).unwrap_or_default();
+    let id2label: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
+    let label2id: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
+    v["architectures"] = json!(["BertForSequenceClassification"]);
+    v["model_type"] = json!("bert");
+    v["num_labels"] = json!(names.len());
+    v["id2label"] = json!(id2label);
+    v["label2id"] = json!(label2id);
+    v["problem_type"] = json!("single_label_classification");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("_name_or_path");
+        o.remove("gradient_checkpointing");
+    }
+    v
+}
+
+/// Peak dense bf16 FLOP/s of known GPUs, for model FLOP utilisation.
+fn peak_flops() -> Option<(String, f64)> {
+    let out = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
+    let name = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string();
+    let peak = if name.contains("H100") || name.contains("H200") || name.contains("H20") && !name.contains("H20 ") {
+        989e12
+    } else if name.contains("A100") {
+        312e12
+    } else if name.contains("L4") {
+        121e12
+    } else {
+        return Some((name, f64::NAN));
+    };
+    Some((name, peak))
+}
+
+/// Runs the stage.
+pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<serde_json::Value> {
+    validate(p)?;
+    let meta_path = tokenize.join("meta.json");
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)?;
+    let pad_id = meta["pad_id"].as_u64().unwrap_or(0) as u32;
+    let max_length = meta["max_length"].as_u64().context("meta.json lacks max_length")? as usize;
+    let names = label_names(tokenize)?;
+    let config = model::BertConfig::from_file(&download.join("model/config.json"))?;
+    let tok_vocab = meta["vocab_size"].as_i64().unwrap_or(0);
+    if tok_vocab > config.vocab_size {
+        bail!("the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}: tokenize and model do not match", config.vocab_size);
+    }
+    let device = model::device::resolve(&p.device)?;
+    let kind = compute_kind(p.precision, device);
+    let (mut m, report) = match p.init {
+        pipeline::Init::Pretrained => model::Model::load(config.clone(), names.len() as i64, &download.join("model/model.safetensors"), device, p.seed)?,
+        pipeline::Init::Random => (model::Model::random(config.clone(), names.len() as i64, device, p.seed)?, model::LoadReport::default()),
+    };
+    m.compute = kind;
+    if !report.initialized.is_empty() {
+        eprintln!("initialized (not in the checkpoint): {}", report.initialized.join(", "));
+    }
+    if !report.unused.is_empty() {
+        eprintln!("not used from the checkpoint: {}", report.unused.join(", "));
+    }
+    let train = shards::Split::open(tokenize, "train")?;
+    let val = match shards::Split::open(tokenize, &p.validation_split) {
+        Ok(v) => v,
+        Err(shards::Error::NoSplit { present, .. }) => bail!(
+            "train.validation_split `{}` is not in the tokenize artifact; splits present: {present:?}",
+            p.validation_split
+        ),
+        Err(e) => return Err(e.into()),
+    };
+    eprintln!(
+        "training {} parameters on {} ({}), {} train / {} validation examples",
+        m.params.numel(),
+        model::device::describe(device),
+        if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
+        p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
+        val.len()
+    );
+    let job = trainer::Job {
+        params: p,
+        model: &mut m,
+        train: &train,
+        val: Some(&val),
+        pad_id,
+        max_length,
+        device,
+        work: work.to_path_buf(),
+        stop_after: None,
+        positive_class: 1,
+        progress: true,
+    };
+    let outcome = trainer::run(job)?;
+    m.params.save(&out.join("final.safetensors"), Kind::Float)?;
+    let best = work.join("best.safetensors");
+    if best.exists() {
+        std::fs::copy(&best, out.join("best.safetensors")).context("copying best weights")?;
+    } else {
+        std::fs::copy(out.join("final.safetensors"), out.join("best.safetensors")).context("copying weights")?;
+    }
+    std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&classifier_config(&config, &names))?)?;
+    let st = &outcome.state;
+    let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
+    let flops = 3.0 * st.tokens as f64 * (config.encoder_flops_per_token(avg_len as i64) + 0.0);
+    let mfu = match device {
+        tch::Device::Cuda(_) => peak_flops().map(|(name, peak)| json!({"gpu": name, "model_tflops_per_s": flops / st.train_seconds / 1e12, "mfu": flops / st.train_seconds / peak})),
+        _ => None,
+    };
+    let hparams = json!({
+        "params": p,
+        "total_steps": outcome.total_steps,
+        "device": model::device::describe(device),
+        "precision": if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
+        "max_length": max_length,
+        "labels": names,
+        "initialized": report.initialized,
+    });
+    std::fs::write(out.join("hparams.json"), serde_json::to_vec_pretty(&hparams)?)?;
+    let summary = json!({
+        "steps": st.step,
+        "epochs_completed": st.epoch,
+        "samples": st.samples,
+        "tokens": st.tokens,
+        "train_seconds": st.train_seconds,
+        "samples_per_second": outcome.samples_per_second,
+        "tokens_per_second": outcome.tokens_per_second,
+        "best_step": st.best_step,
+        "best_metric": st.best_metric,
+        "select_metric": p.select_metric,
+        "last_validation": outcome.last_eval,
+        "flop_utilisation": mfu,
+    });
+    std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    eprintln!(
+        "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best {:?} {:?} at step {:?}",
+        st.step,
+        st.train_seconds,
+        outcome.samples_per_second,
+        outcome.tokens_per_second,
+        mfu.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m["mfu"].as_f64().unwrap_or(f64::NAN))).unwrap_or_default(),
+        p.select_metric,
+        st.best_metric,
+        st.best_step
+    );
+    Ok(summary)
+}

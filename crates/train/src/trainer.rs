@@ -1,0 +1,337 @@
+//! The training loop: batches from the shards, forward/backward, AdamW, schedule, clipping,
+//! validation with best-checkpoint selection, early stopping, logs, checkpoints and resume.
+//!
+//! Exact resume: data order is a function of (seed, epoch), dropout is reseeded from (seed,
+//! micro-batch number) before every forward pass, and checkpoints are taken at optimizer-step
+//! boundaries with the weights, both Adam moments and the position; so a resumed run replays
+//! bit for bit what the uninterrupted run would have done (on the same device and threads).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use pipeline::{Metric, TrainParams};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::batches::Plan;
+use crate::optim::{clip_grad_norm, lr_lambda, zero_grad, AdamW};
+
+/// Where the loop stands; saved in `state.json` with each checkpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub step: u64,
+    pub epoch: u64,
+    /// Next batch index within `epoch`.
+    pub batch: usize,
+    /// Micro-batches run so far (dropout seeds derive from it).
+    pub micro: u64,
+    pub best_metric: Option<f64>,
+    pub best_step: Option<u64>,
+    pub evals_without_improvement: u32,
+    pub samples: u64,
+    pub tokens: u64,
+    pub train_seconds: f64,
+    pub done: bool,
+}
+
+/// Everything a run needs.
+pub struct Job<'a> {
+    pub params: &'a TrainParams,
+    pub model: &'a mut model::Model,
+    pub train: &'a shards::Split,
+    pub val: Option<&'a shards::Split>,
+    pub pad_id: u32,
+    pub max_length: usize,
+    pub device: Device,
+    /// Holds checkpoints, the log and the best weights while training; survives interruption.
+    pub work: PathBuf,
+    /// Stop (after checkpointing) once this many optimizer steps are done; for interruption tests.
+    pub stop_after: Option<u64>,
+    pub positive_class: usize,
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub state: State,
+    pub interrupted: bool,
+    pub total_steps: u64,
+    pub last_eval: Option<serde_json::Value>,
+    pub samples_per_second: f64,
+    pub tokens_per_second: f64,
+}
+
+fn higher_is_better(m: Metric) -> bool {
+    !matches!(m, Metric::Loss)
+}
+
+/// Validation loss, accuracy and F1.
+pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> serde_json::Value {
+    let pred = model::infer::predict(m, split, batch, pad, device);
+    let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
+    let p = pred.argmax();
+    let n = m.num_labels as usize;
+    json!({
+        "loss": pred.loss,
+        "accuracy": metrics::accuracy(&labels, &p),
+        "f1": metrics::f1(&labels, &p, n, positive.min(n.saturating_sub(1))),
+        "examples": labels.len(),
+    })
+}
+
+fn save_checkpoint(job: &Job, opt: &AdamW, st: &State) -> anyhow::Result<()> {
+    let dir = &job.work;
+    let tmp = dir.join("checkpoint.tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    job.model.params.save(&tmp.join("weights.safetensors"), Kind::Float)?;
+    Tensor::write_safetensors(&opt.named_state(&job.model.params), tmp.join("optimizer.safetensors"))
+        .context("writing the optimizer state")?;
+    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(st)?)?;
+    let fin = dir.join("checkpoint");
+    let _ = std::fs::remove_dir_all(&fin);
+    std::fs::rename(&tmp, &fin).with_context(|| format!("publishing checkpoint {}", fin.display()))?;
+    Ok(())
+}
+
+/// Loads the checkpoint in `work`, if any.
+fn load_checkpoint(job: &mut Job, opt: &mut AdamW) -> anyhow::Result<Option<State>> {
+    let dir = job.work.join("checkpoint");
+    if !dir.join("state.json").exists() {
+        return Ok(None);
+    }
+    let st: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).context("reading checkpoint state.json")?;
+    job.model.params.load_exact(&dir.join("weights.safetensors"))?;
+    let named = Tensor::read_safetensors(dir.join("optimizer.safetensors")).context("reading the optimizer state")?;
+    opt.load_state(&job.model.params, named, st.step)?;
+    Ok(Some(st))
+}
+
+/// Keeps only log lines up to `step` (a resumed run rewrites what came after its checkpoint).
+fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .collect();
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    std::fs::write(path, out)?;
+    Ok(())
+}
+
+fn is_oom(msg: &str) -> bool {
+    msg.contains("out of memory") || msg.contains("CUDA error: out of memory")
+}
+
+/// Runs (or resumes) training.
+pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
+    let p = job.params;
+    std::fs::create_dir_all(&job.work).with_context(|| format!("creating {}", job.work.display()))?;
+    let lengths = job.train.lengths();
+    let mut pool: Vec<usize> = (0..job.train.len()).collect();
+    if let Some(n) = p.max_train_examples {
+        if n < pool.len() {
+            let perm = crate::batches::permutation(pool.len(), p.seed);
+            pool = perm[..n].to_vec();
+            pool.sort_unstable();
+        }
+    }
+    if pool.is_empty() {
+        bail!("the train split is empty");
+    }
+    let plan = Plan { padding: p.padding, batch_size: p.batch_size, batch_tokens: p.batch_tokens, max_length: job.max_length, seed: p.seed };
+    let whole_epochs = p.epochs.ceil().max(1.0) as u64;
+    let epoch_plans: Vec<usize> = (0..whole_epochs).map(|e| plan.epoch(&pool, &lengths, e).len()).collect();
+    let accum = p.grad_accum.max(1);
+    let steps_per_epoch: Vec<u64> = epoch_plans.iter().map(|&b| b.div_ceil(accum) as u64).collect();
+    let total_steps = match p.max_steps {
+        Some(s) => s,
+        None => {
+            let full: u64 = steps_per_epoch.iter().take(p.epochs.floor() as usize).sum();
+            let frac = p.epochs - p.epochs.floor();
+            let part = steps_per_epoch.get(p.epochs.floor() as usize).map(|&s| (s as f64 * frac).round() as u64).unwrap_or(0);
+            (full + part).max(1)
+        }
+    };
+    let warmup = p.warmup_steps.unwrap_or_else(|| (p.warmup_ratio * total_steps as f64).ceil() as u64);
+    let mut opt = AdamW::new(&job.model.params, p.weight_decay);
+    let mut st = load_checkpoint(&mut job, &mut opt)?.unwrap_or_default();
+    let log_path = job.work.join("log.jsonl");
+    if st.step > 0 {
+        eprintln!("resuming from the checkpoint at step {} (epoch {}, batch {})", st.step, st.epoch + 1, st.batch);
+        trim_log(&log_path, st.step)?;
+    } else {
+        let _ = std::fs::remove_file(&log_path);
+    }
+    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("opening log.jsonl")?;
+    let bar = if job.progress {
+        let b = indicatif::ProgressBar::with_draw_target(Some(total_steps), indicatif::ProgressDrawTarget::stderr());
+        if let Ok(s) = indicatif::ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} steps, ETA {eta}") {
+            b.set_style(s);
+        }
+        b.set_position(st.step);
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let mut last_eval = None;
+    let higher = higher_is_better(p.select_metric);
+    let metric_key = match p.select_metric {
+        Metric::Accuracy => "accuracy",
+        Metric::F1 => "f1",
+        Metric::Loss => "loss",
+    };
+    // Pending per-step losses (device scalars), checked for NaN at each log point.
+    let mut pending: Vec<(u64, Tensor)> = Vec::new();
+    let mut window = (Instant::now(), 0u64, 0u64, st.step);
+    let t_start = Instant::now();
+    let base_seconds = st.train_seconds;
+    let mut interrupted = false;
+    let validate_and_checkpoint = |job: &Job, st: &mut State, opt: &AdamW, log: &mut std::fs::File, last_eval: &mut Option<serde_json::Value>| -> anyhow::Result<bool> {
+        let mut stop = false;
+        if let Some(val) = job.val {
+            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class);
+            let m = ev[metric_key].as_f64().unwrap_or(f64::NAN);
+            let better = match st.best_metric {
+                None => true,
+                Some(b) => (higher && m > b) || (!higher && m < b),
+            };
+            if better {
+                st.best_metric = Some(m);
+                st.best_step = Some(st.step);
+                st.evals_without_improvement = 0;
+                job.model.params.save(&job.work.join("best.safetensors"), Kind::Float)?;
+            } else {
+                st.evals_without_improvement += 1;
+                if p.early_stopping_patience.is_some_and(|pat| st.evals_without_improvement >= pat) {
+                    stop = true;
+                }
+            }
+            writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "eval": ev, "best": better}))?;
+            bar.println(format!(
+                "step {}: validation loss {:.4}, accuracy {:.4}, f1 {:.4}{}",
+                st.step,
+                ev["loss"].as_f64().unwrap_or(0.0),
+                ev["accuracy"].as_f64().unwrap_or(0.0),
+                ev["f1"].as_f64().unwrap_or(0.0),
+                if better { " (best)" } else { "" }
+            ));
+            *last_eval = Some(ev);
+        }
+        st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
+        save_checkpoint(job, opt, st)?;
+        Ok(stop)
+    };
+
+    'outer: while !st.done && st.step < total_steps {
+        let batches = plan.epoch(&pool, &lengths, st.epoch);
+        let n_batches = batches.len();
+        let mut micro_in_step = 0usize;
+        while st.batch < n_batches {
+            let idx = &batches[st.batch];
+            tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
+            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to());
+            let (rows, len, tokens) = (b.rows, b.len, b.tokens);
+            let step_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let (ids, mask, labels) = model::infer::to_device(&b, job.device);
+                let logits = job.model.forward(&ids, mask.as_ref(), true);
+                let loss = logits.cross_entropy_for_logits(&labels);
+                (&loss / accum as f64).backward();
+                loss.detach()
+            }));
+            let loss = match step_result {
+                Ok(l) => l,
+                Err(e) => {
+                    let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                    if is_oom(&msg) {
+                        bail!(
+                            "out of memory at a batch of {rows} examples × {len} tokens on {}: lower train.batch_size (or set train.batch_tokens), or tokenize.max_length",
+                            model::device::describe(job.device)
+                        );
+                    }
+                    bail!("training step {} failed: {msg}", st.step + 1);
+                }
+            };
+            st.micro += 1;
+            st.batch += 1;
+            st.samples += rows as u64;
+            st.tokens += tokens as u64;
+            window.1 += rows as u64;
+            window.2 += tokens as u64;
+            micro_in_step += 1;
+            if micro_in_step < accum && st.batch < n_batches {
+                continue;
+            }
+            micro_in_step = 0;
+            let lr = p.learning_rate * lr_lambda(st.step, warmup, total_steps);
+            let norm = clip_grad_norm(&job.model.params, p.max_grad_norm);
+            opt.apply(&job.model.params, lr);
+            zero_grad(&job.model.params);
+            st.step += 1;
+            pending.push((st.step, loss));
+            bar.set_position(st.step);
+            let at_log = st.step % p.log_every_steps.max(1) == 0 || st.step == total_steps;
+            if at_log {
+                let losses: Vec<f64> = pending.iter().map(|(_, l)| l.double_value(&[])).collect();
+                if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
+                    bail!(
+                        "loss became {} at step {} (lr {lr:.3e}); nothing was published. Lower train.learning_rate or use precision: fp32",
+                        losses[i],
+                        pending[i].0
+                    );
+                }
+                let mean = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
+                let secs = window.0.elapsed().as_secs_f64().max(1e-9);
+                let (sps, tps) = (window.1 as f64 / secs, window.2 as f64 / secs);
+                let gn = norm.double_value(&[]);
+                writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "loss": mean, "lr": lr, "grad_norm": gn, "samples_per_s": sps, "tokens_per_s": tps}))?;
+                bar.set_message(format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
+                pending.clear();
+                window = (Instant::now(), 0, 0, st.step);
+            }
+            if p.eval_every_steps.is_some_and(|e| st.step % e == 0) && st.step < total_steps && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval)? {
+                st.done = true;
+                break 'outer;
+            }
+            if st.step >= total_steps {
+                break;
+            }
+            if job.stop_after == Some(st.step) {
+                st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
+                save_checkpoint(&job, &opt, &st)?;
+                interrupted = true;
+                break 'outer;
+            }
+        }
+        let finished = st.step >= total_steps;
+        if st.batch >= n_batches {
+            st.epoch += 1;
+            st.batch = 0;
+        }
+        if finished {
+            st.done = true;
+        }
+        let epoch_end = p.eval_every_steps.is_none() || finished;
+        if epoch_end && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval)? {
+            st.done = true;
+        }
+    }
+    bar.finish_and_clear();
+    st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
+    let secs = st.train_seconds.max(1e-9);
+    Ok(Outcome {
+        samples_per_second: st.samples as f64 / secs,
+        tokens_per_second: st.tokens as f64 / secs,
+        state: st,
+        interrupted,
+        total_steps,
+        last_eval,
+    })
+}

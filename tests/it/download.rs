@@ -1,0 +1,270 @@
+//! The download stage against a mock Hub and local files: protocol, cache, faults, bad input.
+
+use std::path::{Path, PathBuf};
+
+use download::dataset::SplitData;
+use download::hub::Hub;
+use serde_json::json;
+use tests::mock_hub::{Faults, MockHub};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+const CARD: &str = "---\ndataset_info:\n  features:\n  - name: text\n    dtype: string\n  - name: label\n    dtype:\n      class_label:\n        names:\n          '0': neg\n          '1': pos\nconfigs:\n- config_name: plain_text\n  data_files:\n  - split: train\n    path: plain_text/train-*\n  - split: test\n    path: plain_text/test-*\n  default: true\n---\n# tiny imdb\n";
+
+fn parquet_bytes(dir: &Path, n: usize, offset: usize) -> Vec<u8> {
+    let data = SplitData {
+        text: (0..n).map(|i| format!("review number {} is {}", i + offset, if i % 2 == 0 { "bad" } else { "good" })).collect(),
+        label: (0..n).map(|i| (i % 2) as i64).collect(),
+    };
+    let p = dir.join(format!("t{offset}.parquet"));
+    data.write_parquet(&p).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    mock: MockHub,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let mock = MockHub::start();
+        mock.add("datasets", "org/tiny-imdb", "README.md", CARD.as_bytes());
+        mock.add("datasets", "org/tiny-imdb", "plain_text/train-00000-of-00001.parquet", &parquet_bytes(tmp.path(), 200, 0));
+        mock.add("datasets", "org/tiny-imdb", "plain_text/test-00000-of-00001.parquet", &parquet_bytes(tmp.path(), 60, 1000));
+        for f in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
+            mock.add("models", "org/tiny-bert", f, &std::fs::read(fixtures().join("tiny-bert").join(f)).unwrap());
+        }
+        Env { tmp, mock }
+    }
+    fn hub(&self) -> Hub {
+        Hub {
+            endpoint: self.mock.endpoint.clone(),
+            token: None,
+            cache: self.tmp.path().join("hf-cache"),
+            offline: false,
+            attempts: 3,
+            backoff: std::time::Duration::from_millis(10),
+            progress: false,
+        }
+    }
+    fn out(&self, name: &str) -> PathBuf {
+        let p = self.tmp.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+fn params(v: serde_json::Value) -> pipeline::DownloadParams {
+    serde_json::from_value(v).unwrap()
+}
+
+fn hub_params() -> pipeline::DownloadParams {
+    params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/tiny-bert"}}))
+}
+
+fn err_of(r: anyhow::Result<serde_json::Value>) -> String {
+    format!("{:#}", r.expect_err("should fail"))
+}
+
+#[test]
+fn hub_download_normalizes_and_caches() {
+    let e = Env::new();
+    let out = e.out("a");
+    let s = download::run(&hub_params(), &e.hub(), &out).unwrap();
+    assert_eq!(s["labels"], json!(["neg", "pos"]), "class names come from the card");
+    let splits = &s["dataset"]["splits"];
+    assert_eq!(splits["train"]["rows"], 180);
+    assert_eq!(splits["validation"]["rows"], 20);
+    assert_eq!(splits["validation"]["class_counts"], json!([10, 10]), "stratified");
+    assert_eq!(splits["test"]["rows"], 60);
+    assert_eq!(s["model"]["commit"], json!(e.mock.commit("models", "org/tiny-bert")));
+    for f in ["model/config.json", "model/model.safetensors", "model/vocab.txt", "dataset/train.parquet", "dataset/labels.json"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    assert_eq!(std::fs::read(out.join("model/model.safetensors")).unwrap(), std::fs::read(fixtures().join("tiny-bert/model.safetensors")).unwrap());
+    // The standard cache layout, visible to Python.
+    let repo = e.tmp.path().join("hf-cache/models--org--tiny-bert");
+    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), e.mock.commit("models", "org/tiny-bert"));
+    let link = repo.join("snapshots").join(e.mock.commit("models", "org/tiny-bert")).join("model.safetensors");
+    assert!(std::fs::read_link(&link).unwrap().starts_with("../../blobs"));
+    let log = e.mock.take_log();
+    assert!(log.iter().any(|l| l.starts_with("GET cdn:/lfs/")), "LFS files come from the CDN: {log:?}");
+    // A second run downloads nothing: only the two revision lookups.
+    let out2 = e.out("b");
+    download::run(&hub_params(), &e.hub(), &out2).unwrap();
+    let log = e.mock.take_log();
+    assert!(log.iter().all(|l| l.contains("/api/")), "{log:?}");
+    assert_eq!(std::fs::read(out.join("dataset/train.parquet")).unwrap(), std::fs::read(out2.join("dataset/train.parquet")).unwrap());
+}
+
+#[test]
+fn offline_uses_the_cache_and_fails_clearly_without_it() {
+    let e = Env::new();
+    let mut hub = e.hub();
+    hub.offline = true;
+    let msg = err_of(download::run(&hub_params(), &hub, &e.out("a")));
+    assert!(msg.contains("HF_HUB_OFFLINE") && msg.contains("org/tiny-bert"), "{msg}");
+    download::run(&hub_params(), &e.hub(), &e.out("b")).unwrap();
+    e.mock.take_log();
+    download::run(&hub_params(), &hub, &e.out("c")).unwrap();
+    assert!(e.mock.take_log().is_empty(), "offline sends no request");
+}
+
+#[test]
+fn a_prefilled_standard_cache_is_reused() {
+    let e = Env::new();
+    // Fill the cache the way huggingface_hub lays it out: blobs, snapshot links, refs.
+    let commit = e.mock.commit("models", "org/tiny-bert");
+    let repo = e.tmp.path().join("hf-cache/models--org--tiny-bert");
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots").join(&commit)).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), &commit).unwrap();
+    for f in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(fixtures().join("tiny-bert").join(f), repo.join("blobs").join(format!("blob-{f}"))).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob-{f}"), repo.join("snapshots").join(&commit).join(f)).unwrap();
+    }
+    download::run(&hub_params(), &e.hub(), &e.out("a")).unwrap();
+    let log = e.mock.take_log();
+    assert!(!log.iter().any(|l| l.contains("tiny-bert/resolve") || l.contains("lfs/models")), "model bytes were downloaded again: {log:?}");
+}
+
+#[test]
+fn transient_failures_are_retried() {
+    let e = Env::new();
+    e.mock.set_faults(Faults { fail_first: 2, ..Default::default() });
+    download::run(&hub_params(), &e.hub(), &e.out("a")).unwrap();
+}
+
+#[test]
+fn broken_transfer_resumes_with_range() {
+    let e = Env::new();
+    e.mock.set_faults(Faults { truncate_after: Some((5000, 1)), ..Default::default() });
+    download::run(&hub_params(), &e.hub(), &e.out("a")).unwrap();
+    let log = e.mock.take_log();
+    assert!(log.iter().any(|l| l.contains("[bytes=5000-]")), "{log:?}");
+    let got = std::fs::read(e.tmp.path().join("a/model/model.safetensors")).unwrap();
+    assert_eq!(got, std::fs::read(fixtures().join("tiny-bert/model.safetensors")).unwrap());
+}
+
+#[test]
+fn transfer_that_stays_truncated_fails() {
+    let e = Env::new();
+    e.mock.set_faults(Faults { truncate_after: Some((5000, 100)), ..Default::default() });
+    let msg = err_of(download::run(&hub_params(), &e.hub(), &e.out("a")));
+    assert!(msg.contains("model.safetensors") && msg.contains("failed after 3 attempts") && msg.contains("5000"), "{msg}");
+}
+
+#[test]
+fn corruption_is_caught_redownloaded_once_then_fatal() {
+    let e = Env::new();
+    e.mock.set_faults(Faults { corrupt: 1, ..Default::default() });
+    download::run(&hub_params(), &e.hub(), &e.out("a")).unwrap();
+    let e = Env::new();
+    e.mock.set_faults(Faults { corrupt: 100, ..Default::default() });
+    let msg = err_of(download::run(&hub_params(), &e.hub(), &e.out("a")));
+    assert!(msg.contains("sha256 mismatch") && msg.contains("expected") && msg.contains("got"), "{msg}");
+}
+
+#[test]
+fn hub_errors_are_named() {
+    let e = Env::new();
+    let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/nope"}})), &e.hub(), &e.out("a")));
+    assert!(msg.contains("repository not found") && msg.contains("org/nope"), "{msg}");
+    let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/tiny-bert", "revision": "v9"}})), &e.hub(), &e.out("b")));
+    assert!(msg.contains("revision not found") && msg.contains("v9"), "{msg}");
+    e.mock.set_faults(Faults { token: Some("hf_secret".into()), ..Default::default() });
+    let msg = err_of(download::run(&hub_params(), &e.hub(), &e.out("c")));
+    assert!(msg.contains("gated") && msg.contains("HF_TOKEN"), "{msg}");
+    let mut hub = e.hub();
+    hub.token = Some("hf_wrong".into());
+    let msg = err_of(download::run(&hub_params(), &hub, &e.out("d")));
+    assert!(msg.contains("no access"), "{msg}");
+    hub.token = Some("hf_secret".into());
+    download::run(&hub_params(), &hub, &e.out("e")).unwrap();
+}
+
+#[test]
+fn network_down_and_nothing_cached() {
+    let e = Env::new();
+    let mut hub = e.hub();
+    hub.endpoint = "http://127.0.0.1:9".into();
+    let msg = err_of(download::run(&hub_params(), &hub, &e.out("a")));
+    assert!(msg.contains("cannot reach") && msg.contains("not in the cache"), "{msg}");
+}
+
+#[test]
+fn unsafe_or_unusable_repos_are_refused() {
+    let e = Env::new();
+    e.mock.add("models", "org/pickle", "config.json", b"{}");
+    e.mock.add("models", "org/pickle", "pytorch_model.bin", b"not really");
+    let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/pickle"}})), &e.hub(), &e.out("a")));
+    assert!(msg.contains("pytorch_model.bin") && msg.contains("pickle") && msg.contains("safe_serialization"), "{msg}");
+    e.mock.add("models", "org/evil", "../../etc/passwd", b"x");
+    let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/evil"}})), &e.hub(), &e.out("b")));
+    assert!(msg.contains("path traversal"), "{msg}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn local(e: &Env, files: serde_json::Value, extra: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let mut v = json!({"dataset": {"files": files}, "model": {"path": fixtures().join("tiny-bert").display().to_string()}});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    download::run(&params(v), &e.hub(), &e.out(&format!("o{}", rand_name())))
+}
+
+fn rand_name() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+#[test]
+fn local_csv_jsonl_parquet_with_mapping() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    let csv = write(d, "train.csv", "review,sentiment\n\"a fine film, really\",positive\nawful,negative\nok,positive\nbad,negative\n");
+    let jsonl = write(d, "test.jsonl", "{\"review\": \"great\", \"sentiment\": \"positive\"}\n{\"review\": \"meh\", \"sentiment\": \"negative\"}\n");
+    let s = local(&e, json!({"train": csv, "test": jsonl}), json!({"columns": {"text": "review", "label": "sentiment"}, "label_map": {"negative": 0, "positive": 1}, "validation": {"fraction": 0.5, "seed": 1}})).unwrap();
+    assert_eq!(s["labels"], json!(["negative", "positive"]));
+    assert_eq!(s["dataset"]["splits"]["validation"]["class_counts"], json!([1, 1]));
+    let pq = d.join("p.parquet");
+    std::fs::write(&pq, parquet_bytes(d, 10, 0)).unwrap();
+    let s = local(&e, json!({"train": pq.display().to_string()}), json!({"validation": {"fraction": 0.0, "seed": 1}})).unwrap();
+    assert_eq!(s["labels"], json!(["LABEL_0", "LABEL_1"]));
+    assert_eq!(s["dataset"]["splits"]["train"]["rows"], 10);
+}
+
+#[test]
+fn bad_data_is_named() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    let f = write(d, "a.jsonl", "{\"txt\": \"x\", \"label\": 0}\n");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({})).unwrap_err());
+    assert!(msg.contains("`text`") && msg.contains("txt") && msg.contains("a.jsonl"), "{msg}");
+    let f = write(d, "b.jsonl", "{\"text\": \"x\", \"label\": 0}\n{\"text\": \"y\", \"label\": 7}\n");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({"label_names": ["a", "b"]})).unwrap_err());
+    assert!(msg.contains("outside 0..1") && msg.contains("row 1: 7"), "{msg}");
+    let f = write(d, "c.jsonl", "{\"text\": \"x\", \"label\": \"maybe\"}\n");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({"label_map": {"yes": 1, "no": 0}})).unwrap_err());
+    assert!(msg.contains("\"maybe\"") && msg.contains("label_map"), "{msg}");
+    let f = write(d, "e.jsonl", "{\"text\": null, \"label\": 0}\n{\"text\": \"ok\", \"label\": 1}\n");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({})).unwrap_err());
+    assert!(msg.contains("null in rows 0"), "{msg}");
+    let f = write(d, "fake.parquet", "this is not parquet");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({})).unwrap_err());
+    assert!(msg.contains("fake.parquet") && msg.contains("not a readable parquet"), "{msg}");
+    let f = write(d, "empty.jsonl", "");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({})).unwrap_err());
+    assert!(msg.contains("empty.jsonl") || msg.contains("empty"), "{msg}");
+    let msg = format!("{:#}", local(&e, json!({"train": d.join("nope-*.csv").display().to_string()}), json!({})).unwrap_err());
+    assert!(msg.contains("no file matches"), "{msg}");
+}

@@ -1,0 +1,107 @@
+//! Our BERT against Hugging Face transformers: logits to 1e-4 in fp32, with padding; golden values
+//! committed from `fixtures/parity/make_golden.py`, and a live comparison when the project venv
+//! has transformers.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn mirror() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/hub-mirror/models/sentence-transformers/all-MiniLM-L6-v2")
+}
+
+fn ours(m: &model::Model, case: &serde_json::Value) -> Vec<Vec<f64>> {
+    let rows = |k: &str| -> Vec<i64> { case[k].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect() };
+    let b = case["ids"].as_array().unwrap().len() as i64;
+    let ids = Tensor::from_slice(&rows("ids")).view([b, -1]);
+    let mask = Tensor::from_slice(&rows("mask")).view([b, -1]);
+    let logits = tch::no_grad(|| m.forward(&ids, Some(&mask), false));
+    let flat: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+    flat.chunks(m.num_labels as usize).map(|c| c.iter().map(|&x| x as f64).collect()).collect()
+}
+
+#[track_caller]
+fn assert_close(got: &[Vec<f64>], want: &serde_json::Value, what: &str) {
+    let want: Vec<Vec<f64>> = want.as_array().unwrap().iter().map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        for (a, b) in g.iter().zip(w) {
+            assert!((a - b).abs() < 1e-4, "{what}: ours {g:?} vs transformers {w:?}");
+        }
+    }
+}
+
+fn tiny() -> model::Model {
+    let dir = fixtures().join("parity/tiny-cls");
+    let config = model::BertConfig::from_file(&dir.join("config.json")).unwrap();
+    let (m, report) = model::Model::load(config, 2, &dir.join("model.safetensors"), Device::Cpu, 0).unwrap();
+    assert!(report.initialized.is_empty(), "{:?}", report.initialized);
+    m
+}
+
+fn minilm() -> Option<model::Model> {
+    if !mirror().exists() {
+        eprintln!("skipping the all-MiniLM-L6-v2 parity check: {} is absent", mirror().display());
+        return None;
+    }
+    let config = model::BertConfig::from_file(&mirror().join("config.json")).unwrap();
+    let (m, report) = model::Model::load(config, 2, &mirror().join("model.safetensors"), Device::Cpu, 0).unwrap();
+    assert_eq!(report.initialized, ["classifier.weight", "classifier.bias"], "the pooler is in the file, the head is not");
+    assert_eq!(report.unused, ["embeddings.position_ids"]);
+    let head = Tensor::read_safetensors(fixtures().join("parity/minilm-classifier.safetensors")).unwrap();
+    assert_eq!(m.params.assign(&head, "head").unwrap().len(), 2);
+    Some(m)
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join("parity/golden.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn tiny_random_bert_matches_golden_logits() {
+    assert_close(&ours(&tiny(), &golden()["tiny"]), &golden()["tiny"]["logits"], "tiny");
+}
+
+#[test]
+fn minilm_matches_golden_logits() {
+    if let Some(m) = minilm() {
+        assert_close(&ours(&m, &golden()["minilm"]), &golden()["minilm"]["logits"], "minilm");
+    }
+}
+
+#[test]
+fn padding_does_not_change_real_rows() {
+    let m = tiny();
+    let g = golden();
+    let mut case = g["tiny"].clone();
+    // The padded rows alone, unpadded, give the same logits as inside the padded batch.
+    case["ids"] = serde_json::json!([[2, 50, 3]]);
+    case["mask"] = serde_json::json!([[1, 1, 1]]);
+    let alone = ours(&m, &case);
+    assert_close(&alone, &serde_json::json!([g["tiny"]["logits"][1]]), "unpadded row");
+}
+
+#[test]
+fn live_comparison_with_transformers() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("skipping the live comparison: {} cannot import transformers (run cargo xtask setup)", python.display());
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg(fixtures().join("parity/make_golden.py"))
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let live: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_close(&ours(&tiny(), &live["tiny"]), &live["tiny"]["logits"], "tiny (live)");
+    if let Some(m) = minilm() {
+        assert_close(&ours(&m, &live["minilm"]), &live["minilm"]["logits"], "minilm (live)");
+    }
+}
