@@ -106,15 +106,16 @@ fn peak_flops() -> Option<(String, f64)> {
     Some((name, peak))
 }
 
-/// Runs the stage.
-pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<serde_json::Value> {
+/// Runs the stage: `model_dir` holds config.json and model.safetensors (the download artifact's
+/// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory.
+pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<serde_json::Value> {
     validate(p)?;
     let meta_path = tokenize.join("meta.json");
     let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)?;
     let pad_id = meta["pad_id"].as_u64().unwrap_or(0) as u32;
     let max_length = meta["max_length"].as_u64().context("meta.json lacks max_length")? as usize;
     let names = label_names(tokenize)?;
-    let config = model::BertConfig::from_file(&download.join("model/config.json"))?;
+    let config = model::BertConfig::from_file(&model_dir.join("config.json"))?;
     let tok_vocab = meta["vocab_size"].as_i64().unwrap_or(0);
     if tok_vocab > config.vocab_size {
         bail!("the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}: tokenize and model do not match", config.vocab_size);
@@ -122,7 +123,7 @@ pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: 
     let device = model::device::resolve(&p.device)?;
     let kind = compute_kind(p.precision, device);
     let (mut m, report) = match p.init {
-        pipeline::Init::Pretrained => model::Model::load(config.clone(), names.len() as i64, &download.join("model/model.safetensors"), device, p.seed)?,
+        pipeline::Init::Pretrained => model::Model::load(config.clone(), names.len() as i64, &model_dir.join("model.safetensors"), device, p.seed)?,
         pipeline::Init::Random => (model::Model::random(config.clone(), names.len() as i64, device, p.seed)?, model::LoadReport::default()),
     };
     m.compute = kind;
@@ -174,9 +175,10 @@ pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: 
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&classifier_config(&config, &names))?)?;
     let st = &outcome.state;
     let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
-    let flops = 3.0 * st.tokens as f64 * (config.encoder_flops_per_token(avg_len as i64) + 0.0);
+    let flops = 3.0 * st.tokens as f64 * config.encoder_flops_per_token(avg_len as i64);
+    let loop_secs = (st.train_seconds - st.eval_seconds).max(1e-9);
     let mfu = match device {
-        tch::Device::Cuda(_) => peak_flops().map(|(name, peak)| json!({"gpu": name, "model_tflops_per_s": flops / st.train_seconds / 1e12, "mfu": flops / st.train_seconds / peak})),
+        tch::Device::Cuda(_) => peak_flops().map(|(name, peak)| json!({"gpu": name, "model_tflops_per_s": flops / loop_secs / 1e12, "mfu": flops / loop_secs / peak})),
         _ => None,
     };
     let hparams = json!({
@@ -195,6 +197,7 @@ pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: 
         "samples": st.samples,
         "tokens": st.tokens,
         "train_seconds": st.train_seconds,
+        "eval_and_checkpoint_seconds": st.eval_seconds,
         "samples_per_second": outcome.samples_per_second,
         "tokens_per_second": outcome.tokens_per_second,
         "best_step": st.best_step,
@@ -205,15 +208,15 @@ pub fn run(p: &TrainParams, download: &Path, tokenize: &Path, out: &Path, work: 
     });
     std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
     eprintln!(
-        "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best {:?} {:?} at step {:?}",
+        "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best validation {} {} at step {}",
         st.step,
         st.train_seconds,
         outcome.samples_per_second,
         outcome.tokens_per_second,
         mfu.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m["mfu"].as_f64().unwrap_or(f64::NAN))).unwrap_or_default(),
-        p.select_metric,
-        st.best_metric,
-        st.best_step
+        serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        st.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+        st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
     );
     Ok(summary)
 }

@@ -40,10 +40,17 @@ impl AdamW {
                 if self.decay[i] && self.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let _ = self.m[i].g_mul_scalar_(self.beta1).g_add_(&(&g * (1.0 - self.beta1)));
-                let _ = self.v[i].g_mul_scalar_(self.beta2).g_add_(&(&g * &g * (1.0 - self.beta2)));
-                let denom = (self.v[i].sqrt() / bc2.sqrt()) + self.eps;
-                let _ = p.g_sub_(&(&self.m[i] / denom * (lr / bc1)));
+                // In place, as torch's AdamW: m = lerp(m, g, 1-b1); v = lerp(v, g², 1-b2);
+                // p -= lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps). Two temporaries per parameter.
+                let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
+                let _ = self.v[i].lerp_(&g.square(), 1.0 - self.beta2);
+                let mut d = self.v[i].sqrt();
+                let _ = d.g_div_scalar_(bc2.sqrt());
+                let _ = d.g_add_scalar_(self.eps);
+                let _ = d.reciprocal_();
+                let _ = d.g_mul_(&self.m[i]);
+                let _ = d.g_mul_scalar_(lr / bc1);
+                let _ = p.g_sub_(&d);
             }
         });
     }

@@ -25,7 +25,7 @@ fn real_main(args: &artifact::StageArgs) -> anyhow::Result<()> {
         let tokenize = ctx.input("tokenize")?.dir.clone();
         let work = ctx.store.join(".checkpoints").join(format!("train-{}", ctx.key));
         ctx.environment.insert("libtorch".into(), option_env!("FT_LIBTORCH_LIB").unwrap_or("?").into());
-        ctx.summary = train::run(&params, &download, &tokenize, &ctx.out, &work)?;
+        ctx.summary = train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work)?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
     })?;

@@ -1,0 +1,45 @@
+"""Turns bench/gpu/run.sh's results.jsonl into one Markdown table: ours, HF, ratio."""
+import json
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {(r["side"], r["name"]): r for r in rows}
+
+
+def get(side, name, *path):
+    r = by.get((side, name))
+    for p in path:
+        if not isinstance(r, dict):
+            return None
+        r = r.get(p)
+    return r
+
+
+def fmt(x, d=1):
+    return "-" if x is None else f"{x:.{d}f}"
+
+
+print("| figure | ours | HF Trainer | ratio |")
+print("|---|---|---|---|")
+for L, B in [(128, 128), (256, 64), (512, 32)]:
+    hf = get("hf", f"bert-base-{L}-max_length", "samples_per_s")
+    for pad in ["max_length", "dynamic"]:
+        o = get("ours", f"bert-base-{L}-{pad}", "steady_samples_per_s")
+        label = "fixed" if pad == "max_length" else "bucketed"
+        print(f"| bert-base {L}/bs{B} samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
+o = get("ours", "minilm-imdb", "train", "train_seconds")
+h = get("hf", "minilm-imdb", "train_seconds")
+print(f"| MiniLM IMDB@256 3 epochs, training wall s (ours incl. validation) | {fmt(o)} | {fmt(h)} | {fmt(h / o if o and h else None, 2)}x faster |")
+o = get("ours", "minilm-imdb", "train", "samples_per_second")
+h = get("hf", "minilm-imdb", "samples_per_s")
+print(f"| MiniLM IMDB@256 training samples/s | {fmt(o)} | {fmt(h)} | {fmt(o / h if o and h else None, 2)}x |")
+o = get("ours", "minilm-imdb", "eval", "accuracy")
+h = get("hf", "minilm-imdb", "test_accuracy")
+print(f"| MiniLM IMDB test accuracy | {fmt(o and 100 * o, 2)}% | {fmt(h and 100 * h, 2)}% | |")
+o = get("ours", "minilm-imdb", "eval", "examples_per_s")
+h = get("hf", "minilm-imdb", "eval_examples_per_s")
+print(f"| MiniLM evaluate 25k test, examples/s | {fmt(o, 0)} | {fmt(h, 0)} | {fmt(o / h if o and h else None, 2)}x |")
+mfu = get("ours", "minilm-imdb", "train", "flop_utilisation")
+print(f"\nours MiniLM: {json.dumps(mfu)}")
+for L in [128, 256, 512]:
+    print(f"ours bert-base {L} fixed: {json.dumps(get('ours', f'bert-base-{L}-max_length', 'train', 'flop_utilisation'))}")

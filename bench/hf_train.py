@@ -1,0 +1,122 @@
+"""The Python reference for training benchmarks: HF Trainer (bf16 on CUDA, SDPA) on the *same token
+ids* as ours, read from our token shards (so tokenization is not part of the comparison).
+
+  python3 hf_train.py throughput --config CONFIG.json --tokens TOKDIR --batch 32 --length 512 --steps 40
+  python3 hf_train.py imdb --model MODELDIR --tokens TOKDIR --batch 128 --lr 1e-4 --epochs 3
+
+Prints one JSON object. Throughput: samples/s over the steps after the first 10 (fixed shapes:
+every batch padded to --length). imdb: padding to max_length as the seed notebook does, then
+Trainer.evaluate on the test split.
+"""
+import argparse
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+
+def read_split(tokdir, split):
+    """Our shard format (crates/shards): header, offsets, labels, full lengths, ids."""
+    ids_all, labels_all = [], []
+    for f in sorted(Path(tokdir).glob(f"{split}-*.shard")):
+        b = f.read_bytes()
+        assert b[:8] == b"FTSHARD\0", f
+        width, n, t = struct.unpack_from("<IQQ", b, 12)
+        off = np.frombuffer(b, dtype="<u8", count=n + 1, offset=64)
+        lab = np.frombuffer(b, dtype="<i4", count=n, offset=64 + 8 * (n + 1))
+        ids = np.frombuffer(b, dtype="<u2" if width == 2 else "<u4", count=t, offset=64 + 8 * (n + 1) + 8 * n)
+        for i in range(n):
+            ids_all.append(ids[off[i]:off[i + 1]].astype(np.int64))
+            labels_all.append(int(lab[i]))
+    return ids_all, labels_all
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, ids, labels, length):
+        self.ids, self.labels, self.length = ids, labels, length
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        x = self.ids[i][: self.length]
+        pad = self.length - len(x)
+        return {
+            "input_ids": torch.tensor(np.concatenate([x, np.zeros(pad, dtype=np.int64)])),
+            "attention_mask": torch.tensor([1] * len(x) + [0] * pad),
+            "labels": torch.tensor(self.labels[i]),
+        }
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter())
+
+
+def args_for(out, batch, **kw):
+    return TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch, per_device_eval_batch_size=256, bf16=torch.cuda.is_available(),
+        save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=42, dataloader_num_workers=2,
+        disable_tqdm=True, **kw)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["throughput", "imdb"])
+    ap.add_argument("--config")
+    ap.add_argument("--model")
+    ap.add_argument("--tokens", required=True)
+    ap.add_argument("--batch", type=int, required=True)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--epochs", type=float, default=3)
+    a = ap.parse_args()
+    ids, labels = read_split(a.tokens, "train")
+    if a.mode == "throughput":
+        cfg = BertConfig.from_pretrained(a.config, num_labels=2)
+        cfg._attn_implementation = "sdpa"
+        model = BertForSequenceClassification(cfg)
+        need = a.batch * a.steps
+        reps = (need + len(ids) - 1) // len(ids)
+        ds = Rows((ids * reps)[:need], (labels * reps)[:need], a.length)
+        timer = StepTimer()
+        tr = Trainer(model=model, args=args_for("/tmp/hf-bench", a.batch, max_steps=a.steps, learning_rate=a.lr), train_dataset=ds, callbacks=[timer])
+        tr.train()
+        t = timer.times
+        skip = 10
+        sps = (len(t) - 1 - skip) * a.batch / (t[-1] - t[skip])
+        print(json.dumps({"mode": "throughput", "length": a.length, "batch": a.batch, "samples_per_s": sps, "tokens_per_s_padded": sps * a.length,
+                          "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}))
+    else:
+        model = BertForSequenceClassification.from_pretrained(a.model, num_labels=2, dtype=torch.float32, attn_implementation="sdpa")
+        ds = Rows(ids, labels, a.length)
+        tids, tlab = read_split(a.tokens, "test")
+        test = Rows(tids, tlab, a.length)
+        def metrics(p):
+            return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+        tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01),
+                     train_dataset=ds, compute_metrics=metrics)
+        t0 = time.perf_counter()
+        out = tr.train()
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev = tr.evaluate(test)
+        eval_s = time.perf_counter() - t0
+        print(json.dumps({"mode": "imdb", "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
+                          "samples_per_s": out.metrics.get("train_samples_per_second"), "test_accuracy": ev["eval_accuracy"],
+                          "eval_seconds": eval_s, "eval_examples_per_s": len(test) / eval_s}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

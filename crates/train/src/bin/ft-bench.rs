@@ -1,0 +1,82 @@
+//! `ft-bench`: training throughput and time-to-accuracy without the artifact store, for the
+//! benchmark scripts (bench/) and GPU machines that have no Rust toolchain: train from a model
+//! directory and a tokenize artifact, then evaluate a split, and print one JSON object.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "Train from a model dir and token shards, evaluate, print JSON figures")]
+struct Cli {
+    /// A directory with config.json (and model.safetensors unless init: random).
+    #[arg(long)]
+    model: PathBuf,
+    /// A tokenize artifact directory (shards, meta.json, labels.json).
+    #[arg(long)]
+    tokens: PathBuf,
+    /// Train parameters (a pipeline's train section).
+    #[arg(long)]
+    params: PathBuf,
+    /// Where to write the train outputs (weights, log).
+    #[arg(long)]
+    out: PathBuf,
+    /// Split to evaluate after training (none: skip).
+    #[arg(long)]
+    eval_split: Option<String>,
+    /// Log windows to skip as warm-up when reporting steady-state throughput.
+    #[arg(long, default_value_t = 1)]
+    warmup_windows: usize,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let params: pipeline::TrainParams = pipeline::load_params(&cli.params)?;
+    std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
+    let work = cli.out.join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    let t = std::time::Instant::now();
+    let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work)?;
+    let wall = t.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(cli.out.join("log.jsonl")).unwrap_or_default();
+    let windows: Vec<(f64, f64)> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["samples_per_s"].as_f64()?, v["tokens_per_s"].as_f64()?)))
+        .collect();
+    let steady: Vec<(f64, f64)> = windows.iter().skip(cli.warmup_windows).copied().collect();
+    let mut out = serde_json::json!({
+        "train": summary,
+        "wall_seconds": wall,
+        "steady_samples_per_s": median(steady.iter().map(|w| w.0).collect()),
+        "steady_tokens_per_s": median(steady.iter().map(|w| w.1).collect()),
+    });
+    if let Some(split) = &cli.eval_split {
+        let device = model::device::resolve(&params.device)?;
+        let names = train::label_names(&cli.tokens)?;
+        let config = model::BertConfig::from_file(&cli.out.join("config.json"))?;
+        let mut m = model::Model::random(config, names.len() as i64, device, 0)?;
+        m.compute = train::compute_kind(params.precision, device);
+        m.params.load_exact(&cli.out.join("best.safetensors"))?;
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(cli.tokens.join("meta.json"))?)?;
+        let s = shards::Split::open(&cli.tokens, split)?;
+        let t = std::time::Instant::now();
+        let ev = train::trainer::evaluate(&m, &s, 256, meta["pad_id"].as_u64().unwrap_or(0) as u32, device, 1);
+        let secs = t.elapsed().as_secs_f64();
+        out["eval"] = ev;
+        out["eval"]["split"] = serde_json::json!(split);
+        out["eval"]["seconds"] = serde_json::json!(secs);
+        out["eval"]["examples_per_s"] = serde_json::json!(s.len() as f64 / secs);
+    }
+    println!("{out}");
+    Ok(())
+}
