@@ -55,6 +55,15 @@ impl Model {
         }
     }
 
+    /// What dynamic batch lengths are rounded up to: 8 when the position table allows it.
+    pub fn length_multiple(&self) -> usize {
+        if self.config.max_position_embeddings % 8 == 0 {
+            8
+        } else {
+            1
+        }
+    }
+
     /// A model with random weights (HF's initialization), from a config alone.
     pub fn random(config: BertConfig, num_labels: i64, device: tch::Device, seed: u64) -> anyhow::Result<Model> {
         config.check()?;

@@ -21,10 +21,21 @@ enum Init {
 }
 
 /// Parameters in a fixed order (the order HF lists them), each a leaf tensor requiring grad.
+///
+/// All of them are views of one flat fp32 buffer ([`Params::flat`]), weight-decayed parameters
+/// first, so an optimizer updates every parameter with a handful of kernels on the flat buffer
+/// instead of a dozen per parameter.
 pub struct Params {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
     index: HashMap<String, usize>,
+    flat: Tensor,
+    /// Offset of each parameter (by index in `names`) in `flat`.
+    offsets: Vec<i64>,
+    /// Parameter indices in flat order.
+    flat_order: Vec<usize>,
+    /// Elements of `flat` that get weight decay (a prefix).
+    n_decay: i64,
 }
 
 fn layout(c: &BertConfig, num_labels: i64) -> Vec<(String, Vec<i64>, Init)> {
@@ -83,7 +94,8 @@ impl Params {
     pub fn init(c: &BertConfig, num_labels: i64, device: Device, seed: u64) -> Params {
         tch::manual_seed(seed as i64);
         let mut names = Vec::new();
-        let mut tensors = Vec::new();
+        let mut shapes = Vec::new();
+        let mut values = Vec::new();
         tch::no_grad(|| {
             for (name, shape, init) in layout(c, num_labels) {
                 let t = match init {
@@ -99,11 +111,77 @@ impl Params {
                     Init::Ones => Tensor::ones(&shape, (Kind::Float, Device::Cpu)),
                 };
                 names.push(name);
-                tensors.push(t.to_device(device).set_requires_grad(true));
+                shapes.push(shape);
+                values.push(t);
             }
         });
+        // Flat order: decayed parameters first, each group in layout order.
+        let mut flat_order: Vec<usize> = (0..names.len()).filter(|&i| Params::decays(&names[i])).collect();
+        flat_order.extend((0..names.len()).filter(|&i| !Params::decays(&names[i])));
+        let mut offsets = vec![0i64; names.len()];
+        let mut at = 0i64;
+        let mut n_decay = 0i64;
+        for &i in &flat_order {
+            offsets[i] = at;
+            at += values[i].numel() as i64;
+            if Params::decays(&names[i]) {
+                n_decay = at;
+            }
+        }
+        let ordered: Vec<Tensor> = flat_order.iter().map(|&i| values[i].view(-1)).collect();
+        let flat = Tensor::cat(&ordered, 0).to_device(device);
+        let tensors: Vec<Tensor> = (0..names.len())
+            .map(|i| {
+                let n = values[i].numel() as i64;
+                flat.narrow(0, offsets[i], n).view(shapes[i].as_slice()).detach().set_requires_grad(true)
+            })
+            .collect();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Params { names, tensors, index }
+        Params { names, tensors, index, flat, offsets, flat_order, n_decay }
+    }
+
+    /// The flat fp32 buffer every parameter is a view of.
+    pub fn flat(&self) -> &Tensor {
+        &self.flat
+    }
+
+    /// Elements at the start of [`Params::flat`] that get weight decay.
+    pub fn n_decay(&self) -> i64 {
+        self.n_decay
+    }
+
+    /// A view of `buffer` (shaped like [`Params::flat`]) for parameter `i`.
+    pub fn view_of(&self, buffer: &Tensor, i: usize) -> Tensor {
+        let t = &self.tensors[i];
+        buffer.narrow(0, self.offsets[i], t.numel() as i64).view(t.size().as_slice())
+    }
+
+    /// The gradients, laid out like [`Params::flat`] (zeros where a parameter has none), in fp32.
+    pub fn flat_grad(&self) -> Tensor {
+        let parts: Vec<Tensor> = self
+            .flat_order
+            .iter()
+            .map(|&i| {
+                let t = &self.tensors[i];
+                let g = t.grad();
+                if g.defined() {
+                    g.to_kind(Kind::Float).view(-1)
+                } else {
+                    Tensor::zeros([t.numel() as i64], (Kind::Float, t.device()))
+                }
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Clears every parameter's gradient.
+    pub fn zero_grad(&self) {
+        for p in &self.tensors {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_().zero_();
+            }
+        }
     }
 
     pub fn get(&self, name: &str) -> &Tensor {

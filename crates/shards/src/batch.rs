@@ -17,11 +17,13 @@ pub struct Batch {
     pub tokens: usize,
 }
 
-/// Gathers `index` from a split and pads to the longest example, or to `pad_to` when given (and
-/// longer), with `pad_id`.
-pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usize>) -> Batch {
+/// Gathers `index` from a split and pads with `pad_id` to `pad_to` when given (and longer), else
+/// to the longest example rounded up to a multiple of `multiple_of` (GPU kernels, flash and
+/// memory-efficient attention among them, want lengths that are multiples of 8).
+pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usize>, multiple_of: usize) -> Batch {
     let longest = index.iter().map(|&i| split.length(i)).max().unwrap_or(0);
-    let len = pad_to.map_or(longest, |p| p.max(longest)).max(1);
+    let m = multiple_of.max(1);
+    let len = pad_to.map_or(longest.div_ceil(m) * m, |p| p.max(longest)).max(1);
     let rows = index.len();
     let mut ids = vec![pad_id as i64; rows * len];
     let mut mask = vec![0i64; rows * len];

@@ -27,13 +27,15 @@ fn round_trip_across_shards_and_widths() {
             assert_eq!(s.length(i), ids.len());
             assert_eq!(s.full_length(i), ids.len() as u32 + 1);
         }
-        let b = pad_batch(&s, &[3, 5], 0, None);
+        let b = pad_batch(&s, &[3, 5], 0, None, 1);
         assert_eq!((b.rows, b.len), (2, 5));
         assert_eq!(&b.ids[..5], &[93 % vocab as i64, 1093, 2093, 0, 0][..]);
         assert_eq!(&b.mask[5..], &[1, 1, 1, 1, 1][..]);
         assert_eq!(b.tokens, 8);
-        let p = pad_batch(&s, &[3], 0, Some(16));
+        let p = pad_batch(&s, &[3], 0, Some(16), 1);
         assert_eq!(p.len, 16);
+        let r = pad_batch(&s, &[3, 5], 0, None, 8);
+        assert_eq!((r.len, r.tokens), (8, 8));
     }
 }
 

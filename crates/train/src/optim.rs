@@ -10,57 +10,58 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Optimizer steps taken.
     pub step: u64,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    /// Whether each parameter gets weight decay.
-    pub decay: Vec<bool>,
+    /// First and second moments, laid out like the parameters' flat buffer.
+    pub m: Tensor,
+    pub v: Tensor,
 }
 
 impl AdamW {
     pub fn new(params: &model::Params, weight_decay: f64) -> AdamW {
-        let m = params.tensors.iter().map(|t| t.zeros_like().detach()).collect();
-        let v = params.tensors.iter().map(|t| t.zeros_like().detach()).collect();
-        let decay = params.names.iter().map(|n| model::Params::decays(n)).collect();
-        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, m, v, decay }
+        let m = params.flat().zeros_like().detach();
+        let v = params.flat().zeros_like().detach();
+        AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, m, v }
     }
 
-    /// One update with learning rate `lr` from the gradients in `params`.
-    pub fn apply(&mut self, params: &model::Params, lr: f64) {
+    /// One update with learning rate `lr` from the gradients in `params`, after clipping their
+    /// global L2 norm to `max_grad_norm` (0: no clipping). Returns the norm before clipping as a
+    /// device scalar (no host sync). Everything runs on the flat buffers: a dozen kernels.
+    pub fn step(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
         let bc2 = 1.0 - self.beta2.powi(t);
         tch::no_grad(|| {
-            for (i, p) in params.tensors.iter().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let mut p = p.shallow_clone();
-                if self.decay[i] && self.weight_decay != 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
-                }
-                // In place, as torch's AdamW: m = lerp(m, g, 1-b1); v = lerp(v, g², 1-b2);
-                // p -= lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps). Two temporaries per parameter.
-                let _ = self.m[i].lerp_(&g, 1.0 - self.beta1);
-                let _ = self.v[i].lerp_(&g.square(), 1.0 - self.beta2);
-                let mut d = self.v[i].sqrt();
-                let _ = d.g_div_scalar_(bc2.sqrt());
-                let _ = d.g_add_scalar_(self.eps);
-                let _ = d.reciprocal_();
-                let _ = d.g_mul_(&self.m[i]);
-                let _ = d.g_mul_scalar_(lr / bc1);
-                let _ = p.g_sub_(&d);
+            let mut g = params.flat_grad();
+            let norm = g.norm();
+            if max_grad_norm > 0.0 {
+                let coef = (max_grad_norm / (&norm + 1e-6)).clamp_max(1.0);
+                let _ = g.g_mul_(&coef);
             }
-        });
+            let mut p = params.flat().shallow_clone();
+            if self.weight_decay != 0.0 && params.n_decay() > 0 {
+                let _ = p.narrow(0, 0, params.n_decay()).g_mul_scalar_(1.0 - lr * self.weight_decay);
+            }
+            // As torch's AdamW: m = lerp(m, g, 1-b1); v = lerp(v, g^2, 1-b2);
+            // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+            let _ = self.m.lerp_(&g, 1.0 - self.beta1);
+            let _ = self.v.lerp_(&g.square(), 1.0 - self.beta2);
+            let mut d = self.v.sqrt();
+            let _ = d.g_div_scalar_(bc2.sqrt());
+            let _ = d.g_add_scalar_(self.eps);
+            let _ = d.reciprocal_();
+            let _ = d.g_mul_(&self.m);
+            let _ = d.g_mul_scalar_(lr / bc1);
+            let _ = p.g_sub_(&d);
+            norm
+        })
     }
 
-    /// State tensors under names for a checkpoint.
+    /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`).
     pub fn named_state(&self, params: &model::Params) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (i, n) in params.names.iter().enumerate() {
-            out.push((format!("m.{n}"), self.m[i].to_device(tch::Device::Cpu)));
-            out.push((format!("v.{n}"), self.v[i].to_device(tch::Device::Cpu)));
+            out.push((format!("m.{n}"), params.view_of(&self.m, i).to_device(tch::Device::Cpu)));
+            out.push((format!("v.{n}"), params.view_of(&self.v, i).to_device(tch::Device::Cpu)));
         }
         out
     }
@@ -70,8 +71,9 @@ impl AdamW {
         let map: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
         tch::no_grad(|| -> anyhow::Result<()> {
             for (i, n) in params.names.iter().enumerate() {
-                for (prefix, dst) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                for (prefix, buf) in [("m", &self.m), ("v", &self.v)] {
                     let src = map.get(&format!("{prefix}.{n}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks optimizer state {prefix}.{n}"))?;
+                    let mut dst = params.view_of(buf, i);
                     dst.copy_(&src.to_kind(Kind::Float));
                 }
             }
@@ -80,34 +82,6 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
-}
-
-/// Clears every parameter's gradient.
-pub fn zero_grad(params: &model::Params) {
-    for p in &params.tensors {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.detach_().zero_();
-        }
-    }
-}
-
-/// Scales gradients so their global L2 norm is at most `max_norm` (no host sync); returns the
-/// norm before clipping as a device scalar.
-pub fn clip_grad_norm(params: &model::Params, max_norm: f64) -> Tensor {
-    let grads: Vec<Tensor> = params.tensors.iter().map(|p| p.grad()).filter(|g| g.defined()).collect();
-    let norms: Vec<Tensor> = grads.iter().map(|g| g.norm().square()).collect();
-    let total = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt();
-    if max_norm > 0.0 {
-        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
-        tch::no_grad(|| {
-            for g in &grads {
-                let mut g = g.shallow_clone();
-                let _ = g.g_mul_(&coef);
-            }
-        });
-    }
-    total
 }
 
 /// Learning-rate multiplier for optimizer step `step` (0-based), as HF's linear schedule.
@@ -145,10 +119,10 @@ mod tests {
         let w = params.get("classifier.weight").shallow_clone();
         let before = f64::try_from(w.get(0).get(0)).unwrap();
         for _ in 0..2 {
-            zero_grad(&params);
+            params.zero_grad();
             let loss = (params.get("classifier.weight").get(0).get(0) * 0.5).sum(Kind::Float);
             loss.backward();
-            opt.apply(&params, 0.1);
+            opt.step(&params, 0.1, 0.0);
         }
         // Step 1: p1 = p0(1-0.001) - 0.1 * (0.05/0.1) / (sqrt(0.00025/0.001)/... ) -> Adam's first
         // steps move by ~lr regardless of gradient scale.

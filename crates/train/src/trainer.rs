@@ -17,7 +17,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::batches::Plan;
-use crate::optim::{clip_grad_norm, lr_lambda, zero_grad, AdamW};
+use crate::optim::{lr_lambda, AdamW};
 
 /// Where the loop stands; saved in `state.json` with each checkpoint.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -241,7 +241,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         while st.batch < n_batches {
             let idx = &batches[st.batch];
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
-            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to());
+            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), if job.max_length % 8 == 0 { job.model.length_multiple() } else { 1 });
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
             let step_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let (ids, mask, labels) = model::infer::to_device(&b, job.device);
@@ -275,9 +275,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             micro_in_step = 0;
             let lr = p.learning_rate * lr_lambda(st.step, warmup, total_steps);
-            let norm = clip_grad_norm(&job.model.params, p.max_grad_norm);
-            opt.apply(&job.model.params, lr);
-            zero_grad(&job.model.params);
+            let norm = opt.step(&job.model.params, lr, p.max_grad_norm);
+            job.model.params.zero_grad();
             st.step += 1;
             pending.push((st.step, loss));
             bar.set_position(st.step);
