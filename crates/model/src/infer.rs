@@ -43,7 +43,7 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
     let mut tokens = 0;
     tch::no_grad(|| {
         for chunk in order.chunks(batch_size.max(1)) {
-            let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple());
+            let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
             tokens += b.tokens;
             let (ids, mask, labels) = to_device(&b, device);
             let logits = model.forward(&ids, mask.as_ref(), false);

@@ -55,13 +55,13 @@ impl Model {
         }
     }
 
-    /// What dynamic batch lengths are rounded up to: 8 when the position table allows it.
-    pub fn length_multiple(&self) -> usize {
-        if self.config.max_position_embeddings % 8 == 0 {
-            8
-        } else {
-            1
-        }
+    /// What dynamic batch lengths are rounded up to (when `limit`, the longest allowed length,
+    /// is a multiple of it). On CUDA, 64: attention kernels are planned per shape (cuDNN builds
+    /// an execution plan for each new one, tens of milliseconds), so lengths are kept to a few
+    /// buckets. On CPU, 8.
+    pub fn length_multiple(&self, limit: usize) -> usize {
+        let cuda = matches!(self.params.flat().device(), tch::Device::Cuda(_));
+        [if cuda { 64 } else { 8 }, 8, 1].into_iter().find(|m| limit % m == 0).unwrap_or(1)
     }
 
     /// A model with random weights (HF's initialization), from a config alone.

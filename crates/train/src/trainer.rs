@@ -241,7 +241,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         while st.batch < n_batches {
             let idx = &batches[st.batch];
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
-            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), if job.max_length % 8 == 0 { job.model.length_multiple() } else { 1 });
+            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), job.model.length_multiple(job.max_length));
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
             let step_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let (ids, mask, labels) = model::infer::to_device(&b, job.device);
