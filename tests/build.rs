@@ -1,4 +1,5 @@
-//! The integration tests use tch (parity, round trips): link libtorch with an rpath.
+//! The integration tests use tch (parity, round trips): link libtorch with an rpath. The test
+//! stage executable must start fast (the runner tests time cached runs), so it does not.
 fn main() {
-    build_support::link_libtorch();
+    build_support::link_libtorch_for_tests();
 }

@@ -4,3 +4,6 @@ mod download;
 mod model_parity;
 mod pipelines;
 mod runner_cache;
+mod smoke;
+mod tokenize;
+mod train;

@@ -63,11 +63,13 @@ fn golden() -> serde_json::Value {
 
 #[test]
 fn tiny_random_bert_matches_golden_logits() {
+    let _rng = tests::torch_rng();
     assert_close(&ours(&tiny(), &golden()["tiny"]), &golden()["tiny"]["logits"], "tiny");
 }
 
 #[test]
 fn minilm_matches_golden_logits() {
+    let _rng = tests::torch_rng();
     if let Some(m) = minilm() {
         assert_close(&ours(&m, &golden()["minilm"]), &golden()["minilm"]["logits"], "minilm");
     }
@@ -75,6 +77,7 @@ fn minilm_matches_golden_logits() {
 
 #[test]
 fn padding_does_not_change_real_rows() {
+    let _rng = tests::torch_rng();
     let m = tiny();
     let g = golden();
     let mut case = g["tiny"].clone();
@@ -87,6 +90,7 @@ fn padding_does_not_change_real_rows() {
 
 #[test]
 fn live_comparison_with_transformers() {
+    let _rng = tests::torch_rng();
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {

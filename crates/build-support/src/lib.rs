@@ -81,19 +81,29 @@ pub fn libtorch_lib_dir() -> Option<PathBuf> {
 
 /// Call from the build.rs of every package whose binaries or tests use tch.
 pub fn link_libtorch() {
+    link_libtorch_as("rustc-link-arg");
+}
+
+/// Like [`link_libtorch`], for the package's test targets only (its binaries stay free of
+/// libtorch, so they start in milliseconds).
+pub fn link_libtorch_for_tests() {
+    link_libtorch_as("rustc-link-arg-tests");
+}
+
+fn link_libtorch_as(directive: &str) {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=PYTHON_SYS_EXECUTABLE");
     let Some(lib) = libtorch_lib_dir() else {
         println!("cargo:warning=libtorch not found: run `cargo xtask setup`");
         return;
     };
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+    println!("cargo:{directive}=-Wl,-rpath,{}", lib.display());
     println!("cargo:rustc-env=FT_LIBTORCH_LIB={}", lib.display());
     if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-L{}", lib.display());
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        println!("cargo:{directive}=-Wl,--no-as-needed");
+        println!("cargo:{directive}=-L{}", lib.display());
+        println!("cargo:{directive}=-ltorch_cuda");
+        println!("cargo:{directive}=-Wl,--as-needed");
     }
 }
 

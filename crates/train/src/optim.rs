@@ -122,7 +122,7 @@ mod tests {
             params.zero_grad();
             let loss = (params.get("classifier.weight").get(0).get(0) * 0.5).sum(Kind::Float);
             loss.backward();
-            opt.step(&params, 0.1, 0.0);
+            let _ = opt.step(&params, 0.1, 0.0);
         }
         // Step 1: p1 = p0(1-0.001) - 0.1 * (0.05/0.1) / (sqrt(0.00025/0.001)/... ) -> Adam's first
         // steps move by ~lr regardless of gradient scale.

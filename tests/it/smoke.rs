@@ -1,0 +1,82 @@
+//! End to end: the smoke pipeline through the runner and the real stage binaries (built by
+//! `cargo xtask test`), its accuracy, a cached rerun, and the export loaded by transformers.
+
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target")).join("release")
+}
+
+fn run(p: &pipeline::Pipeline) -> Vec<runner::StageOutcome> {
+    let opts = runner::RunOptions { bin_dir: bin_dir(), ..Default::default() };
+    runner::run(p, &opts, |_| {}).unwrap()
+}
+
+#[test]
+fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
+    let _rng = tests::torch_rng();
+    for s in pipeline::Stage::ALL {
+        assert!(bin_dir().join(s.binary()).exists(), "{} is not built: run the tests with `cargo xtask test`", s.binary());
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(repo().join("pipelines/smoke.yaml"))
+        .unwrap()
+        .replace("tests/fixtures", &repo().join("tests/fixtures").display().to_string())
+        .replace("name: smoke", &format!("name: smoke\nstore: {}", tmp.path().join("store").display()));
+    let p = pipeline::parse(Path::new("smoke.yaml"), &text).unwrap();
+    let first = run(&p);
+    assert!(first.iter().all(|o| !o.cached));
+    let eval_dir = first[3].artifact.clone().unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_dir.join("metrics.json")).unwrap()).unwrap();
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.85, "held-out accuracy {acc} is not well above chance (0.5)");
+    for f in ["report.md", "confusion.png", "curves.png", "length.png", "predictions.parquet"] {
+        assert!(eval_dir.join(f).exists(), "{f}");
+    }
+    assert_eq!(metrics["n"], 160);
+    assert!(metrics["ci95"]["accuracy"].as_array().is_some_and(|a| a.len() == 2));
+    let second = run(&p);
+    assert!(second.iter().all(|o| o.cached), "{second:?}");
+
+    // The export loads in transformers with no warning about weights, and agrees with us.
+    let export = first[4].artifact.clone().unwrap();
+    let python = repo().join(".venv/bin/python");
+    let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("skipping the transformers round trip: the venv has no transformers (cargo xtask setup)");
+        return;
+    }
+    let texts = ["the movie was great and the acting was wonderful", "frankly the plot was boring", "ok"];
+    let out = std::process::Command::new(&python).arg(repo().join("tests/fixtures/export_check.py")).arg(&export).args(texts).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hf: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let warnings: Vec<String> = hf["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_lowercase()).collect();
+    for w in &warnings {
+        assert!(!(w.contains("missing") || w.contains("unexpected") || w.contains("newly initialized") || w.contains("not used")), "transformers warned: {w}");
+    }
+    assert_eq!(hf["id2label"], serde_json::json!({"0": "neg", "1": "pos"}));
+    assert_eq!(hf["model_max_length"], 64);
+    let config = model::BertConfig::from_file(&export.join("config.json")).unwrap();
+    let (m, report) = model::Model::load(config, 2, &export.join("model.safetensors"), tch::Device::Cpu, 0).unwrap();
+    assert!(report.initialized.is_empty());
+    let rows = |k: &str| -> Vec<i64> { hf[k].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect() };
+    let tk = tokenize::tok::load(&export).unwrap();
+    let params = pipeline::TokenizeParams { max_length: 64, truncation: pipeline::Truncation::Head, head_tokens: 0, shard_mib: 1 };
+    for (i, t) in texts.iter().enumerate() {
+        let (ids, _) = tk.encode(t, &params).unwrap();
+        let hf_ids: Vec<i64> = hf["input_ids"][i].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).zip(hf["attention_mask"][i].as_array().unwrap()).filter(|(_, m)| m.as_i64() == Some(1)).map(|(x, _)| x).collect();
+        assert_eq!(ids.iter().map(|&x| x as i64).collect::<Vec<_>>(), hf_ids, "token ids of {t:?}");
+    }
+    let b = texts.len() as i64;
+    let ids = tch::Tensor::from_slice(&rows("input_ids")).view([b, -1]);
+    let mask = tch::Tensor::from_slice(&rows("attention_mask")).view([b, -1]);
+    let ours: Vec<f32> = Vec::try_from(tch::no_grad(|| m.forward(&ids, Some(&mask), false)).flatten(0, -1)).unwrap();
+    let theirs: Vec<f64> = hf["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect();
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((*a as f64 - b).abs() < 1e-4, "logits: ours {ours:?} vs transformers {theirs:?}");
+    }
+}

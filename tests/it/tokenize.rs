@@ -1,0 +1,104 @@
+//! Token ids identical to Python `tokenizers` (golden ids committed, and live when the venv has
+//! it); our truncation rules; bad tokenizer files.
+
+use std::path::{Path, PathBuf};
+
+use pipeline::{TokenizeParams, Truncation};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn mirror() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/hub-mirror/models/sentence-transformers/all-MiniLM-L6-v2")
+}
+
+fn params(max_length: usize, truncation: Truncation, head_tokens: usize) -> TokenizeParams {
+    TokenizeParams { max_length, truncation, head_tokens, shard_mib: 256 }
+}
+
+fn check_against(golden: &serde_json::Value) {
+    let texts: Vec<String> = golden["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let mut checked = 0;
+    for case in golden["cases"].as_array().unwrap() {
+        let dir = match case["tokenizer"].as_str().unwrap() {
+            "tiny-vocab" => fixtures().join("tiny-bert"),
+            _ if mirror().exists() => mirror(),
+            _ => continue,
+        };
+        let tk = tokenize::tok::load(&dir).unwrap();
+        let p = params(case["max_length"].as_u64().unwrap() as usize, Truncation::Head, 0);
+        for (text, want) in texts.iter().zip(case["ids"].as_array().unwrap()) {
+            let want: Vec<u32> = want.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let (got, _) = tk.encode(text, &p).unwrap();
+            assert_eq!(got, want, "{} max_length {} on {text:?}", case["tokenizer"], p.max_length);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20);
+}
+
+#[test]
+fn ids_match_python_tokenizers_golden() {
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("tokenize/golden.json")).unwrap()).unwrap();
+    check_against(&g);
+}
+
+#[test]
+fn ids_match_python_tokenizers_live() {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let ok = std::process::Command::new(&python).args(["-c", "import tokenizers"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("skipping: {} cannot import tokenizers (run cargo xtask setup)", python.display());
+        return;
+    }
+    let out = std::process::Command::new(&python).arg(fixtures().join("tokenize/make_golden.py")).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check_against(&serde_json::from_slice(&out.stdout).unwrap());
+}
+
+#[test]
+fn head_tail_keeps_both_ends_and_empty_text_is_cls_sep() {
+    let tk = tokenize::tok::load(&fixtures().join("tiny-bert")).unwrap();
+    let text = (0..40).map(|i| if i % 2 == 0 { "great" } else { "movie" }).collect::<Vec<_>>().join(" ") + " the end";
+    let (full, n) = tk.encode(&text, &params(512, Truncation::Head, 0)).unwrap();
+    assert_eq!(n as usize, full.len());
+    let (ht, n2) = tk.encode(&text, &params(12, Truncation::HeadTail, 4)).unwrap();
+    assert_eq!(n2, n, "the untruncated length is reported");
+    assert_eq!(ht.len(), 12);
+    assert_eq!(&ht[..5], &full[..5], "[CLS] + 4 head tokens");
+    assert_eq!(&ht[5..], &full[full.len() - 7..], "6 tail tokens + [SEP]");
+    let (head, _) = tk.encode(&text, &params(12, Truncation::Head, 0)).unwrap();
+    assert_eq!(&head[..11], &full[..11]);
+    assert_eq!(head[11], *full.last().unwrap());
+    let (empty, m) = tk.encode("", &params(12, Truncation::Head, 0)).unwrap();
+    assert_eq!(empty, vec![full[0], *full.last().unwrap()]);
+    assert_eq!(m, 2);
+    let big = "word ".repeat(200_000);
+    let (ids, m) = tk.encode(&big, &params(64, Truncation::Head, 0)).unwrap();
+    assert_eq!((ids.len(), m as usize > 200_000), (64, true), "a 1 MB text is fine");
+}
+
+#[test]
+fn minilm_file_truncation_and_padding_do_not_leak() {
+    if !mirror().exists() {
+        eprintln!("skipping: no mirror");
+        return;
+    }
+    let tk = tokenize::tok::load(&mirror()).unwrap();
+    let (ids, _) = tk.encode(&"film ".repeat(400), &params(256, Truncation::Head, 0)).unwrap();
+    assert_eq!(ids.len(), 256, "the file's truncation at 128 is ignored");
+    let (ids, _) = tk.encode("short", &params(256, Truncation::Head, 0)).unwrap();
+    assert_eq!(ids.len(), 3, "the file's padding to 128 is ignored");
+}
+
+#[test]
+fn broken_tokenizer_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("tokenizer.json"), "{not json").unwrap();
+    let e = tokenize::tok::load(tmp.path()).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.json") && e.contains("not a valid tokenizer"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    let e = tokenize::tok::load(empty.path()).err().unwrap().to_string();
+    assert!(e.contains("no tokenizer.json and no vocab.txt"), "{e}");
+}
