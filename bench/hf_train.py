@@ -81,7 +81,11 @@ def main():
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--epochs", type=float, default=3)
+    ap.add_argument("--dynamic", action="store_true", help="pad each batch to its longest row (imdb mode)")
+    ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     ids, labels = read_split(a.tokens, "train")
     if a.mode == "throughput":
         cfg = BertConfig.from_pretrained(a.config, num_labels=2)
@@ -105,8 +109,13 @@ def main():
         test = Rows(tids, tlab, a.length)
         def metrics(p):
             return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
+        collate = None
+        if a.dynamic:
+            def collate(rows):
+                n = max(int(r["attention_mask"].sum()) for r in rows)
+                return {k: torch.stack([r[k][:n] if r[k].dim() else r[k] for r in rows]) for k in rows[0]}
         tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01),
-                     train_dataset=ds, compute_metrics=metrics)
+                     train_dataset=ds, compute_metrics=metrics, data_collator=collate)
         t0 = time.perf_counter()
         out = tr.train()
         train_s = time.perf_counter() - t0

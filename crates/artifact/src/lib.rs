@@ -13,7 +13,7 @@ mod store;
 
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
 pub use manifest::{FileEntry, InputRef, Manifest};
-pub use stage::{execute, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
+pub use stage::{execute, exit, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
 pub use store::{Artifact, KeyLock, Staging, Store, VerifyError};
 
 /// Version of the store layout and manifest format. It is part of every key: bumping it

@@ -305,3 +305,29 @@ pub fn execute<P: Serialize>(
     report.artifact = Some(art.dir);
     finish(report)
 }
+
+/// A stage's [`StageDef`], from the calling crate's `FT_CODE_HASH` (set by its build script through
+/// `build_support::code_version`) and version: `stage_def!("train", SCHEMA_VERSION)`.
+#[macro_export]
+macro_rules! stage_def {
+    ($name:expr, $schema:expr) => {
+        $crate::StageDef {
+            name: $name,
+            code_version: format!("{}-{}", $schema, env!("FT_CODE_HASH")),
+            tool_version: env!("CARGO_PKG_VERSION"),
+        }
+    };
+}
+
+/// Ends a stage binary: on error prints `error: ...` (with its causes) and exits 1; in lookup
+/// mode exits [`EXIT_NOT_CACHED`] when the artifact is absent; else exits 0.
+pub fn exit(args: &StageArgs, result: anyhow::Result<Report>) -> ! {
+    match result {
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        }
+        Ok(r) if args.mode == Mode::Lookup && r.artifact.is_none() => std::process::exit(EXIT_NOT_CACHED),
+        Ok(_) => std::process::exit(0),
+    }
+}

@@ -28,11 +28,7 @@ use hub::{Hub, RepoType};
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub fn stage_def() -> artifact::StageDef {
-    artifact::StageDef {
-        name: "download",
-        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    }
+    artifact::stage_def!("download", SCHEMA_VERSION)
 }
 
 /// Checks the parameters before anything runs.

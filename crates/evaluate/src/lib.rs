@@ -21,11 +21,7 @@ use serde_json::json;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub fn stage_def() -> artifact::StageDef {
-    artifact::StageDef {
-        name: "evaluate",
-        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    }
+    artifact::stage_def!("evaluate", SCHEMA_VERSION)
 }
 
 /// The positive class index for binary metrics: a name or an id, default 1.

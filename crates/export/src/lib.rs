@@ -21,11 +21,7 @@ use serde_json::json;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub fn stage_def() -> artifact::StageDef {
-    artifact::StageDef {
-        name: "export",
-        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    }
+    artifact::stage_def!("export", SCHEMA_VERSION)
 }
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {

@@ -23,11 +23,7 @@ use serde_json::json;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub fn stage_def() -> artifact::StageDef {
-    artifact::StageDef {
-        name: "tokenize",
-        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    }
+    artifact::stage_def!("tokenize", SCHEMA_VERSION)
 }
 
 pub fn validate(p: &TokenizeParams) -> anyhow::Result<()> {
@@ -95,8 +91,8 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<se
     }
     let mut split_stats = serde_json::Map::new();
     for split in &splits {
-        let (texts, labels) = read_split(&ds.join(format!("{split}.parquet")))?;
         let t = std::time::Instant::now();
+        let (texts, labels) = read_split(&ds.join(format!("{split}.parquet")))?;
         let encoded: Vec<anyhow::Result<(Vec<u32>, u32)>> =
             texts.par_iter().map(|text| tk.encode(text, p)).collect();
         let mut writer = shards::ShardWriter::new(out, split, vocab, p.shard_mib << 20);

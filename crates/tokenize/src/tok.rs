@@ -74,7 +74,7 @@ impl Tok {
     /// Encodes one text: ids with special tokens, truncated to `max_length` by the pipeline's
     /// rule, and the length the text would have had untruncated (special tokens included).
     pub fn encode(&self, text: &str, p: &TokenizeParams) -> anyhow::Result<(Vec<u32>, u32)> {
-        let enc = self.tokenizer.encode(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+        let enc = self.tokenizer.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         let specials = self.tokenizer.get_post_processor().map(|pp| pp.added_tokens(false)).unwrap_or(0);
         let budget = p.max_length.saturating_sub(specials);
         let full = enc.len() + specials;

@@ -28,11 +28,7 @@ use tch::Kind;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub fn stage_def() -> artifact::StageDef {
-    artifact::StageDef {
-        name: "train",
-        code_version: format!("{SCHEMA_VERSION}-{}", env!("FT_CODE_HASH")),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    }
+    artifact::stage_def!("train", SCHEMA_VERSION)
 }
 
 pub fn validate(p: &TrainParams) -> anyhow::Result<()> {

@@ -76,9 +76,6 @@ fn main() -> anyhow::Result<()> {
         f.write_all(b)?;
         ctx.summary = serde_json::json!({"bytes": text.len()});
         Ok(())
-    })?;
-    if cli.args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
-    Ok(())
+    });
+    artifact::exit(&cli.args, report)
 }

@@ -11,23 +11,16 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = real_main(&cli.args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    artifact::exit(&cli.args, real_main(&cli.args))
 }
 
-fn real_main(args: &artifact::StageArgs) -> anyhow::Result<()> {
+fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::DownloadParams = pipeline::load_params(&args.params)?;
     download::validate(&params)?;
     let extra = download::local_inputs(&params)?;
     let hub = download::hub::Hub::from_env();
-    let report = artifact::execute(&download::stage_def(), args, &params, extra, |ctx| {
+    artifact::execute(&download::stage_def(), args, &params, extra, |ctx| {
         ctx.summary = download::run(&params, &hub, &ctx.out)?;
         Ok(())
-    })?;
-    if args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
-    Ok(())
+    })
 }

@@ -11,22 +11,15 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = real_main(&cli.args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    artifact::exit(&cli.args, real_main(&cli.args))
 }
 
-fn real_main(args: &artifact::StageArgs) -> anyhow::Result<()> {
+fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::EvaluateParams = pipeline::load_params(&args.params)?;
-    let report = artifact::execute(&evaluate::stage_def(), args, &params, Default::default(), |ctx| {
+    artifact::execute(&evaluate::stage_def(), args, &params, Default::default(), |ctx| {
         let tokenize = ctx.input("tokenize")?.clone();
         let train = ctx.input("train")?.clone();
         ctx.summary = evaluate::run(&params, &tokenize, &train, &ctx.out)?;
         Ok(())
-    })?;
-    if args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
-    Ok(())
+    })
 }

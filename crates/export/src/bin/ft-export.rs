@@ -23,10 +23,7 @@ const MARKER: &str = ".ft-export";
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = real_main(&cli) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    artifact::exit(&cli.args, real_main(&cli))
 }
 
 fn copy_to(src: &Path, dir: &Path, force: bool) -> anyhow::Result<()> {
@@ -50,7 +47,7 @@ fn copy_to(src: &Path, dir: &Path, force: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn real_main(cli: &Cli) -> anyhow::Result<()> {
+fn real_main(cli: &Cli) -> anyhow::Result<artifact::Report> {
     let args = &cli.args;
     let params: pipeline::ExportParams = pipeline::load_params(&args.params)?;
     let report = artifact::execute(&export::stage_def(), args, &params, Default::default(), |ctx| {
@@ -60,13 +57,10 @@ fn real_main(cli: &Cli) -> anyhow::Result<()> {
         ctx.summary = export::run(&params, &download, &tokenize, &train, &ctx.out)?;
         Ok(())
     })?;
-    if args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
     if let (Some(dir), Some(art)) = (&cli.to, &report.artifact) {
         if args.mode == artifact::Mode::Run {
             copy_to(art, dir, cli.force_to)?;
         }
     }
-    Ok(())
+    Ok(report)
 }

@@ -35,7 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let r = match (cli.cmd, cli.args) {
         (Some(Cmd::Inspect { artifact, split, index, head }), _) => inspect(&artifact, &split, index, head),
-        (None, Some(args)) => stage(&args),
+        (None, Some(args)) => artifact::exit(&args, stage(&args)),
         (None, None) => Err(anyhow::anyhow!("give the stage arguments (--params ...) or a subcommand; see --help")),
     };
     if let Err(e) = r {
@@ -44,18 +44,14 @@ fn main() {
     }
 }
 
-fn stage(args: &artifact::StageArgs) -> anyhow::Result<()> {
+fn stage(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::TokenizeParams = pipeline::load_params(&args.params)?;
     tokenize::validate(&params)?;
-    let report = artifact::execute(&tokenize::stage_def(), args, &params, Default::default(), |ctx| {
+    artifact::execute(&tokenize::stage_def(), args, &params, Default::default(), |ctx| {
         let download = ctx.input("download")?.dir.clone();
         ctx.summary = tokenize::run(&params, &download, &ctx.out)?;
         Ok(())
-    })?;
-    if args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
-    Ok(())
+    })
 }
 
 fn inspect(dir: &std::path::Path, split: &str, index: Option<usize>, head: usize) -> anyhow::Result<()> {

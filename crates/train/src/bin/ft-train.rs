@@ -11,16 +11,13 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = real_main(&cli.args) {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    artifact::exit(&cli.args, real_main(&cli.args))
 }
 
-fn real_main(args: &artifact::StageArgs) -> anyhow::Result<()> {
+fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
     train::validate(&params)?;
-    let report = artifact::execute(&train::stage_def(), args, &params, Default::default(), |ctx| {
+    artifact::execute(&train::stage_def(), args, &params, Default::default(), |ctx| {
         let download = ctx.input("download")?.dir.clone();
         let tokenize = ctx.input("tokenize")?.dir.clone();
         let work = ctx.store.join(".checkpoints").join(format!("train-{}", ctx.key));
@@ -28,9 +25,5 @@ fn real_main(args: &artifact::StageArgs) -> anyhow::Result<()> {
         ctx.summary = train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work)?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
-    })?;
-    if args.mode == artifact::Mode::Lookup && report.artifact.is_none() {
-        std::process::exit(artifact::EXIT_NOT_CACHED);
-    }
-    Ok(())
+    })
 }
