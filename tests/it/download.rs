@@ -268,3 +268,16 @@ fn bad_data_is_named() {
     let msg = format!("{:#}", local(&e, json!({"train": d.join("nope-*.csv").display().to_string()}), json!({})).unwrap_err());
     assert!(msg.contains("no file matches"), "{msg}");
 }
+
+#[test]
+fn missing_file_and_non_utf8_text_are_named() {
+    let e = Env::new();
+    let hub = e.hub();
+    let sha = e.mock.commit("models", "org/tiny-bert");
+    let msg = format!("{:#}", hub.file(download::hub::RepoType::Model, "org/tiny-bert", &sha, "nope.json").unwrap_err());
+    assert!(msg.contains("file not found") && msg.contains("nope.json"), "{msg}");
+    let p = e.tmp.path().join("bad.csv");
+    std::fs::write(&p, b"text,label\n\"caf\xe9 bad bytes\",0\nok,1\n").unwrap();
+    let msg = format!("{:#}", local(&e, json!({"train": p.display().to_string()}), json!({})).unwrap_err());
+    assert!(msg.contains("bad.csv") && msg.contains("UTF-8"), "{msg}");
+}

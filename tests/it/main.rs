@@ -6,4 +6,5 @@ mod pipelines;
 mod runner_cache;
 mod smoke;
 mod tokenize;
+mod tools;
 mod train;

@@ -1,0 +1,72 @@
+//! `cargo xtask setup` is idempotent and `doctor` reports what libtorch can do here; stage
+//! binaries refuse mismatched inputs and foreign export directories.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
+    let p = dir.join("release").join(name);
+    assert!(p.exists(), "{} is not built: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
+#[test]
+fn setup_is_idempotent_and_doctor_reports_cpu_only() {
+    let xtask = bin("xtask");
+    for _ in 0..2 {
+        let out = Command::new(&xtask).arg("setup").current_dir(repo()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("up to date") || err.contains("LIBTORCH is set"), "a second setup should do nothing: {err}");
+    }
+    let out = Command::new(bin("ft-doctor")).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("libtorch:"), "{text}");
+    if !tch::Cuda::is_available() {
+        assert!(text.contains("CUDA available: false") && text.contains("CPU only"), "{text}");
+    }
+}
+
+#[test]
+fn evaluate_refuses_a_train_artifact_from_other_tokens_and_unknown_splits() {
+    let _rng = tests::torch_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = artifact::Store::open(tmp.path()).unwrap();
+    // Two tokenize artifacts (content differs) and a train artifact that points at the first.
+    let mk = |stage: &str, key: &str, file: &str, text: &str, inputs: Vec<(&str, &artifact::Artifact)>| {
+        let st = store.stage_dir(stage).unwrap();
+        std::fs::write(st.dir.join(file), text).unwrap();
+        let m = artifact::Manifest {
+            format: artifact::STORE_FORMAT,
+            stage: stage.into(),
+            key: key.into(),
+            code_version: "t".into(),
+            params: serde_json::json!({}),
+            inputs: inputs
+                .into_iter()
+                .map(|(n, a)| (n.to_string(), artifact::InputRef { content_hash: a.manifest.content_hash.clone(), key: a.manifest.key.clone(), stage: n.into() }))
+                .collect(),
+            files: vec![],
+            content_hash: String::new(),
+            wall_seconds: 0.0,
+            created_unix: 0,
+            environment: Default::default(),
+            summary: serde_json::Value::Null,
+        };
+        store.publish(st, m).unwrap()
+    };
+    let tok_a = mk("tokenize", "a", "meta.json", "{}", vec![]);
+    let tok_b = mk("tokenize", "b", "meta.json", "{\"other\": 1}", vec![]);
+    let train = mk("train", "t", "config.json", "{}", vec![("tokenize", &tok_a)]);
+    let p: pipeline::EvaluateParams = serde_yaml_ng::from_str("split: test").unwrap();
+    let e = format!("{:#}", evaluate::run(&p, &tok_b, &train, tmp.path()).unwrap_err());
+    assert!(e.contains("trained on tokenize output") && e.contains("different tokenizer"), "{e}");
+    let e = format!("{:#}", export::run(&pipeline::ExportParams { dtype: pipeline::Dtype::Fp32, weights: pipeline::Weights::Best }, &tok_a, &tok_b, &train, tmp.path()).unwrap_err());
+    assert!(e.contains("not trained on the given tokenize artifact"), "{e}");
+}
