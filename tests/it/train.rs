@@ -144,3 +144,21 @@ fn cuda_without_a_gpu_is_a_clear_error() {
     assert!(model::device::resolve("tpu").is_err());
     assert_eq!(model::device::resolve("auto").unwrap(), tch::Device::Cpu);
 }
+
+#[test]
+fn early_stopping_ends_training_when_validation_stalls() {
+    let _rng = tests::torch_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic(tmp.path(), 100);
+    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
+    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    // A learning rate this small never changes validation accuracy: no improvement after the
+    // first evaluation, so patience 1 stops after the second epoch of ten.
+    let p = params("device: cpu\nepochs: 10\nlearning_rate: 1.0e-12\nbatch_size: 16\nearly_stopping_patience: 1\n");
+    let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
+    let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
+    assert!(out.state.done);
+    assert_eq!(out.state.epoch, 2, "stopped after two validations");
+    assert!(out.state.step < out.total_steps);
+    assert_eq!(out.state.best_step, Some(out.state.step / 2));
+}

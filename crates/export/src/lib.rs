@@ -174,9 +174,55 @@ fn model_card(
     Ok(s)
 }
 
+/// Marks a directory as written by ft-export, so a later export may replace its files.
+pub const MARKER: &str = ".ft-export";
+
+/// Copies an export artifact into `dir` (created if missing). A non-empty `dir` that was not
+/// written by us is refused unless `force`.
+pub fn copy_to(src: &Path, dir: &Path, force: bool) -> anyhow::Result<()> {
+    if dir.exists() {
+        let ours = dir.join(MARKER).exists();
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !ours && !empty && !force {
+            bail!("{} exists and was not written by ft-export; choose another --to or pass --force-to to replace its files", dir.display());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))?.flatten() {
+        let name = e.file_name();
+        if name == "manifest.json" {
+            continue;
+        }
+        std::fs::copy(e.path(), dir.join(&name)).with_context(|| format!("copying {}", name.to_string_lossy()))?;
+    }
+    std::fs::write(dir.join(MARKER), src.display().to_string()).with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
+    eprintln!("copied the export to {}", dir.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_to_refuses_foreign_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("art");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("config.json"), "{}").unwrap();
+        std::fs::write(src.join("manifest.json"), "{}").unwrap();
+        let dst = tmp.path().join("mine");
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::write(dst.join("notes.txt"), "keep me").unwrap();
+        let e = copy_to(&src, &dst, false).unwrap_err().to_string();
+        assert!(e.contains("not written by ft-export") && e.contains("--force-to"), "{e}");
+        assert!(!dst.join("config.json").exists(), "nothing copied");
+        copy_to(&src, &dst, true).unwrap();
+        assert!(dst.join("config.json").exists() && !dst.join("manifest.json").exists());
+        // Ours now: a second export replaces it without --force-to; a new directory is fine.
+        copy_to(&src, &dst, false).unwrap();
+        copy_to(&src, &tmp.path().join("new"), false).unwrap();
+    }
 
     #[test]
     fn bf16_and_fp16_conversion() {
