@@ -1,6 +1,6 @@
 //! The runner and the store, driven with the test stage executable (`ft-fake-stage`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use pipeline::Stage;
@@ -228,5 +228,4 @@ fn bad_pipeline_touches_no_store() {
     let err = w.run_with(&w.opts()).unwrap_err();
     assert!(err.to_string().contains("epoch"), "{err}");
     assert!(!w.store().exists());
-    let _ = Path::new("");
 }

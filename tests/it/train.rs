@@ -90,7 +90,6 @@ fn resumed_run_is_bit_identical() {
     for (x, y) in a.params.tensors.iter().zip(&c.params.tensors) {
         assert!(x.equal(y), "weights differ after resume");
     }
-    assert_eq!(std::fs::read(tmp.path().join("a/log.jsonl")).unwrap().len() > 0, true);
     let strip = |p: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(p).unwrap().lines().map(|l| {
             let mut v: serde_json::Value = serde_json::from_str(l).unwrap();

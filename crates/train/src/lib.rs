@@ -90,7 +90,7 @@ pub fn classifier_config(base: &model::BertConfig, names: &[String]) -> serde_js
 fn peak_flops() -> Option<(String, f64)> {
     let out = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
     let name = String::from_utf8_lossy(&out.stdout).lines().next()?.trim().to_string();
-    let peak = if name.contains("H100") || name.contains("H200") || name.contains("H20") && !name.contains("H20 ") {
+    let peak = if name.contains("H100") || name.contains("H200") {
         989e12
     } else if name.contains("A100") {
         312e12

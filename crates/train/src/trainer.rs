@@ -129,7 +129,7 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
 }
 
 fn is_oom(msg: &str) -> bool {
-    msg.contains("out of memory") || msg.contains("CUDA error: out of memory")
+    msg.contains("out of memory")
 }
 
 /// Runs (or resumes) training.
