@@ -17,6 +17,11 @@ struct Cli {
     force_to: bool,
 }
 
+fn main() {
+    let cli = Cli::parse();
+    artifact::exit(&cli.args, real_main(&cli))
+}
+
 fn real_main(cli: &Cli) -> anyhow::Result<artifact::Report> {
     let args = &cli.args;
     let params: pipeline::ExportParams = pipeline::load_params(&args.params)?;
