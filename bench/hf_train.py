@@ -4,12 +4,14 @@ ids* as ours, read from our token shards (so tokenization is not part of the com
   python3 hf_train.py throughput --config CONFIG.json --tokens TOKDIR --batch 32 --length 512 --steps 40
   python3 hf_train.py imdb --model MODELDIR --tokens TOKDIR --batch 128 --lr 1e-4 --epochs 3
 
-Prints one JSON object. Throughput: samples/s over the steps after the first 10 (fixed shapes:
-every batch padded to --length). imdb: padding to max_length as the seed notebook does, then
-Trainer.evaluate on the test split.
+Prints one JSON object. Throughput: samples/s over the steps after the first --warmup (fixed
+shapes: every batch padded to --length). imdb: padding to max_length as the seed notebook does,
+then Trainer.evaluate on the test split (--eval-repeats times). Peak memory: the process's
+maximum RSS, and on CUDA torch's peak allocation.
 """
 import argparse
 import json
+import resource
 import struct
 import sys
 import time
@@ -63,11 +65,16 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
-def args_for(out, batch, **kw):
+def args_for(out, batch, workers, **kw):
     return TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch, per_device_eval_batch_size=256, bf16=torch.cuda.is_available(),
-        save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=42, dataloader_num_workers=2,
+        save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=42, dataloader_num_workers=workers,
         disable_tqdm=True, **kw)
+
+
+def memory():
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
 
 
 def main():
@@ -79,6 +86,9 @@ def main():
     ap.add_argument("--batch", type=int, required=True)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=10, help="steps left out of the throughput figure")
+    ap.add_argument("--workers", type=int, default=0, help="dataloader workers (HF's default: 0)")
+    ap.add_argument("--eval-repeats", type=int, default=1)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--dynamic", action="store_true", help="pad each batch to its longest row (imdb mode)")
@@ -95,13 +105,13 @@ def main():
         reps = (need + len(ids) - 1) // len(ids)
         ds = Rows((ids * reps)[:need], (labels * reps)[:need], a.length)
         timer = StepTimer()
-        tr = Trainer(model=model, args=args_for("/tmp/hf-bench", a.batch, max_steps=a.steps, learning_rate=a.lr), train_dataset=ds, callbacks=[timer])
+        tr = Trainer(model=model, args=args_for("/tmp/hf-bench", a.batch, a.workers, max_steps=a.steps, learning_rate=a.lr), train_dataset=ds, callbacks=[timer])
         tr.train()
         t = timer.times
-        skip = 10
+        skip = a.warmup
         sps = (len(t) - 1 - skip) * a.batch / (t[-1] - t[skip])
         print(json.dumps({"mode": "throughput", "length": a.length, "batch": a.batch, "samples_per_s": sps, "tokens_per_s_padded": sps * a.length,
-                          "peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None}))
+                          **memory()}))
     else:
         model = BertForSequenceClassification.from_pretrained(a.model, num_labels=2, dtype=torch.float32, attn_implementation="sdpa")
         ds = Rows(ids, labels, a.length)
@@ -114,17 +124,20 @@ def main():
             def collate(rows):
                 n = max(int(r["attention_mask"].sum()) for r in rows)
                 return {k: torch.stack([r[k][:n] if r[k].dim() else r[k] for r in rows]) for k in rows[0]}
-        tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01),
+        tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, a.workers, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01),
                      train_dataset=ds, compute_metrics=metrics, data_collator=collate)
         t0 = time.perf_counter()
         out = tr.train()
         train_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ev = tr.evaluate(test)
-        eval_s = time.perf_counter() - t0
+        eval_s = []
+        for _ in range(a.eval_repeats):
+            t0 = time.perf_counter()
+            ev = tr.evaluate(test)
+            eval_s.append(time.perf_counter() - t0)
         print(json.dumps({"mode": "imdb", "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
                           "samples_per_s": out.metrics.get("train_samples_per_second"), "test_accuracy": ev["eval_accuracy"],
-                          "eval_seconds": eval_s, "eval_examples_per_s": len(test) / eval_s}))
+                          "eval_seconds": eval_s[0], "eval_examples_per_s": len(test) / eval_s[0],
+                          "eval_examples_per_s_runs": [len(test) / e for e in eval_s], **memory()}))
 
 
 if __name__ == "__main__":

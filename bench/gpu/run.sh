@@ -44,7 +44,7 @@ ours() {  # name, ft-bench args...
 hf() {  # name, hf_train.py args...
   local name=$1; shift
   echo "== hf $name" >&2
-  if timeout 150 python3 bench/hf_train.py "$@" > "$W/hf-$name.out" 2> "$OUT/hf-$name.err"; then
+  if timeout 150 python3 bench/hf_train.py "$@" --workers 2 > "$W/hf-$name.out" 2> "$OUT/hf-$name.err"; then
     tail -1 "$W/hf-$name.out" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["name"]=sys.argv[1]; d["side"]="hf"; print(json.dumps(d))' "$name" >> "$R"
   else
     echo "{\"name\": \"$name\", \"side\": \"hf\", \"failed\": true}" >> "$R"; tail -5 "$OUT/hf-$name.err" >&2

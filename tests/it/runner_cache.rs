@@ -30,12 +30,19 @@ impl World {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
-        for s in Stage::ALL {
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ft-fake-stage"), bin.join(s.binary())).unwrap();
-        }
         let w = World { dir };
+        w.build();
         w.write_pipeline(PIPELINE);
         w
+    }
+    /// Puts fresh copies of the fake stage in `bin/`, as a rebuild would: the runner's memo of
+    /// keys is tied to the binaries, and a control change stands for a code change.
+    fn build(&self) {
+        for s in Stage::ALL {
+            let dst = self.dir.path().join("bin").join(s.binary());
+            let _ = std::fs::remove_file(&dst);
+            std::fs::copy(env!("CARGO_BIN_EXE_ft-fake-stage"), &dst).unwrap();
+        }
     }
     fn store(&self) -> PathBuf {
         self.dir.path().join("store")
@@ -46,6 +53,7 @@ impl World {
     }
     fn control(&self, lines: &str) {
         std::fs::write(self.dir.path().join("fake.env"), lines).unwrap();
+        self.build();
     }
     fn opts(&self) -> RunOptions {
         RunOptions { bin_dir: self.dir.path().join("bin"), ..Default::default() }
@@ -88,6 +96,37 @@ fn no_change_reuses_everything_in_under_a_second() {
         assert_eq!(a.key, b.key);
         assert_eq!(a.artifact, b.artifact);
     }
+}
+
+#[test]
+fn a_no_change_rerun_starts_no_stage_binary() {
+    let w = World::new();
+    let calls = w.dir.path().join("calls");
+    w.control(&format!("FAKE_CALLS={}\n", calls.display()));
+    let first = w.run();
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 5);
+    std::fs::remove_file(&calls).unwrap();
+    let second = w.run();
+    assert!(ran(&second).is_empty());
+    assert!(!calls.exists(), "the runner started {:?} although nothing changed", std::fs::read_to_string(&calls));
+    assert_eq!(first.iter().map(|o| &o.key).collect::<Vec<_>>(), second.iter().map(|o| &o.key).collect::<Vec<_>>());
+    // A rebuilt binary is asked again (its code version may differ).
+    w.build();
+    assert!(ran(&w.run()).is_empty());
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 5);
+}
+
+#[test]
+fn local_files_are_hashed_again_on_every_run() {
+    let w = World::new();
+    let data = w.dir.path().join("data.csv");
+    std::fs::write(&data, "text,label\nfine,1\n").unwrap();
+    w.control(&format!("FAKE_FILE_INPUT_DOWNLOAD={}\n", data.display()));
+    w.run();
+    assert!(ran(&w.run()).is_empty());
+    std::fs::write(&data, "text,label\nfine,0\n").unwrap();
+    // The fake download's output does not depend on the file, so only download reruns.
+    assert_eq!(ran(&w.run()), ["download"]);
 }
 
 #[test]

@@ -42,8 +42,10 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     let second = run(&p);
     assert!(second.iter().all(|o| o.cached), "{second:?}");
 
-    // The export loads in transformers with no warning about weights, and agrees with us.
     let export = first[4].artifact.clone().unwrap();
+    matches_the_golden_listing(&export);
+
+    // The export loads in transformers with no warning about weights, and agrees with us.
     let python = repo().join(".venv/bin/python");
     let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !ok {
@@ -78,5 +80,37 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     let theirs: Vec<f64> = hf["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect();
     for (a, b) in ours.iter().zip(&theirs) {
         assert!((*a as f64 - b).abs() < 1e-4, "logits: ours {ours:?} vs transformers {theirs:?}");
+    }
+}
+
+/// Tensor names and shapes, config and files of an export against what transformers itself writes
+/// for this model (tests/fixtures/export/golden.json, from make_golden.py): the check that runs
+/// even where transformers is not installed.
+fn matches_the_golden_listing(export: &Path) {
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(repo().join("tests/fixtures/export/golden.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(export.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ours: std::collections::BTreeMap<String, Vec<usize>> = st.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+    let theirs: std::collections::BTreeMap<String, Vec<usize>> = serde_json::from_value(golden["tensors"].clone()).unwrap();
+    assert_eq!(ours, theirs, "tensor names and shapes differ from transformers' own save_pretrained");
+    let config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(export.join("config.json")).unwrap()).unwrap();
+    let golden_config = golden["config"].as_object().unwrap();
+    for (k, v) in &config {
+        match golden_config.get(k) {
+            Some(g) => assert_eq!(v, g, "config.json `{k}`"),
+            // Written by us for readers that do not derive them: transformers accepts both.
+            None => assert!(k == "num_labels" || k == "dtype", "config.json has `{k}`, which transformers does not write"),
+        }
+    }
+    for k in ["architectures", "model_type", "id2label", "label2id", "problem_type", "vocab_size", "hidden_size", "num_hidden_layers",
+              "num_attention_heads", "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+              "pad_token_id", "position_embedding_type"]
+    {
+        assert!(config.contains_key(k), "config.json lacks `{k}`");
+    }
+    for f in golden["files"].as_array().unwrap() {
+        assert!(export.join(f.as_str().unwrap()).exists(), "the export lacks {f}, which save_pretrained writes");
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. It stays light (no tch, no polars): stage work happens
 //! in the `ft-<stage>` binaries, which this builds and runs.
 
+mod bench;
 mod setup;
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 use pipeline::Stage;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Fine-tuning pipelines: run, test, setup, doctor, gc, verify")]
+#[command(name = "cargo xtask", about = "Fine-tuning pipelines: run, test, bench, setup, doctor, gc, verify")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,6 +56,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Our stages and the Python reference side by side on the same data: one table of figures
+    /// and ratios (median over repeats), also written as JSON.
+    Bench(bench::Args),
     /// Create the project venv (.venv) with torch==2.11.0 for tch, unless LIBTORCH is set.
     Setup,
     /// Print the libtorch in use and whether CUDA and cuDNN work.
@@ -83,9 +87,16 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
     })
 }
 
-/// The workspace root (xtask lives one level below it).
+/// The workspace root: the nearest folder above the current one that holds `xtask/Cargo.toml`
+/// (cargo runs aliases from where the user is), else the one this binary was built from. Not the
+/// build-time path first: a target folder shared by two checkouts holds one `xtask` binary.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    let here = std::env::current_dir().ok();
+    let found = here.as_deref().and_then(|d| d.ancestors().find(|a| a.join("xtask/Cargo.toml").is_file() && a.join("Cargo.toml").is_file()));
+    match found {
+        Some(d) => d.to_path_buf(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default(),
+    }
 }
 
 fn cargo() -> String {
@@ -103,17 +114,27 @@ fn build_stages(stages: &[Stage]) -> anyhow::Result<PathBuf> {
         setup::ensure()?;
     }
     let t = Instant::now();
-    let mut cmd = Command::new(cargo());
-    cmd.current_dir(root()).args(["build", "--release", "--quiet"]);
+    let mut args = vec![];
     for s in stages {
-        cmd.args(["-p", s.package(), "--bin", s.binary()]);
+        args.extend(["-p", s.package(), "--bin", s.binary()]);
     }
-    let st = cmd.status().context("running cargo build")?;
-    if !st.success() {
-        bail!("building the stage binaries failed (see cargo's output above)");
-    }
+    cargo_build(&args)?;
     eprintln!("built {} stage binaries in {:.1} s", stages.len(), t.elapsed().as_secs_f64());
     Ok(target_dir().join("release"))
+}
+
+/// `cargo build --release --quiet ARGS` in the workspace.
+fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
+    let st = Command::new(cargo())
+        .current_dir(root())
+        .args(["build", "--release", "--quiet"])
+        .args(args)
+        .status()
+        .context("running cargo build")?;
+    if !st.success() {
+        bail!("cargo build {} failed (see cargo's output above)", args.join(" "));
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<pipeline::Pipeline> {
@@ -176,6 +197,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench(a) => bench::bench(a),
         Cmd::Setup => setup::setup(),
         Cmd::Doctor => {
             setup::ensure()?;

@@ -100,3 +100,28 @@ pub fn setup() -> anyhow::Result<()> {
     eprintln!("setup: done");
     Ok(())
 }
+
+/// What `cargo xtask bench` needs beyond setup: HF `datasets` for the seed's `datasets.map`.
+pub const BENCH_EXTRAS: &[&str] = &["datasets==5.2.0"];
+
+/// Installs [`BENCH_EXTRAS`] into the project venv unless they import already.
+pub fn ensure_bench() -> anyhow::Result<()> {
+    if user_libtorch().is_some() && !venv().join("bin/python").exists() {
+        bail!("cargo xtask bench runs the Python reference from the project venv; run `cargo xtask setup` without LIBTORCH set first");
+    }
+    let python = venv().join("bin/python");
+    let ok = Command::new(&python).args(["-c", "import datasets"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    if ok {
+        return Ok(());
+    }
+    eprintln!("bench: installing {} into {}", BENCH_EXTRAS.join(" "), venv().display());
+    let st = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(BENCH_EXTRAS)
+        .status()
+        .context("running pip")?;
+    if !st.success() {
+        bail!("pip install {} into {} failed (see above)", BENCH_EXTRAS.join(" "), venv().display());
+    }
+    Ok(())
+}

@@ -68,9 +68,7 @@ pub fn local_inputs(p: &DownloadParams) -> anyhow::Result<BTreeMap<String, Strin
 }
 
 fn blake3_file(path: &Path) -> anyhow::Result<String> {
-    let mut h = blake3::Hasher::new();
-    h.update_mmap(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(h.finalize().to_hex().to_string())
+    Ok(artifact::hash_file(path)?.1)
 }
 
 fn local_listing(dir: &Path) -> anyhow::Result<Vec<String>> {

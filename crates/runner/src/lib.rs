@@ -1,6 +1,10 @@
 //! The pipeline runner: runs each stage's binary as a subprocess, in order, passing the upstream
 //! artifact directories as inputs. Caching itself lives in the stage binaries (the `artifact`
 //! crate), so a stage run alone behaves exactly as under the runner.
+//!
+//! One shortcut: the runner remembers which key a stage binary computed for given parameters and
+//! inputs ([`memo`]), so that a no-change rerun finds artifacts without starting the binaries
+//! (train and evaluate load libtorch, about a second each).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -181,7 +185,17 @@ pub fn run(
             continue;
         }
         let t = Instant::now();
-        let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
+        let memo = (mode != Mode::Explain && !force).then(|| memo::id(&opts.bin_dir, stage, params, &artifacts)).flatten();
+        let r = match memo.as_deref().and_then(|id| memo::recall(&store, stage, id)) {
+            Some(r) => r,
+            None => {
+                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
+                if let (Some(id), Some(dir)) = (&memo, &r.artifact) {
+                    memo::remember(&store, stage, id, dir);
+                }
+                r
+            }
+        };
         if mode == Mode::Lookup && r.artifact.is_none() {
             bail!(
                 "stage `{stage}` of pipeline `{}` has no artifact in {} for its current parameters and inputs; \
@@ -229,4 +243,81 @@ pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<BTreeSet<Pa
 /// The binaries a run of this pipeline needs.
 pub fn binaries_needed(p: &Pipeline) -> Vec<Stage> {
     p.stages.iter().map(|s| s.stage).collect()
+}
+
+/// The runner's memo: for a stage binary (its path, size and modification time), the raw
+/// parameters and the content hashes of the inputs, the key the binary computed. Sound because a
+/// key is a function of exactly these (the code version is built into the binary) — except for
+/// artifacts with `file` inputs (local dataset or model files, hashed by the stage itself), which
+/// are never memoized. A hit still goes through `Store::lookup`, which verifies the artifact.
+/// Entries live in `STORE/.memo/`; deleting them is always safe.
+mod memo {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::time::UNIX_EPOCH;
+
+    use artifact::{Artifact, Report, Store};
+    use pipeline::Stage;
+
+    pub fn id(bin_dir: &Path, stage: Stage, params: &serde_json::Value, inputs: &BTreeMap<Stage, PathBuf>) -> Option<String> {
+        let bin = bin_dir.join(stage.binary());
+        let meta = std::fs::metadata(&bin).ok()?;
+        let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+        let mut h = blake3::Hasher::new();
+        let mut field = |b: &[u8]| {
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(stage.name().as_bytes());
+        field(bin.as_os_str().as_encoded_bytes());
+        field(format!("{} {mtime}", meta.len()).as_bytes());
+        field(serde_json::to_string(params).ok()?.as_bytes());
+        for up in stage.inputs() {
+            if let Some(dir) = inputs.get(up) {
+                field(up.name().as_bytes());
+                field(Artifact::open(dir).ok()?.manifest.content_hash.as_bytes());
+            }
+        }
+        Some(h.finalize().to_hex().to_string())
+    }
+
+    fn path(store: &Path, stage: Stage, id: &str) -> PathBuf {
+        store.join(".memo").join(format!("{}-{id}", stage.name()))
+    }
+
+    fn has_file_inputs(a: &Artifact) -> bool {
+        a.manifest.inputs.values().any(|r| r.stage == "file")
+    }
+
+    /// The cached artifact the memo points to, if it is still there and valid.
+    pub fn recall(store: &Path, stage: Stage, id: &str) -> Option<Report> {
+        let key = std::fs::read_to_string(path(store, stage, id)).ok()?;
+        let a = Store::open(store).ok()?.lookup(stage.name(), key.trim()).ok()??;
+        if has_file_inputs(&a) {
+            return None;
+        }
+        Some(Report {
+            stage: stage.name().into(),
+            key: a.manifest.key.clone(),
+            cached: true,
+            content_hash: Some(a.manifest.content_hash.clone()),
+            artifact: Some(a.dir),
+            ..Default::default()
+        })
+    }
+
+    /// Records the key of a stage's artifact (best effort: a memo that cannot be written only
+    /// costs a process start next time).
+    pub fn remember(store: &Path, stage: Stage, id: &str, dir: &Path) {
+        let Ok(a) = Artifact::open(dir) else { return };
+        if has_file_inputs(&a) {
+            return;
+        }
+        let p = path(store, stage, id);
+        let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+        let ok = p.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) && std::fs::write(&tmp, &a.manifest.key).is_ok();
+        if !ok || std::fs::rename(&tmp, &p).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }

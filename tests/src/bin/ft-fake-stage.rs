@@ -8,7 +8,9 @@
 //! * `FAKE_CRASH_<STAGE>=1`: write half a file, then abort (as a `kill -9` mid-write would);
 //! * `FAKE_FAIL_<STAGE>=CODE`: print an error and exit with CODE before writing;
 //! * `FAKE_SLEEP_MS`: sleep while writing (for concurrency tests);
-//! * `FAKE_LOG=FILE`: append `<stage>` to FILE each time the stage really runs.
+//! * `FAKE_LOG=FILE`: append `<stage>` to FILE each time the stage really runs;
+//! * `FAKE_CALLS=FILE`: append `<stage>` to FILE each time the binary starts (any mode);
+//! * `FAKE_FILE_INPUT_<STAGE>=PATH`: key on PATH's bytes too, as download does with local files.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -46,7 +48,15 @@ fn main() -> anyhow::Result<()> {
         code_version: env("FAKE_CODE_VERSION", stage.name()).unwrap_or_else(|| "1".into()),
         tool_version: env!("CARGO_PKG_VERSION"),
     };
-    let report = artifact::execute(&def, &cli.args, &params, BTreeMap::new(), |ctx| {
+    if let Some(log) = c.get("FAKE_CALLS") {
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        writeln!(f, "{stage}")?;
+    }
+    let mut files = BTreeMap::new();
+    if let Some(path) = env("FAKE_FILE_INPUT", stage.name()) {
+        files.insert(format!("file:{path}"), artifact::hash_file(std::path::Path::new(&path))?.1);
+    }
+    let report = artifact::execute(&def, &cli.args, &params, files, |ctx| {
         if let Some(code) = env("FAKE_FAIL", stage.name()) {
             eprintln!("fake {stage}: failing on purpose");
             std::process::exit(code.parse().unwrap_or(1));

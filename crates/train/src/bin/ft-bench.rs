@@ -30,12 +30,37 @@ struct Cli {
     warmup_windows: usize,
 }
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
+/// Steady-state rates over the log windows after the warm-up ones: total samples (tokens) over
+/// total time, so that every step weighs the same (as in the Python reference's figure).
+fn steady(log: &str, batch_size: usize, warmup_windows: usize) -> (Option<f64>, Option<f64>) {
+    let mut prev_step = 0.0;
+    let (mut samples, mut tokens, mut secs) = (0.0, 0.0, 0.0);
+    let windows = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| {
+        Some((v["step"].as_f64()?, v["samples_per_s"].as_f64()?, v["tokens_per_s"].as_f64()?))
+    });
+    for (i, (step, sps, tps)) in windows.enumerate() {
+        let n = (step - prev_step) * batch_size as f64;
+        prev_step = step;
+        if i >= warmup_windows && sps > 0.0 {
+            let t = n / sps;
+            samples += n;
+            tokens += tps * t;
+            secs += t;
+        }
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
+    if secs > 0.0 {
+        (Some(samples / secs), Some(tokens / secs))
+    } else {
+        (None, None)
+    }
+}
+
+/// The process's peak resident memory in MiB (Linux: VmHWM), for the benchmark table.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,17 +73,12 @@ fn main() -> anyhow::Result<()> {
     let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work)?;
     let wall = t.elapsed().as_secs_f64();
     let log = std::fs::read_to_string(cli.out.join("log.jsonl")).unwrap_or_default();
-    let windows: Vec<(f64, f64)> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| Some((v["samples_per_s"].as_f64()?, v["tokens_per_s"].as_f64()?)))
-        .collect();
-    let steady: Vec<(f64, f64)> = windows.iter().skip(cli.warmup_windows).copied().collect();
+    let (samples_per_s, tokens_per_s) = steady(&log, params.batch_size * params.grad_accum, cli.warmup_windows);
     let mut out = serde_json::json!({
         "train": summary,
         "wall_seconds": wall,
-        "steady_samples_per_s": median(steady.iter().map(|w| w.0).collect()),
-        "steady_tokens_per_s": median(steady.iter().map(|w| w.1).collect()),
+        "steady_samples_per_s": samples_per_s,
+        "steady_tokens_per_s": tokens_per_s,
     });
     if let Some(split) = &cli.eval_split {
         let device = model::device::resolve(&params.device)?;
@@ -77,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         out["eval"]["seconds"] = serde_json::json!(secs);
         out["eval"]["examples_per_s"] = serde_json::json!(s.len() as f64 / secs);
     }
+    out["peak_rss_mb"] = serde_json::json!(peak_rss_mb());
     println!("{out}");
     Ok(())
 }

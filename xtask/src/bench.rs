@@ -1,0 +1,584 @@
+//! `cargo xtask bench`: our stages and the Python reference (tokenizers, datasets, HF Trainer) on
+//! the same data, on the same machine, in the same run. Prints one table — each figure for both
+//! sides as median (min–max) over repeats, and the ratio — and writes it as JSON. No figure is
+//! typed in by hand: every number comes from a process this command started.
+//!
+//! Data comes from a Hub: `HF_ENDPOINT` when set, else the offline mirror next to the checkout
+//! (`../shared/hub-mirror`, served by `../shared/hub/serve.py` for the duration of the run).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use pipeline::Stage;
+use serde_json::{json, Value};
+
+use crate::{root, setup};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// `cpu` or `cuda` (both sides run there).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Model repo on the Hub.
+    #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
+    model: String,
+    /// Dataset repo on the Hub (text/label columns, train and test splits).
+    #[arg(long, default_value = "stanfordnlp/imdb")]
+    dataset: String,
+    /// Train on this many reviews (test: half as many, validation: a tenth); 0 = the whole
+    /// dataset. Default: 1000 on cpu, 0 on cuda. Tokenization always uses the whole train split.
+    #[arg(long)]
+    subset: Option<usize>,
+    /// Default: 128 on cpu, 256 on cuda.
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Default: 16 on cpu, 128 on cuda.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Runs of each tokenize, throughput, evaluate and cache figure.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Full fine-tunes per side for time-to-accuracy.
+    #[arg(long, default_value_t = 1)]
+    full_runs: usize,
+    /// Where the store, pipelines, logs, `bench.json` and `bench.md` go (default: target/bench).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// The settings a run uses, after device defaults.
+struct Plan {
+    cuda: bool,
+    subset: usize,
+    max_length: usize,
+    batch: usize,
+    lr: f64,
+    epochs: f64,
+    warmup_steps: u64,
+    measured_steps: u64,
+    repeats: usize,
+    full_runs: usize,
+    out: PathBuf,
+}
+
+impl Plan {
+    fn new(a: &Args) -> anyhow::Result<Self> {
+        let cuda = match a.device.as_str() {
+            "cpu" => false,
+            "cuda" => true,
+            d => bail!("--device {d}: expected cpu or cuda"),
+        };
+        if a.repeats == 0 || a.full_runs == 0 {
+            bail!("--repeats and --full-runs must be at least 1");
+        }
+        let out = a.out.clone().unwrap_or_else(|| crate::target_dir().join("bench"));
+        let out = if out.is_absolute() { out } else { std::env::current_dir()?.join(out) };
+        Ok(Plan {
+            cuda,
+            subset: a.subset.unwrap_or(if cuda { 0 } else { 1000 }),
+            max_length: a.max_length.unwrap_or(if cuda { 256 } else { 128 }),
+            batch: a.batch_size.unwrap_or(if cuda { 128 } else { 16 }),
+            lr: if cuda { 1e-4 } else { 5e-5 },
+            epochs: if cuda { 3.0 } else { 1.0 },
+            warmup_steps: if cuda { 10 } else { 2 },
+            measured_steps: if cuda { 50 } else { 8 },
+            repeats: a.repeats,
+            full_runs: a.full_runs,
+            out,
+        })
+    }
+}
+
+/// Figures of one side over repeated runs.
+#[derive(Default, Clone)]
+struct Runs(Vec<f64>);
+
+impl Runs {
+    fn median(&self) -> Option<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    }
+    fn show(&self, unit: &str) -> String {
+        let (Some(m), Some(lo), Some(hi)) = (self.median(), self.0.iter().copied().reduce(f64::min), self.0.iter().copied().reduce(f64::max))
+        else {
+            return "—".into();
+        };
+        let f = |x: f64| if unit == "%" { format!("{:.2}", 100.0 * x) } else if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") };
+        let unit = if unit == "%" { "%" } else { "" };
+        if self.0.len() == 1 {
+            format!("{}{unit}", f(m))
+        } else {
+            format!("{}{unit} ({}–{})", f(m), f(lo), f(hi))
+        }
+    }
+}
+
+/// One table row: a figure for both sides. `higher_is_better` orients the ratio so that > 1
+/// always means ours is better.
+struct Row {
+    section: &'static str,
+    figure: String,
+    unit: &'static str,
+    ours: Runs,
+    reference_name: String,
+    reference: Runs,
+    higher_is_better: bool,
+    target: &'static str,
+}
+
+impl Row {
+    fn ratio(&self) -> Option<f64> {
+        let (o, r) = (self.ours.median()?, self.reference.median()?);
+        if o <= 0.0 || r <= 0.0 {
+            return None;
+        }
+        Some(if self.higher_is_better { o / r } else { r / o })
+    }
+    fn json(&self) -> Value {
+        json!({
+            "section": self.section, "figure": self.figure, "unit": self.unit,
+            "ours": {"median": self.ours.median(), "runs": self.ours.0},
+            "reference": {"name": self.reference_name, "median": self.reference.median(), "runs": self.reference.0},
+            "ratio": self.ratio(), "higher_is_better": self.higher_is_better, "target": self.target,
+        })
+    }
+}
+
+/// The offline mirror served for the run (killed on drop), or nothing when HF_ENDPOINT is set.
+struct Hub(Option<Child>);
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_hub(out: &Path) -> anyhow::Result<Hub> {
+    if std::env::var_os("HF_HOME").is_none() {
+        std::env::set_var("HF_HOME", out.join("hf-home"));
+    }
+    if std::env::var_os("HF_ENDPOINT").is_some() {
+        return Ok(Hub(None));
+    }
+    let serve = root().join("../shared/hub/serve.py");
+    let mirror = root().join("../shared/hub-mirror");
+    if !serve.exists() || !mirror.is_dir() {
+        bail!(
+            "no Hub to download from: set HF_ENDPOINT (https://huggingface.co, or a mirror served by serve.py); \
+             {} and {} are not there",
+            serve.display(),
+            mirror.display()
+        );
+    }
+    let port_file = out.join("hub.port");
+    let _ = std::fs::remove_file(&port_file);
+    let log = std::fs::File::create(out.join("hub.log"))?;
+    let child = Command::new("python3")
+        .arg(&serve)
+        .arg(&mirror)
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", serve.display()))?;
+    let hub = Hub(Some(child));
+    let t = Instant::now();
+    loop {
+        if let Ok(p) = std::fs::read_to_string(&port_file) {
+            if !p.trim().is_empty() {
+                std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{}", p.trim()));
+                return Ok(hub);
+            }
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the mirror Hub did not start in 30 s; see {}", out.join("hub.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The benchmark pipeline: the shipped imdb-minilm pipeline with the run's model, dataset,
+/// subset, device and hyper-parameters.
+fn write_pipeline(a: &Args, plan: &Plan, name: &str, subset: usize) -> anyhow::Result<pipeline::Pipeline> {
+    let template = root().join("pipelines/imdb-minilm.yaml");
+    let text = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
+    let mut v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", template.display()))?;
+    v["name"] = json!(name);
+    v["download"]["dataset"]["repo"] = json!(a.dataset);
+    v["download"]["model"]["repo"] = json!(a.model);
+    if subset > 0 {
+        v["download"]["max_examples"] = json!({"train": subset, "validation": (subset / 10).max(50), "test": subset / 2});
+    }
+    v["tokenize"]["max_length"] = json!(plan.max_length);
+    let device = if plan.cuda { "cuda" } else { "cpu" };
+    v["train"] = json!({
+        "device": device, "precision": if plan.cuda { "bf16" } else { "fp32" }, "epochs": plan.epochs,
+        "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50,
+    });
+    v["evaluate"] = json!({"split": "test", "device": device, "bootstrap": 0});
+    let path = plan.out.join(format!("{name}.yaml"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&v)?).with_context(|| format!("writing {}", path.display()))?;
+    Ok(pipeline::load(&path)?)
+}
+
+fn run_stages(p: &pipeline::Pipeline, plan: &Plan, bins: &Path, only: Option<Stage>, force: &[Stage]) -> anyhow::Result<Vec<runner::StageOutcome>> {
+    let opts = runner::RunOptions {
+        only,
+        force: force.to_vec(),
+        bin_dir: bins.to_path_buf(),
+        store: Some(plan.out.join("store")),
+        ..Default::default()
+    };
+    runner::run(p, &opts, |o| eprintln!("  {} {} {:.1} s", o.stage, if o.cached { "cached" } else { "ran" }, o.seconds))
+}
+
+fn artifact_of(outcomes: &[runner::StageOutcome], stage: Stage) -> anyhow::Result<PathBuf> {
+    outcomes
+        .iter()
+        .find(|o| o.stage == stage.name())
+        .and_then(|o| o.artifact.clone())
+        .with_context(|| format!("the `{stage}` stage left no artifact"))
+}
+
+fn seconds_of(outcomes: &[runner::StageOutcome], stage: Stage) -> f64 {
+    outcomes.iter().find(|o| o.stage == stage.name()).map(|o| o.seconds).unwrap_or(0.0)
+}
+
+/// Runs a command whose last stdout line is a JSON object; its stderr goes to `log`.
+fn json_of(cmd: &mut Command, log: &Path) -> anyhow::Result<Value> {
+    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let out = cmd.stderr(err).output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}); see {}", out.status, log.display());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
+    serde_json::from_str(last).with_context(|| format!("{cmd:?} printed no JSON result; see {}", log.display()))
+}
+
+fn python() -> PathBuf {
+    root().join(".venv/bin/python")
+}
+
+fn num(v: &Value, path: &[&str]) -> anyhow::Result<f64> {
+    let mut x = v;
+    for k in path {
+        x = &x[*k];
+    }
+    x.as_f64().with_context(|| format!("result has no number at {}: {v}", path.join(".")))
+}
+
+fn nums(v: &Value, key: &str) -> Runs {
+    Runs(v[key].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
+}
+
+/// Machine, versions and settings, for the table's header.
+fn context(plan: &Plan, a: &Args) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    let cmd_out = |c: &mut Command| c.output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    json!({
+        "date": cmd_out(Command::new("date").arg("-u").arg("+%Y-%m-%d %H:%M UTC")),
+        "commit": cmd_out(Command::new("git").current_dir(root()).args(["rev-parse", "--short", "HEAD"])),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "python": cmd_out(Command::new(python()).args(["-c", "import torch, transformers, tokenizers, datasets; print('torch', torch.__version__, '· transformers', transformers.__version__, '· tokenizers', tokenizers.__version__, '· datasets', datasets.__version__)"])),
+        "gpu": if plan.cuda { cmd_out(Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"])) } else { String::new() },
+        "device": a.device, "model": a.model, "dataset": a.dataset, "subset": plan.subset, "max_length": plan.max_length,
+        "batch_size": plan.batch, "learning_rate": plan.lr, "epochs": plan.epochs, "repeats": plan.repeats,
+        "full_runs": plan.full_runs, "throughput_steps": {"warmup": plan.warmup_steps, "measured": plan.measured_steps},
+    })
+}
+
+pub fn bench(a: Args) -> anyhow::Result<()> {
+    let plan = Plan::new(&a)?;
+    std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
+    setup::ensure()?;
+    setup::ensure_bench()?;
+    let bins = crate::build_stages(&Stage::ALL)?;
+    crate::cargo_build(&["-p", "train", "--bin", "ft-bench"])?;
+    let _hub = start_hub(&plan.out)?;
+    let logs = plan.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let mut rows = Vec::new();
+
+    // 1. Tokenize: the whole train split.
+    eprintln!("== tokenize (whole train split, {} runs per side)", plan.repeats);
+    let full = write_pipeline(&a, &plan, "bench-tokenize", 0)?;
+    let dl = artifact_of(&run_stages(&full, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
+    let mut ours = Runs::default();
+    let mut tok = PathBuf::new();
+    for _ in 0..plan.repeats {
+        let o = run_stages(&full, &plan, &bins, Some(Stage::Tokenize), &[Stage::Tokenize])?;
+        ours.0.push(seconds_of(&o, Stage::Tokenize));
+        tok = artifact_of(&o, Stage::Tokenize)?;
+    }
+    let py = json_of(
+        Command::new(python()).arg(root().join("bench/tokenize_bench.py")).arg(&dl).arg(&tok).arg(plan.max_length.to_string()).arg(plan.repeats.to_string()),
+        &logs.join("tokenize.log"),
+    )?;
+    let texts = num(&py, &["texts"])?;
+    let same = num(&py, &["identical_ids"])?;
+    if same != texts || num(&py, &["ours_texts"])? != texts {
+        bail!("token ids differ from encode_batch on {} of {texts} texts; see {}", texts - same, tok.display());
+    }
+    let figure = format!("seconds for {texts} texts @{}, ids identical", plan.max_length);
+    for (name, key, target) in [("tokenizers encode_batch", "encode_batch_s", "≥ 1.0x"), ("datasets.map, padding max_length", "datasets_map_s", "≥ 3x")] {
+        rows.push(Row {
+            section: "tokenize",
+            figure: figure.clone(),
+            unit: "s",
+            ours: ours.clone(),
+            reference_name: name.into(),
+            reference: nums(&py, key),
+            higher_is_better: false,
+            target,
+        });
+    }
+
+    // 2. Training throughput on fixed steps after warm-up, same token ids.
+    let sub = write_pipeline(&a, &plan, "bench", plan.subset)?;
+    let o = run_stages(&sub, &plan, &bins, Some(Stage::Download), &[])?;
+    let sub_dl = artifact_of(&o, Stage::Download)?;
+    let o = run_stages(&sub, &plan, &bins, Some(Stage::Tokenize), &[])?;
+    let sub_tok = artifact_of(&o, Stage::Tokenize)?;
+    let model_dir = sub_dl.join("model");
+    eprintln!("== training throughput ({} + {} steps, batch {}, {} runs per side)", plan.warmup_steps, plan.measured_steps, plan.batch, plan.repeats);
+    let steps = plan.warmup_steps + plan.measured_steps;
+    let mut hf = (Runs::default(), Runs::default());
+    let mut fixed = (Runs::default(), Runs::default());
+    let mut bucketed = (Runs::default(), Runs::default());
+    for r in 0..plan.repeats {
+        for (pad, acc) in [("max_length", &mut fixed), ("dynamic", &mut bucketed)] {
+            let params = plan.out.join(format!("throughput-{pad}.yaml"));
+            std::fs::write(
+                &params,
+                format!(
+                    "device: {}\nprecision: {}\ninit: random\nmax_steps: {steps}\nbatch_size: {}\npadding: {pad}\nlog_every_steps: 1\nlearning_rate: 2.0e-5\n",
+                    if plan.cuda { "cuda" } else { "cpu" },
+                    if plan.cuda { "bf16" } else { "fp32" },
+                    plan.batch
+                ),
+            )?;
+            let v = json_of(
+                Command::new(crate::target_dir().join("release/ft-bench"))
+                    .arg("--model")
+                    .arg(&model_dir)
+                    .arg("--tokens")
+                    .arg(&sub_tok)
+                    .arg("--params")
+                    .arg(&params)
+                    .arg("--out")
+                    .arg(plan.out.join(format!("throughput-{pad}")))
+                    .arg("--warmup-windows")
+                    .arg(plan.warmup_steps.to_string()),
+                &logs.join(format!("ours-throughput-{pad}-{r}.log")),
+            )?;
+            acc.0 .0.push(num(&v, &["steady_samples_per_s"])?);
+            acc.1 .0.push(num(&v, &["peak_rss_mb"])?);
+        }
+        let v = json_of(
+            Command::new(python())
+                .arg(root().join("bench/hf_train.py"))
+                .arg("throughput")
+                .arg("--config")
+                .arg(model_dir.join("config.json"))
+                .arg("--tokens")
+                .arg(&sub_tok)
+                .arg("--batch")
+                .arg(plan.batch.to_string())
+                .arg("--length")
+                .arg(plan.max_length.to_string())
+                .arg("--steps")
+                .arg(steps.to_string())
+                .arg("--warmup")
+                .arg(plan.warmup_steps.to_string()),
+            &logs.join(format!("hf-throughput-{r}.log")),
+        )?;
+        hf.0 .0.push(num(&v, &["samples_per_s"])?);
+        hf.1 .0.push(num(&v, &["peak_rss_mb"])?);
+    }
+    let hf_name = if plan.cuda { "HF Trainer, bf16, SDPA, padding max_length" } else { "HF Trainer, fp32, SDPA, padding max_length" };
+    for (what, side) in [("fixed padding", &fixed), ("length-bucketed", &bucketed)] {
+        rows.push(Row {
+            section: "train",
+            figure: format!("samples/s @{}, batch {}, ours {what}", plan.max_length, plan.batch),
+            unit: "samples/s",
+            ours: side.0.clone(),
+            reference_name: hf_name.into(),
+            reference: hf.0.clone(),
+            higher_is_better: true,
+            target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" },
+        });
+    }
+    rows.push(Row {
+        section: "train",
+        figure: "peak RSS MiB (process), ours fixed padding".into(),
+        unit: "MiB",
+        ours: fixed.1.clone(),
+        reference_name: hf_name.into(),
+        reference: hf.1.clone(),
+        higher_is_better: false,
+        target: "",
+    });
+
+    // 3. Time to accuracy, 4. evaluate, 5. cache.
+    eprintln!("== time to accuracy ({} epochs on {} reviews, {} runs per side)", plan.epochs, if plan.subset > 0 { plan.subset.to_string() } else { "all".into() }, plan.full_runs);
+    let (mut ours_wall, mut ours_acc, mut ours_eval) = (Runs::default(), Runs::default(), Runs::default());
+    let (mut hf_wall, mut hf_acc, mut hf_eval) = (Runs::default(), Runs::default(), Runs::default());
+    let mut eval_art = PathBuf::new();
+    for r in 0..plan.full_runs {
+        let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
+        ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
+        eval_art = artifact_of(&o, Stage::Evaluate)?;
+        let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
+        ours_acc.0.push(num(&m, &["accuracy"])?);
+        let v = json_of(
+            Command::new(python())
+                .arg(root().join("bench/hf_train.py"))
+                .arg("imdb")
+                .arg("--model")
+                .arg(&model_dir)
+                .arg("--tokens")
+                .arg(&sub_tok)
+                .arg("--batch")
+                .arg(plan.batch.to_string())
+                .arg("--lr")
+                .arg(plan.lr.to_string())
+                .arg("--epochs")
+                .arg(plan.epochs.to_string())
+                .arg("--length")
+                .arg(plan.max_length.to_string())
+                .arg("--eval-repeats")
+                .arg(plan.repeats.to_string()),
+            &logs.join(format!("hf-imdb-{r}.log")),
+        )?;
+        hf_wall.0.push(num(&v, &["train_seconds"])? + num(&v, &["eval_seconds"])?);
+        hf_acc.0.push(num(&v, &["test_accuracy"])?);
+        hf_eval.0.extend(nums(&v, "eval_examples_per_s_runs").0);
+    }
+    let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
+    ours_eval.0.push(num(&m, &["examples_per_second"])?);
+    for _ in 1..plan.repeats {
+        let o = run_stages(&sub, &plan, &bins, Some(Stage::Evaluate), &[Stage::Evaluate])?;
+        let m: Value = serde_json::from_slice(&std::fs::read(artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?)?;
+        ours_eval.0.push(num(&m, &["examples_per_second"])?);
+    }
+    let hf_full = if plan.cuda { "HF Trainer, bf16, padding max_length" } else { "HF Trainer, fp32, padding max_length" };
+    rows.push(Row {
+        section: "time to accuracy",
+        figure: "test accuracy".into(),
+        unit: "%",
+        ours: ours_acc,
+        reference_name: hf_full.into(),
+        reference: hf_acc,
+        higher_is_better: true,
+        target: "",
+    });
+    rows.push(Row {
+        section: "time to accuracy",
+        figure: "wall seconds, train + evaluate (ours: the stages, with per-epoch validation and checkpoints)".into(),
+        unit: "s",
+        ours: ours_wall,
+        reference_name: hf_full.into(),
+        reference: hf_wall,
+        higher_is_better: false,
+        target: if plan.cuda { "≥ 2x" } else { "" },
+    });
+    rows.push(Row {
+        section: "evaluate",
+        figure: "test examples/s (ours: model inference inside the evaluate stage)".into(),
+        unit: "ex/s",
+        ours: ours_eval,
+        reference_name: "HF Trainer.evaluate".into(),
+        reference: hf_eval,
+        higher_is_better: true,
+        target: "",
+    });
+
+    eprintln!("== cache: no-change rerun of the whole pipeline ({} runs)", plan.repeats);
+    let mut cache = Runs::default();
+    for _ in 0..plan.repeats {
+        let t = Instant::now();
+        let out = Command::new(std::env::current_exe()?)
+            .arg("run")
+            .arg(plan.out.join("bench.yaml"))
+            .arg("--bin-dir")
+            .arg(&bins)
+            .arg("--store")
+            .arg(plan.out.join("store"))
+            .arg("--json")
+            .stderr(Stdio::null())
+            .output()?;
+        cache.0.push(t.elapsed().as_secs_f64());
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || text.contains("\"cached\":false") {
+            bail!("the no-change rerun was not all cache:\n{text}");
+        }
+    }
+    rows.push(Row {
+        section: "cache",
+        figure: "no-change rerun of the pipeline, seconds (`cargo xtask run --bin-dir`)".into(),
+        unit: "s",
+        ours: cache,
+        reference_name: "— (a notebook reruns everything)".into(),
+        reference: Runs::default(),
+        higher_is_better: false,
+        target: "< 1 s",
+    });
+
+    let ctx = context(&plan, &a);
+    let table = render(&ctx, &rows);
+    println!("{table}");
+    std::fs::write(plan.out.join("bench.md"), &table)?;
+    let j = json!({"context": ctx, "rows": rows.iter().map(Row::json).collect::<Vec<_>>()});
+    std::fs::write(plan.out.join("bench.json"), serde_json::to_vec_pretty(&j)?)?;
+    eprintln!("wrote {} and {}", plan.out.join("bench.md").display(), plan.out.join("bench.json").display());
+    Ok(())
+}
+
+fn render(ctx: &Value, rows: &[Row]) -> String {
+    let s = |k: &str| ctx[k].as_str().unwrap_or("").to_string();
+    let mut t = format!(
+        "Benchmark {} · commit {} · {} ({} cores){} · {}\n\n{} on {} · subset {} · max_length {} · batch {} · {} repeats, median (min–max)\n\n",
+        s("date"),
+        s("commit"),
+        s("cpu"),
+        ctx["cores"],
+        if s("gpu").is_empty() { String::new() } else { format!(" · {}", s("gpu")) },
+        s("python"),
+        s("model"),
+        s("dataset"),
+        ctx["subset"],
+        ctx["max_length"],
+        ctx["batch_size"],
+        ctx["repeats"],
+    );
+    t.push_str("| stage | figure | ours | reference | reference side | ratio (>1: ours better) | target |\n|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let ratio = r.ratio().map(|x| format!("{x:.2}x")).unwrap_or_else(|| "—".into());
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {ratio} | {} |\n",
+            r.section,
+            r.figure,
+            r.ours.show(r.unit),
+            r.reference.show(r.unit),
+            r.reference_name,
+            r.target
+        ));
+    }
+    t
+}
