@@ -102,3 +102,58 @@ fn broken_tokenizer_file_is_named() {
     let e = tokenize::tok::load(empty.path()).err().unwrap().to_string();
     assert!(e.contains("no tokenizer.json and no vocab.txt"), "{e}");
 }
+
+/// Random ASCII with what trips tokenizers up: control characters, every kind of whitespace and
+/// punctuation, digits, capitals, over-long words, and the text of special tokens.
+fn random_ascii(seed: u64, n: usize) -> Vec<String> {
+    let mut x = seed;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let specials = ["[CLS]", "[mask]", "[SEP]"];
+    let pieces = ["<br />", "don't", "U.S.A.", "the", "##ing", "a", "unaffable", "\t", "\r\n", "\x0b", "\x0c", "\x1f", "\x7f", "\x00"];
+    (0..n)
+        .map(|i| {
+            let len = (next() % 300) as usize;
+            let mut s = String::new();
+            if i % 10 == 0 {
+                s.push_str(specials[i / 10 % specials.len()]);
+            }
+            for _ in 0..len {
+                match next() % 10 {
+                    0 => s.push_str(pieces[(next() % pieces.len() as u64) as usize]),
+                    1 => s.push_str(&"x".repeat(95 + (next() % 10) as usize)),
+                    2..=4 => s.push(' '),
+                    _ => s.push((next() % 128) as u8 as char),
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+#[test]
+fn ascii_fast_path_equals_the_general_path() {
+    let mut dirs = vec![fixtures().join("tiny-bert")];
+    if mirror().exists() {
+        dirs.push(mirror());
+    }
+    let g: serde_json::Value = serde_json::from_slice(&std::fs::read(fixtures().join("tokenize/golden.json")).unwrap()).unwrap();
+    let mut texts: Vec<String> = g["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    texts.extend(random_ascii(0x9e3779b97f4a7c15, 400));
+    for dir in dirs {
+        let tk = tokenize::tok::load(&dir).unwrap();
+        let fast = tk.fast.as_ref().unwrap_or_else(|| panic!("{}: a BERT tokenizer should get the fast path", dir.display()));
+        let mut taken = 0;
+        for text in &texts {
+            taken += fast.body(text).is_some() as usize;
+            for p in [params(512, Truncation::Head, 0), params(16, Truncation::Head, 0), params(24, Truncation::HeadTail, 8)] {
+                assert_eq!(tk.encode(text, &p).unwrap(), tk.encode_general(text, &p).unwrap(), "{} {p:?} on {text:?}", dir.display());
+            }
+        }
+        assert!(taken > 300, "the fast path took only {taken} of {} texts", texts.len());
+    }
+}

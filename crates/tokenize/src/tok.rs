@@ -15,6 +15,8 @@ pub struct Tok {
     pub unk_id: Option<u32>,
     /// `tokenizer.json`, or `vocab.txt` when built from it.
     pub source: String,
+    /// The ASCII fast path, when the tokenizer is plain BERT WordPiece.
+    pub fast: Option<AsciiBert>,
 }
 
 /// Loads `tokenizer.json`, or builds the BERT WordPiece tokenizer from `vocab.txt` and
@@ -35,7 +37,8 @@ pub fn load(model_dir: &Path) -> anyhow::Result<Tok> {
     let cls_id = id("[CLS]").or_else(|| id("<s>"));
     let sep_id = id("[SEP]").or_else(|| id("</s>"));
     let unk_id = id("[UNK]").or_else(|| id("<unk>"));
-    Ok(Tok { pad_id, cls_id, sep_id, unk_id, tokenizer, source: source.into() })
+    let fast = AsciiBert::new(&tokenizer);
+    Ok(Tok { pad_id, cls_id, sep_id, unk_id, fast, tokenizer, source: source.into() })
 }
 
 fn from_vocab(model_dir: &Path) -> anyhow::Result<Tokenizer> {
@@ -74,6 +77,16 @@ impl Tok {
     /// Encodes one text: ids with special tokens, truncated to `max_length` by the pipeline's
     /// rule, and the length the text would have had untruncated (special tokens included).
     pub fn encode(&self, text: &str, p: &TokenizeParams) -> anyhow::Result<(Vec<u32>, u32)> {
+        if let Some(f) = &self.fast {
+            if let Some(body) = f.body(text) {
+                return Ok(f.finish(body, p));
+            }
+        }
+        self.encode_general(text, p)
+    }
+
+    /// [`Tok::encode`] through the crate's whole pipeline, without the fast path.
+    pub fn encode_general(&self, text: &str, p: &TokenizeParams) -> anyhow::Result<(Vec<u32>, u32)> {
         let enc = self.tokenizer.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         let specials = self.tokenizer.get_post_processor().map(|pp| pp.added_tokens(false)).unwrap_or(0);
         let budget = p.max_length.saturating_sub(specials);
@@ -100,5 +113,146 @@ impl Tok {
         };
         let done = self.tokenizer.post_process(body, None, true).map_err(|e| anyhow::anyhow!("adding special tokens: {e}"))?;
         Ok((done.get_ids().to_vec(), full as u32))
+    }
+}
+
+/// The fast path for BERT tokenizers on pure-ASCII text, which is most text in English datasets.
+/// There, BERT's normalizer and pre-tokenizer reduce to one pass over the bytes (drop control
+/// characters, whitespace to spaces, lower-case, split at whitespace and punctuation), where the
+/// crate's general machinery tracks alignments through several passes; and words repeat, so each
+/// thread caches word → ids. The WordPiece split itself is still the crate's. Used only when the
+/// tokenizer is exactly BertNormalizer + BertPreTokenizer + WordPiece with a post-processor that
+/// only wraps the sequence; texts with non-ASCII bytes or an added token's text take the general
+/// path. Equality with the general path is tested on the fixtures and on random ASCII.
+pub struct AsciiBert {
+    id: u64,
+    wordpiece: tokenizers::models::wordpiece::WordPiece,
+    clean_text: bool,
+    lowercase: bool,
+    /// Added tokens (lower-cased): a text containing one goes the general way.
+    added: Vec<String>,
+    /// Special tokens the post-processor puts before and after a sequence.
+    prefix: Vec<u32>,
+    suffix: Vec<u32>,
+}
+
+thread_local! {
+    static WORDS: std::cell::RefCell<(u64, std::collections::HashMap<Vec<u8>, Vec<u32>>)> = Default::default();
+}
+
+/// Words cached per thread before the cache is cleared (bounds memory on odd data).
+const MAX_CACHED_WORDS: usize = 1 << 20;
+
+impl AsciiBert {
+    /// The fast path for this tokenizer, if it applies.
+    pub fn new(t: &Tokenizer) -> Option<AsciiBert> {
+        use tokenizers::{ModelWrapper, NormalizerWrapper, PreTokenizerWrapper};
+        let Some(NormalizerWrapper::BertNormalizer(n)) = t.get_normalizer() else { return None };
+        let Some(PreTokenizerWrapper::BertPreTokenizer(_)) = t.get_pre_tokenizer() else { return None };
+        let ModelWrapper::WordPiece(wp) = t.get_model() else { return None };
+        // Where the post-processor puts a sequence: mark it with two sentinel ids.
+        let (a, b) = (u32::MAX - 1, u32::MAX);
+        let probe = Encoding::new(vec![a, b], vec![0; 2], vec![String::new(); 2], vec![None; 2], vec![(0, 0); 2], vec![0; 2], vec![1; 2], vec![], Default::default());
+        let ids = t.post_process(probe, None, true).ok()?.get_ids().to_vec();
+        let at = ids.iter().position(|&x| x == a)?;
+        if ids.get(at + 1) != Some(&b) || ids.iter().filter(|&&x| x == a || x == b).count() != 2 {
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Some(AsciiBert {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            wordpiece: wp.clone(),
+            clean_text: n.clean_text,
+            lowercase: n.lowercase,
+            added: t.get_added_tokens_decoder().values().map(|t| t.content.to_ascii_lowercase()).collect(),
+            prefix: ids[..at].to_vec(),
+            suffix: ids[at + 2..].to_vec(),
+        })
+    }
+
+    /// Ids of the text without special tokens, or None when the text needs the general path.
+    pub fn body(&self, text: &str) -> Option<Vec<u32>> {
+        if !text.is_ascii() {
+            return None;
+        }
+        if !self.added.is_empty() {
+            let lower = text.to_ascii_lowercase();
+            if self.added.iter().any(|a| lower.contains(a.as_str())) {
+                return None;
+            }
+        }
+        WORDS.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            let (owner, cache) = &mut *cell;
+            if *owner != self.id || cache.len() > MAX_CACHED_WORDS {
+                *owner = self.id;
+                cache.clear();
+            }
+            let mut ids = Vec::with_capacity(text.len() / 4);
+            let mut word: Vec<u8> = Vec::with_capacity(32);
+            for &byte in text.as_bytes() {
+                let mut c = byte;
+                if self.clean_text {
+                    match c {
+                        b'\t' | b'\n' | b'\r' => c = b' ',
+                        0x00..=0x1f | 0x7f => continue,
+                        _ => {}
+                    }
+                }
+                if self.lowercase {
+                    c = c.to_ascii_lowercase();
+                }
+                if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+                    self.word(&word, cache, &mut ids)?;
+                    word.clear();
+                } else if c.is_ascii_punctuation() {
+                    self.word(&word, cache, &mut ids)?;
+                    word.clear();
+                    self.word(&[c], cache, &mut ids)?;
+                } else {
+                    word.push(c);
+                }
+            }
+            self.word(&word, cache, &mut ids)?;
+            Some(ids)
+        })
+    }
+
+    fn word(&self, word: &[u8], cache: &mut std::collections::HashMap<Vec<u8>, Vec<u32>>, ids: &mut Vec<u32>) -> Option<()> {
+        use tokenizers::Model as _;
+        if word.is_empty() {
+            return Some(());
+        }
+        if let Some(hit) = cache.get(word) {
+            ids.extend_from_slice(hit);
+            return Some(());
+        }
+        let s = std::str::from_utf8(word).ok()?;
+        let pieces: Vec<u32> = self.wordpiece.tokenize(s).ok()?.into_iter().map(|t| t.id).collect();
+        ids.extend_from_slice(&pieces);
+        cache.insert(word.to_vec(), pieces);
+        Some(())
+    }
+
+    /// Special tokens around `body` cut to `max_length` by the pipeline's rule, and the length
+    /// untruncated.
+    pub fn finish(&self, body: Vec<u32>, p: &TokenizeParams) -> (Vec<u32>, u32) {
+        let specials = self.prefix.len() + self.suffix.len();
+        let full = (body.len() + specials) as u32;
+        let budget = p.max_length.saturating_sub(specials);
+        let mut ids = Vec::with_capacity(body.len().min(budget) + specials);
+        ids.extend_from_slice(&self.prefix);
+        if body.len() <= budget {
+            ids.extend_from_slice(&body);
+        } else {
+            let head = match p.truncation {
+                Truncation::Head => budget,
+                Truncation::HeadTail => p.head_tokens.min(budget),
+            };
+            ids.extend_from_slice(&body[..head]);
+            ids.extend_from_slice(&body[body.len() - (budget - head)..]);
+        }
+        ids.extend_from_slice(&self.suffix);
+        (ids, full)
     }
 }
