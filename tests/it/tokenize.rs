@@ -157,3 +157,66 @@ fn ascii_fast_path_equals_the_general_path() {
         assert!(taken > 300, "the fast path took only {taken} of {} texts", texts.len());
     }
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_vocabulary_the_model_cannot_embed_is_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("download/model");
+    copy_dir(&fixtures().join("tiny-bert"), &model);
+    let cfg = std::fs::read_to_string(model.join("config.json")).unwrap().replace("\"vocab_size\": 145", "\"vocab_size\": 100");
+    std::fs::write(model.join("config.json"), cfg).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let e = tokenize::run(&params(64, Truncation::Head, 0), &tmp.path().join("download"), &out).unwrap_err().to_string();
+    assert!(e.contains("145 tokens") && e.contains("vocab_size 100") && e.contains(&model.display().to_string()), "{e}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing may be written");
+}
+
+#[test]
+fn inspect_prints_examples_and_the_split_stats() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let bins = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release");
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root.join("pipelines/smoke.yaml"))
+        .unwrap()
+        .replace("tests/fixtures", &fixtures().display().to_string())
+        .replace("name: smoke", &format!("name: smoke\nstore: {}", tmp.path().join("store").display()));
+    let p = pipeline::parse(Path::new("smoke.yaml"), &text).unwrap();
+    let opts = runner::RunOptions { only: Some(pipeline::Stage::Tokenize), bin_dir: bins.clone(), ..Default::default() };
+    let err = runner::run(&p, &opts, |_| {}).unwrap_err().to_string();
+    assert!(err.contains("no artifact") && err.contains("download"), "--only needs download cached first: {err}");
+    let opts = runner::RunOptions { only: Some(pipeline::Stage::Download), bin_dir: bins.clone(), ..Default::default() };
+    runner::run(&p, &opts, |_| {}).unwrap();
+    let opts = runner::RunOptions { only: Some(pipeline::Stage::Tokenize), bin_dir: bins.clone(), ..Default::default() };
+    let tok = runner::run(&p, &opts, |_| {}).unwrap()[1].artifact.clone().unwrap();
+    let out = std::process::Command::new(bins.join("ft-tokenize")).arg("inspect").arg(&tok).args(["--split", "test", "--head", "3"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    let tk = tokenize::tok::load(&fixtures().join("tiny-bert")).unwrap();
+    for (i, ex) in lines[..3].iter().enumerate() {
+        assert_eq!(ex["index"], i);
+        let ids: Vec<u32> = serde_json::from_value(ex["ids"].clone()).unwrap();
+        let tokens: Vec<String> = serde_json::from_value(ex["tokens"].clone()).unwrap();
+        assert_eq!(ids.len(), tokens.len());
+        assert_eq!((ids[0], tokens[0].as_str()), (tk.cls_id.unwrap(), "[CLS]"));
+        assert_eq!(tokens.last().map(String::as_str), Some("[SEP]"));
+        assert!(ex["label"] == 0 || ex["label"] == 1);
+    }
+    assert_eq!(lines[3]["split"], "test");
+    assert_eq!(lines[3]["stats"]["examples"], 160);
+    let bad = std::process::Command::new(bins.join("ft-tokenize")).arg("inspect").arg(&tok).args(["--split", "test", "--index", "999"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("has 160 examples"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = std::process::Command::new(bins.join("ft-tokenize")).arg("inspect").arg(&tok).args(["--split", "dev"]).output().unwrap();
+    assert!(!bad.status.success());
+    let e = String::from_utf8_lossy(&bad.stderr);
+    assert!(e.contains("split `dev` not found") && e.contains("\"train\"") && e.contains("\"validation\""), "{e}");
+}

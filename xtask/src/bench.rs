@@ -16,8 +16,24 @@ use serde_json::{json, Value};
 
 use crate::{root, setup};
 
+/// The parts of the benchmark (`--sections`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// encode_batch and datasets.map vs our tokenize stage, whole train split.
+    Tokenize,
+    /// Training samples/s over fixed steps after warm-up, and peak memory.
+    Train,
+    /// A full fine-tune per side to test accuracy and wall time, and evaluate examples/s.
+    Accuracy,
+    /// A no-change rerun of the pipeline.
+    Cache,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
+    /// Which parts to run (comma-separated; default: all).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache])]
+    sections: Vec<Section>,
     /// `cpu` or `cuda` (both sides run there).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -61,6 +77,7 @@ struct Plan {
     repeats: usize,
     full_runs: usize,
     out: PathBuf,
+    sections: Vec<Section>,
 }
 
 impl Plan {
@@ -87,7 +104,12 @@ impl Plan {
             repeats: a.repeats,
             full_runs: a.full_runs,
             out,
+            sections: a.sections.clone(),
         })
+    }
+
+    fn has(&self, s: Section) -> bool {
+        self.sections.contains(&s)
     }
 }
 
@@ -303,7 +325,7 @@ fn context(plan: &Plan, a: &Args) -> Value {
         "gpu": if plan.cuda { cmd_out(Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"])) } else { String::new() },
         "device": a.device, "model": a.model, "dataset": a.dataset, "subset": plan.subset, "max_length": plan.max_length,
         "batch_size": plan.batch, "learning_rate": plan.lr, "epochs": plan.epochs, "repeats": plan.repeats,
-        "full_runs": plan.full_runs, "throughput_steps": {"warmup": plan.warmup_steps, "measured": plan.measured_steps},
+        "sections": format!("{:?}", plan.sections), "full_runs": plan.full_runs, "throughput_steps": {"warmup": plan.warmup_steps, "measured": plan.measured_steps},
     })
 }
 
@@ -319,233 +341,247 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs)?;
     let mut rows = Vec::new();
 
-    // 1. Tokenize: the whole train split.
-    eprintln!("== tokenize (whole train split, {} runs per side)", plan.repeats);
-    let full = write_pipeline(&a, &plan, "bench-tokenize", 0)?;
-    let dl = artifact_of(&run_stages(&full, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
-    let mut ours = Runs::default();
-    let mut tok = PathBuf::new();
-    for _ in 0..plan.repeats {
-        let o = run_stages(&full, &plan, &bins, Some(Stage::Tokenize), &[Stage::Tokenize])?;
-        tok = artifact_of(&o, Stage::Tokenize)?;
-        // The stage does every split; its own timing of train (read parquet, encode, write
-        // shards) is the part comparable with the references, which encode train only.
-        let meta: Value = serde_json::from_slice(&std::fs::read(tok.join("meta.json"))?)?;
-        ours.0.push(num(&meta, &["splits", "train", "seconds"])?);
-    }
-    let py = json_of(
-        Command::new(python()).arg(root().join("bench/tokenize_bench.py")).arg(&dl).arg(&tok).arg(plan.max_length.to_string()).arg(plan.repeats.to_string()),
-        &logs.join("tokenize.log"),
-    )?;
-    let texts = num(&py, &["texts"])?;
-    let same = num(&py, &["identical_ids"])?;
-    if same != texts || num(&py, &["ours_texts"])? != texts {
-        bail!("token ids differ from encode_batch on {} of {texts} texts; see {}", texts - same, tok.display());
-    }
-    let figure = format!("seconds for the {texts} train texts @{} (ours: read parquet + encode + write shards), ids identical", plan.max_length);
-    for (name, key, target) in [("tokenizers encode_batch", "encode_batch_s", "≥ 1.0x"), ("datasets.map, padding max_length", "datasets_map_s", "≥ 3x")] {
-        rows.push(Row {
-            section: "tokenize",
-            figure: figure.clone(),
-            unit: "s",
-            ours: ours.clone(),
-            reference_name: name.into(),
-            reference: nums(&py, key),
-            higher_is_better: false,
-            target,
-        });
+    if plan.has(Section::Tokenize) {
+        // 1. Tokenize: the whole train split.
+        eprintln!("== tokenize (whole train split, {} runs per side)", plan.repeats);
+        let full = write_pipeline(&a, &plan, "bench-tokenize", 0)?;
+        let dl = artifact_of(&run_stages(&full, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
+        let mut ours = Runs::default();
+        let mut tok = PathBuf::new();
+        for _ in 0..plan.repeats {
+            let o = run_stages(&full, &plan, &bins, Some(Stage::Tokenize), &[Stage::Tokenize])?;
+            tok = artifact_of(&o, Stage::Tokenize)?;
+            // The stage does every split; its own timing of train (read parquet, encode, write
+            // shards) is the part comparable with the references, which encode train only.
+            let meta: Value = serde_json::from_slice(&std::fs::read(tok.join("meta.json"))?)?;
+            ours.0.push(num(&meta, &["splits", "train", "seconds"])?);
+        }
+        let py = json_of(
+            Command::new(python()).arg(root().join("bench/tokenize_bench.py")).arg(&dl).arg(&tok).arg(plan.max_length.to_string()).arg(plan.repeats.to_string()),
+            &logs.join("tokenize.log"),
+        )?;
+        let texts = num(&py, &["texts"])?;
+        let same = num(&py, &["identical_ids"])?;
+        if same != texts || num(&py, &["ours_texts"])? != texts {
+            bail!("token ids differ from encode_batch on {} of {texts} texts; see {}", texts - same, tok.display());
+        }
+        let figure = format!("seconds for the {texts} train texts @{} (ours: read parquet + encode + write shards), ids identical", plan.max_length);
+        for (name, key, target) in [("tokenizers encode_batch", "encode_batch_s", "≥ 1.0x"), ("datasets.map, padding max_length", "datasets_map_s", "≥ 3x")] {
+            rows.push(Row {
+                section: "tokenize",
+                figure: figure.clone(),
+                unit: "s",
+                ours: ours.clone(),
+                reference_name: name.into(),
+                reference: nums(&py, key),
+                higher_is_better: false,
+                target,
+            });
+        }
+
     }
 
-    // 2. Training throughput on fixed steps after warm-up, same token ids.
+    // The subset pipeline, for everything after tokenize.
     let sub = write_pipeline(&a, &plan, "bench", plan.subset)?;
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Download), &[])?;
     let sub_dl = artifact_of(&o, Stage::Download)?;
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Tokenize), &[])?;
     let sub_tok = artifact_of(&o, Stage::Tokenize)?;
     let model_dir = sub_dl.join("model");
-    eprintln!("== training throughput ({} + {} steps, batch {}, {} runs per side)", plan.warmup_steps, plan.measured_steps, plan.batch, plan.repeats);
-    let steps = plan.warmup_steps + plan.measured_steps;
-    let mut hf = (Runs::default(), Runs::default());
-    let mut fixed = (Runs::default(), Runs::default());
-    let mut bucketed = (Runs::default(), Runs::default());
-    for r in 0..plan.repeats {
-        for (pad, acc) in [("max_length", &mut fixed), ("dynamic", &mut bucketed)] {
-            let params = plan.out.join(format!("throughput-{pad}.yaml"));
-            std::fs::write(
-                &params,
-                format!(
-                    "device: {}\nprecision: {}\ninit: random\nmax_steps: {steps}\nbatch_size: {}\npadding: {pad}\nlog_every_steps: 1\nlearning_rate: 2.0e-5\n",
-                    if plan.cuda { "cuda" } else { "cpu" },
-                    if plan.cuda { "bf16" } else { "fp32" },
-                    plan.batch
-                ),
-            )?;
+    if plan.has(Section::Train) {
+        // 2. Training throughput on fixed steps after warm-up, same token ids.
+        eprintln!("== training throughput ({} + {} steps, batch {}, {} runs per side)", plan.warmup_steps, plan.measured_steps, plan.batch, plan.repeats);
+        let steps = plan.warmup_steps + plan.measured_steps;
+        let mut hf = (Runs::default(), Runs::default());
+        let mut fixed = (Runs::default(), Runs::default());
+        let mut bucketed = (Runs::default(), Runs::default());
+        for r in 0..plan.repeats {
+            for (pad, acc) in [("max_length", &mut fixed), ("dynamic", &mut bucketed)] {
+                let params = plan.out.join(format!("throughput-{pad}.yaml"));
+                std::fs::write(
+                    &params,
+                    format!(
+                        "device: {}\nprecision: {}\ninit: random\nmax_steps: {steps}\nbatch_size: {}\npadding: {pad}\nlog_every_steps: 1\nlearning_rate: 2.0e-5\n",
+                        if plan.cuda { "cuda" } else { "cpu" },
+                        if plan.cuda { "bf16" } else { "fp32" },
+                        plan.batch
+                    ),
+                )?;
+                let v = json_of(
+                    Command::new(crate::target_dir().join("release/ft-bench"))
+                        .arg("--model")
+                        .arg(&model_dir)
+                        .arg("--tokens")
+                        .arg(&sub_tok)
+                        .arg("--params")
+                        .arg(&params)
+                        .arg("--out")
+                        .arg(plan.out.join(format!("throughput-{pad}")))
+                        .arg("--warmup-windows")
+                        .arg(plan.warmup_steps.to_string()),
+                    &logs.join(format!("ours-throughput-{pad}-{r}.log")),
+                )?;
+                acc.0 .0.push(num(&v, &["steady_samples_per_s"])?);
+                acc.1 .0.push(num(&v, &["peak_rss_mb"])?);
+            }
             let v = json_of(
-                Command::new(crate::target_dir().join("release/ft-bench"))
+                Command::new(python())
+                    .arg(root().join("bench/hf_train.py"))
+                    .arg("throughput")
+                    .arg("--config")
+                    .arg(model_dir.join("config.json"))
+                    .arg("--tokens")
+                    .arg(&sub_tok)
+                    .arg("--batch")
+                    .arg(plan.batch.to_string())
+                    .arg("--length")
+                    .arg(plan.max_length.to_string())
+                    .arg("--steps")
+                    .arg(steps.to_string())
+                    .arg("--warmup")
+                    .arg(plan.warmup_steps.to_string()),
+                &logs.join(format!("hf-throughput-{r}.log")),
+            )?;
+            hf.0 .0.push(num(&v, &["samples_per_s"])?);
+            hf.1 .0.push(num(&v, &["peak_rss_mb"])?);
+        }
+        let hf_name = if plan.cuda { "HF Trainer, bf16, SDPA, padding max_length" } else { "HF Trainer, fp32, SDPA, padding max_length" };
+        for (what, side) in [("fixed padding", &fixed), ("length-bucketed", &bucketed)] {
+            rows.push(Row {
+                section: "train",
+                figure: format!("samples/s @{}, batch {}, ours {what}", plan.max_length, plan.batch),
+                unit: "samples/s",
+                ours: side.0.clone(),
+                reference_name: hf_name.into(),
+                reference: hf.0.clone(),
+                higher_is_better: true,
+                target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" },
+            });
+        }
+        rows.push(Row {
+            section: "train",
+            figure: "peak RSS MiB (process), ours fixed padding".into(),
+            unit: "MiB",
+            ours: fixed.1.clone(),
+            reference_name: hf_name.into(),
+            reference: hf.1.clone(),
+            higher_is_better: false,
+            target: "",
+        });
+
+    }
+
+    if plan.has(Section::Accuracy) {
+        // 3. Time to accuracy, 4. evaluate, 5. cache.
+        eprintln!("== time to accuracy ({} epochs on {} reviews, {} runs per side)", plan.epochs, if plan.subset > 0 { plan.subset.to_string() } else { "all".into() }, plan.full_runs);
+        let (mut ours_wall, mut ours_acc, mut ours_eval) = (Runs::default(), Runs::default(), Runs::default());
+        let (mut hf_wall, mut hf_acc, mut hf_eval) = (Runs::default(), Runs::default(), Runs::default());
+        let mut eval_art = PathBuf::new();
+        for r in 0..plan.full_runs {
+            let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
+            ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
+            eval_art = artifact_of(&o, Stage::Evaluate)?;
+            let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
+            ours_acc.0.push(num(&m, &["accuracy"])?);
+            let v = json_of(
+                Command::new(python())
+                    .arg(root().join("bench/hf_train.py"))
+                    .arg("imdb")
                     .arg("--model")
                     .arg(&model_dir)
                     .arg("--tokens")
                     .arg(&sub_tok)
-                    .arg("--params")
-                    .arg(&params)
-                    .arg("--out")
-                    .arg(plan.out.join(format!("throughput-{pad}")))
-                    .arg("--warmup-windows")
-                    .arg(plan.warmup_steps.to_string()),
-                &logs.join(format!("ours-throughput-{pad}-{r}.log")),
+                    .arg("--batch")
+                    .arg(plan.batch.to_string())
+                    .arg("--lr")
+                    .arg(plan.lr.to_string())
+                    .arg("--epochs")
+                    .arg(plan.epochs.to_string())
+                    .arg("--length")
+                    .arg(plan.max_length.to_string())
+                    .arg("--eval-repeats")
+                    .arg(plan.repeats.to_string()),
+                &logs.join(format!("hf-imdb-{r}.log")),
             )?;
-            acc.0 .0.push(num(&v, &["steady_samples_per_s"])?);
-            acc.1 .0.push(num(&v, &["peak_rss_mb"])?);
+            hf_wall.0.push(num(&v, &["train_seconds"])? + num(&v, &["eval_seconds"])?);
+            hf_acc.0.push(num(&v, &["test_accuracy"])?);
+            hf_eval.0.extend(nums(&v, "eval_examples_per_s_runs").0);
         }
-        let v = json_of(
-            Command::new(python())
-                .arg(root().join("bench/hf_train.py"))
-                .arg("throughput")
-                .arg("--config")
-                .arg(model_dir.join("config.json"))
-                .arg("--tokens")
-                .arg(&sub_tok)
-                .arg("--batch")
-                .arg(plan.batch.to_string())
-                .arg("--length")
-                .arg(plan.max_length.to_string())
-                .arg("--steps")
-                .arg(steps.to_string())
-                .arg("--warmup")
-                .arg(plan.warmup_steps.to_string()),
-            &logs.join(format!("hf-throughput-{r}.log")),
-        )?;
-        hf.0 .0.push(num(&v, &["samples_per_s"])?);
-        hf.1 .0.push(num(&v, &["peak_rss_mb"])?);
-    }
-    let hf_name = if plan.cuda { "HF Trainer, bf16, SDPA, padding max_length" } else { "HF Trainer, fp32, SDPA, padding max_length" };
-    for (what, side) in [("fixed padding", &fixed), ("length-bucketed", &bucketed)] {
-        rows.push(Row {
-            section: "train",
-            figure: format!("samples/s @{}, batch {}, ours {what}", plan.max_length, plan.batch),
-            unit: "samples/s",
-            ours: side.0.clone(),
-            reference_name: hf_name.into(),
-            reference: hf.0.clone(),
-            higher_is_better: true,
-            target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" },
-        });
-    }
-    rows.push(Row {
-        section: "train",
-        figure: "peak RSS MiB (process), ours fixed padding".into(),
-        unit: "MiB",
-        ours: fixed.1.clone(),
-        reference_name: hf_name.into(),
-        reference: hf.1.clone(),
-        higher_is_better: false,
-        target: "",
-    });
-
-    // 3. Time to accuracy, 4. evaluate, 5. cache.
-    eprintln!("== time to accuracy ({} epochs on {} reviews, {} runs per side)", plan.epochs, if plan.subset > 0 { plan.subset.to_string() } else { "all".into() }, plan.full_runs);
-    let (mut ours_wall, mut ours_acc, mut ours_eval) = (Runs::default(), Runs::default(), Runs::default());
-    let (mut hf_wall, mut hf_acc, mut hf_eval) = (Runs::default(), Runs::default(), Runs::default());
-    let mut eval_art = PathBuf::new();
-    for r in 0..plan.full_runs {
-        let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
-        ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
-        eval_art = artifact_of(&o, Stage::Evaluate)?;
         let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
-        ours_acc.0.push(num(&m, &["accuracy"])?);
-        let v = json_of(
-            Command::new(python())
-                .arg(root().join("bench/hf_train.py"))
-                .arg("imdb")
-                .arg("--model")
-                .arg(&model_dir)
-                .arg("--tokens")
-                .arg(&sub_tok)
-                .arg("--batch")
-                .arg(plan.batch.to_string())
-                .arg("--lr")
-                .arg(plan.lr.to_string())
-                .arg("--epochs")
-                .arg(plan.epochs.to_string())
-                .arg("--length")
-                .arg(plan.max_length.to_string())
-                .arg("--eval-repeats")
-                .arg(plan.repeats.to_string()),
-            &logs.join(format!("hf-imdb-{r}.log")),
-        )?;
-        hf_wall.0.push(num(&v, &["train_seconds"])? + num(&v, &["eval_seconds"])?);
-        hf_acc.0.push(num(&v, &["test_accuracy"])?);
-        hf_eval.0.extend(nums(&v, "eval_examples_per_s_runs").0);
-    }
-    let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
-    ours_eval.0.push(num(&m, &["examples_per_second"])?);
-    for _ in 1..plan.repeats {
-        let o = run_stages(&sub, &plan, &bins, Some(Stage::Evaluate), &[Stage::Evaluate])?;
-        let m: Value = serde_json::from_slice(&std::fs::read(artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?)?;
         ours_eval.0.push(num(&m, &["examples_per_second"])?);
-    }
-    let hf_full = if plan.cuda { "HF Trainer, bf16, padding max_length" } else { "HF Trainer, fp32, padding max_length" };
-    rows.push(Row {
-        section: "time to accuracy",
-        figure: "test accuracy".into(),
-        unit: "%",
-        ours: ours_acc,
-        reference_name: hf_full.into(),
-        reference: hf_acc,
-        higher_is_better: true,
-        target: "",
-    });
-    rows.push(Row {
-        section: "time to accuracy",
-        figure: "wall seconds, train + evaluate (ours: the stages, with per-epoch validation and checkpoints)".into(),
-        unit: "s",
-        ours: ours_wall,
-        reference_name: hf_full.into(),
-        reference: hf_wall,
-        higher_is_better: false,
-        target: if plan.cuda { "≥ 2x" } else { "" },
-    });
-    rows.push(Row {
-        section: "evaluate",
-        figure: "test examples/s (ours: model inference inside the evaluate stage)".into(),
-        unit: "ex/s",
-        ours: ours_eval,
-        reference_name: "HF Trainer.evaluate".into(),
-        reference: hf_eval,
-        higher_is_better: true,
-        target: "",
-    });
-
-    eprintln!("== cache: no-change rerun of the whole pipeline ({} runs)", plan.repeats);
-    let mut cache = Runs::default();
-    for _ in 0..plan.repeats {
-        let t = Instant::now();
-        let out = Command::new(std::env::current_exe()?)
-            .arg("run")
-            .arg(plan.out.join("bench.yaml"))
-            .arg("--bin-dir")
-            .arg(&bins)
-            .arg("--store")
-            .arg(plan.out.join("store"))
-            .arg("--json")
-            .stderr(Stdio::null())
-            .output()?;
-        cache.0.push(t.elapsed().as_secs_f64());
-        let text = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() || text.contains("\"cached\":false") {
-            bail!("the no-change rerun was not all cache:\n{text}");
+        for _ in 1..plan.repeats {
+            let o = run_stages(&sub, &plan, &bins, Some(Stage::Evaluate), &[Stage::Evaluate])?;
+            let m: Value = serde_json::from_slice(&std::fs::read(artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?)?;
+            ours_eval.0.push(num(&m, &["examples_per_second"])?);
         }
+        let hf_full = if plan.cuda { "HF Trainer, bf16, padding max_length" } else { "HF Trainer, fp32, padding max_length" };
+        rows.push(Row {
+            section: "time to accuracy",
+            figure: "test accuracy".into(),
+            unit: "%",
+            ours: ours_acc,
+            reference_name: hf_full.into(),
+            reference: hf_acc,
+            higher_is_better: true,
+            target: "",
+        });
+        rows.push(Row {
+            section: "time to accuracy",
+            figure: "wall seconds, train + evaluate (ours: the stages, with per-epoch validation and checkpoints)".into(),
+            unit: "s",
+            ours: ours_wall,
+            reference_name: hf_full.into(),
+            reference: hf_wall,
+            higher_is_better: false,
+            target: if plan.cuda { "≥ 2x" } else { "" },
+        });
+        rows.push(Row {
+            section: "evaluate",
+            figure: "test examples/s (ours: model inference inside the evaluate stage)".into(),
+            unit: "ex/s",
+            ours: ours_eval,
+            reference_name: "HF Trainer.evaluate".into(),
+            reference: hf_eval,
+            higher_is_better: true,
+            target: "",
+        });
+
     }
-    rows.push(Row {
-        section: "cache",
-        figure: "no-change rerun of the pipeline, seconds (`cargo xtask run --bin-dir`)".into(),
-        unit: "s",
-        ours: cache,
-        reference_name: "— (a notebook reruns everything)".into(),
-        reference: Runs::default(),
-        higher_is_better: false,
-        target: "< 1 s",
-    });
+
+    if plan.has(Section::Cache) {
+        run_stages(&sub, &plan, &bins, None, &[])?;
+        eprintln!("== cache: no-change rerun of the whole pipeline ({} runs)", plan.repeats);
+        let mut cache = Runs::default();
+        for _ in 0..plan.repeats {
+            let t = Instant::now();
+            let out = Command::new(std::env::current_exe()?)
+                .arg("run")
+                .arg(plan.out.join("bench.yaml"))
+                .arg("--bin-dir")
+                .arg(&bins)
+                .arg("--store")
+                .arg(plan.out.join("store"))
+                .arg("--json")
+                .stderr(Stdio::null())
+                .output()?;
+            cache.0.push(t.elapsed().as_secs_f64());
+            let text = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || text.contains("\"cached\":false") {
+                bail!("the no-change rerun was not all cache:\n{text}");
+            }
+        }
+        rows.push(Row {
+            section: "cache",
+            figure: "no-change rerun of the pipeline, seconds (`cargo xtask run --bin-dir`)".into(),
+            unit: "s",
+            ours: cache,
+            reference_name: "— (a notebook reruns everything)".into(),
+            reference: Runs::default(),
+            higher_is_better: false,
+            target: "< 1 s",
+        });
+
+    }
 
     let ctx = context(&plan, &a);
     let table = render(&ctx, &rows);

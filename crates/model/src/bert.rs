@@ -6,8 +6,9 @@
 //! from the fp32 master weights at each use, so gradients land on the fp32 masters; LayerNorm,
 //! residual sums and the logits stay fp32, as under PyTorch autocast.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
+use crate::dropout::dropout;
 use crate::Model;
 
 fn linear(m: &Model, x: &Tensor, name: &str) -> Tensor {
@@ -47,7 +48,7 @@ pub fn forward(m: &Model, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> T
     let word = Tensor::embedding(p.get("bert.embeddings.word_embeddings.weight"), ids, c.pad_token_id, false, false);
     let pos = p.get("bert.embeddings.position_embeddings.weight").narrow(0, 0, l);
     let typ = p.get("bert.embeddings.token_type_embeddings.weight").get(0);
-    let mut x = layer_norm(m, &(word + pos + typ), "bert.embeddings.LayerNorm").dropout(c.hidden_dropout_prob, train);
+    let mut x = dropout(&layer_norm(m, &(word + pos + typ), "bert.embeddings.LayerNorm"), c.hidden_dropout_prob, train);
     let attn_mask = mask.map(|mk| mk.to_kind(Kind::Bool).view([b, 1, 1, l]));
     let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
     for i in 0..c.num_hidden_layers {
@@ -56,16 +57,62 @@ pub fn forward(m: &Model, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> T
         let q = heads(linear(m, &x, &format!("{pre}.attention.self.query")));
         let k = heads(linear(m, &x, &format!("{pre}.attention.self.key")));
         let v = heads(linear(m, &x, &format!("{pre}.attention.self.value")));
-        let ctx = Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask.as_ref(), attn_drop, false, None, false);
+        let ctx = attention(&q, &k, &v, attn_mask.as_ref(), attn_drop);
         let ctx = ctx.transpose(1, 2).reshape([b, l, h]);
-        let a = linear(m, &ctx, &format!("{pre}.attention.output.dense")).dropout(c.hidden_dropout_prob, train);
+        let a = dropout(&linear(m, &ctx, &format!("{pre}.attention.output.dense")), c.hidden_dropout_prob, train);
         let a = layer_norm(m, &(a.to_kind(Kind::Float) + &x), &format!("{pre}.attention.output.LayerNorm"));
         let inter = act(m, &linear(m, &a, &format!("{pre}.intermediate.dense")));
-        let o = linear(m, &inter, &format!("{pre}.output.dense")).dropout(c.hidden_dropout_prob, train);
+        let o = dropout(&linear(m, &inter, &format!("{pre}.output.dense")), c.hidden_dropout_prob, train);
         x = layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"));
     }
     let cls = x.select(1, 0);
     let pooled = linear(m, &cls, "bert.pooler.dense").tanh();
-    let pooled = pooled.dropout(c.classifier_dropout(), train);
+    let pooled = dropout(&pooled, c.classifier_dropout(), train);
     linear(m, &pooled, "classifier").to_kind(Kind::Float)
+}
+
+/// Scaled dot-product attention over `(batch, heads, len, head_dim)` with a boolean key mask
+/// (`true`: attend) and dropout `p` on the probabilities. SDPA, except when dropping out on CPU:
+/// libtorch's CPU SDPA then falls back to its math path with libtorch's slow dropout, so this
+/// runs the same math (scores, softmax, dropout, weighted sum) with the cheap mask.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
+    if p <= 0.0 || q.device() != Device::Cpu {
+        return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
+    }
+    attention_math(q, k, v, mask, p)
+}
+
+/// [`attention`] written out, as libtorch's math path computes it.
+pub fn attention_math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
+    let scale = 1.0 / (*q.size().last().unwrap_or(&1) as f64).sqrt();
+    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    if let Some(mk) = mask {
+        scores = scores.masked_fill(&mk.logical_not(), f64::NEG_INFINITY);
+    }
+    let probs = scores.softmax(-1, scores.kind());
+    dropout(&probs, p, p > 0.0).matmul(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_out_attention_equals_sdpa() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, k, v) = (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));
+        let mask = Tensor::from_slice(&[true, true, true, false, false, true, true, true, true, true]).view([2, 1, 1, 5]);
+        let want = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
+        let got = attention_math(&q, &k, &v, Some(&mask), 0.0);
+        let diff = (&want - &got).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "max difference {diff}");
+        // With dropout: reproducible under the torch seed, and not the plain result.
+        tch::manual_seed(5);
+        let a = attention(&q, &k, &v, Some(&mask), 0.5);
+        tch::manual_seed(5);
+        let b = attention(&q, &k, &v, Some(&mask), 0.5);
+        assert!(a.equal(&b));
+        assert!((&a - &want).abs().max().double_value(&[]) > 1e-3);
+    }
 }

@@ -13,6 +13,7 @@
 pub mod bert;
 pub mod config;
 pub mod device;
+pub mod dropout;
 pub mod infer;
 pub mod params;
 

@@ -185,8 +185,8 @@ pub fn run(
             continue;
         }
         let t = Instant::now();
-        let memo = (mode != Mode::Explain && !force).then(|| memo::id(&opts.bin_dir, stage, params, &artifacts)).flatten();
-        let r = match memo.as_deref().and_then(|id| memo::recall(&store, stage, id)) {
+        let memo = (mode != Mode::Explain).then(|| memo::id(&opts.bin_dir, stage, params, &artifacts)).flatten();
+        let r = match memo.as_deref().filter(|_| !force).and_then(|id| memo::recall(&store, stage, id)) {
             Some(r) => r,
             None => {
                 let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
