@@ -174,6 +174,18 @@ impl Params {
         Tensor::cat(&parts, 0)
     }
 
+    /// Each parameter's offset in [`Params::flat`] and its gradient, if it has one.
+    pub fn grads(&self) -> Vec<(i64, Option<Tensor>)> {
+        self.tensors
+            .iter()
+            .zip(&self.offsets)
+            .map(|(t, &off)| {
+                let g = t.grad();
+                (off, g.defined().then_some(g))
+            })
+            .collect()
+    }
+
     /// Clears every parameter's gradient.
     pub fn zero_grad(&self) {
         for p in &self.tensors {

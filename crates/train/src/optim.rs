@@ -26,6 +26,15 @@ impl AdamW {
     /// global L2 norm to `max_grad_norm` (0: no clipping). Returns the norm before clipping as a
     /// device scalar (no host sync). Everything runs on the flat buffers: a dozen kernels.
     pub fn step(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+        if self.m.device() == tch::Device::Cpu && self.m.kind() == Kind::Float {
+            self.step_cpu(params, lr, max_grad_norm)
+        } else {
+            self.step_tensors(params, lr, max_grad_norm)
+        }
+    }
+
+    /// [`AdamW::step`] as whole-buffer tensor operations (any device).
+    fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -54,6 +63,69 @@ impl AdamW {
             let _ = p.g_sub_(&d);
             norm
         })
+    }
+
+    /// [`AdamW::step`] on CPU as one fused pass over the parameters, the gradients and both
+    /// moments (on all cores), instead of a dozen whole-buffer passes and a copy of the gradients:
+    /// about 0.15 s less per step for MiniLM's 22.7M parameters on 2 cores. Same arithmetic, in
+    /// fp32 as libtorch's; a parameter without a gradient is left alone, as torch's AdamW does.
+    fn step_cpu(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+        use rayon::prelude::*;
+        self.step += 1;
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.beta1.powi(t);
+        let bc2 = 1.0 - self.beta2.powi(t);
+        // (offset in the flat buffers, gradient as contiguous fp32), per parameter with one.
+        let grads: Vec<(usize, Tensor)> = params
+            .grads()
+            .into_iter()
+            .filter_map(|(off, g)| g.map(|g| (off as usize, g.to_kind(Kind::Float).contiguous())))
+            .collect();
+        // (offset, address, length) of each gradient: plain numbers, so rayon may share them.
+        let raw: Vec<(usize, usize, usize)> = grads.iter().map(|(off, g)| (*off, g.data_ptr() as usize, g.numel())).collect();
+        let slice = |addr: usize, len: usize| -> &[f32] {
+            // SAFETY: a contiguous fp32 CPU tensor of `len` elements, alive while `grads` is.
+            unsafe { std::slice::from_raw_parts(addr as *const f32, len) }
+        };
+        let sq: f64 = raw.par_iter().map(|&(_, a, n)| slice(a, n).iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum();
+        let norm = sq.sqrt();
+        let coef = if max_grad_norm > 0.0 { (max_grad_norm / (norm + 1e-6)).min(1.0) } else { 1.0 } as f32;
+        let (b1, b2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
+        let (step_size, sqrt_bc2, eps) = ((lr / bc1) as f32, bc2.sqrt() as f32, self.eps as f32);
+        let decay = (1.0 - lr * self.weight_decay) as f32;
+        let n_decay = params.n_decay() as usize;
+        // Work items of at most CHUNK elements; each owns a disjoint range of p, m and v.
+        const CHUNK: usize = 1 << 15;
+        let work: Vec<(usize, &[f32])> = raw
+            .iter()
+            .flat_map(|&(off, a, n)| slice(a, n).chunks(CHUNK).enumerate().map(move |(i, c)| (off + i * CHUNK, c)))
+            .collect();
+        let flat = params.flat();
+        assert!(flat.is_contiguous() && self.m.is_contiguous() && self.v.is_contiguous());
+        let (pp, mp, vp) = (flat.data_ptr() as usize, self.m.data_ptr() as usize, self.v.data_ptr() as usize);
+        tch::no_grad(|| {
+            work.par_iter().for_each(|&(off, g)| {
+                // SAFETY: the flat buffers are contiguous fp32 of the same length, every range
+                // [off, off + g.len()) lies inside them, and no two work items overlap.
+                let (p, m, v) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut((pp as *mut f32).add(off), g.len()),
+                        std::slice::from_raw_parts_mut((mp as *mut f32).add(off), g.len()),
+                        std::slice::from_raw_parts_mut((vp as *mut f32).add(off), g.len()),
+                    )
+                };
+                for j in 0..g.len() {
+                    let gj = g[j] * coef;
+                    if off + j < n_decay {
+                        p[j] *= decay;
+                    }
+                    m[j] += b1 * (gj - m[j]);
+                    v[j] += b2 * (gj * gj - v[j]);
+                    p[j] -= step_size * m[j] / (v[j].sqrt() / sqrt_bc2 + eps);
+                }
+            });
+        });
+        Tensor::from(norm as f32)
     }
 
     /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`).
@@ -138,5 +210,27 @@ mod tests {
         }
         let after = f64::try_from(w.get(0).get(0)).unwrap();
         assert!((after - p).abs() < 1e-6, "{after} vs {p}");
+    }
+
+    #[test]
+    fn fused_cpu_step_equals_the_tensor_step() {
+        let c = model::BertConfig::tiny(40);
+        let run = |fused: bool| -> Tensor {
+            let params = model::Params::init(&c, 3, tch::Device::Cpu, 1);
+            let mut opt = AdamW::new(&params, 0.01);
+            for s in 0..3 {
+                params.zero_grad();
+                tch::manual_seed(s);
+                // A loss touching every parameter, with gradients large enough to be clipped.
+                let loss = params.tensors.iter().map(|t| (t * Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu))).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+                loss.backward();
+                let norm = if fused { opt.step_cpu(&params, 1e-3, 1.0) } else { opt.step_tensors(&params, 1e-3, 1.0) };
+                assert!(f64::try_from(norm).unwrap() > 1.0, "clipping must be exercised");
+            }
+            Tensor::cat(&[params.flat().shallow_clone(), opt.m.shallow_clone(), opt.v.shallow_clone()], 0)
+        };
+        let (a, b) = (run(true), run(false));
+        let diff = (&a - &b).abs().max().double_value(&[]);
+        assert!(diff < 1e-6, "fused and tensor AdamW differ by {diff}");
     }
 }
