@@ -33,15 +33,20 @@ pub fn mask(shape: &[i64], p: f64) -> Tensor {
     let n: usize = shape.iter().product::<i64>().max(0) as usize;
     let threshold = (p * 4_294_967_296.0).round().min(u32::MAX as f64) as u32;
     let keep = (1.0 / (1.0 - p)) as f32;
-    let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
+    let out = Tensor::empty(shape, (Kind::Float, Device::Cpu));
+    if n == 0 {
+        return out;
+    }
+    // SAFETY: a fresh contiguous fp32 CPU tensor of n elements, written only here.
+    let buf = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, n) };
+    buf.par_chunks_mut(CHUNK).enumerate().for_each(|(i, chunk)| {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(i as u64);
         for v in chunk {
             *v = if rng.next_u32() >= threshold { keep } else { 0.0 };
         }
     });
-    Tensor::from_slice(&out).view(shape)
+    out
 }
 
 #[cfg(test)]
