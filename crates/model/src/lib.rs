@@ -14,6 +14,11 @@ pub mod bert;
 pub mod config;
 pub mod device;
 pub mod dropout;
+
+/// Held by unit tests that seed libtorch's global generator (test threads share it).
+#[cfg(test)]
+pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub mod infer;
 pub mod params;
 
