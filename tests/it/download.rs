@@ -198,6 +198,19 @@ fn network_down_and_nothing_cached() {
 }
 
 #[test]
+fn an_unavailable_hub_falls_back_to_the_cache() {
+    let e = Env::new();
+    let first = download::run(&hub_params(), &e.hub(), &e.out("a")).unwrap();
+    assert_eq!(first["model"]["from_cache"], false);
+    // Nothing listening: retries run out, and the cache answers.
+    let mut down = e.hub();
+    down.endpoint = "http://127.0.0.1:9".into();
+    let s = download::run(&hub_params(), &down, &e.out("b")).unwrap();
+    assert_eq!((&s["model"]["from_cache"], &s["dataset"]["source"]["from_cache"]), (&json!(true), &json!(true)));
+    assert_eq!(s["model"]["commit"], first["model"]["commit"]);
+}
+
+#[test]
 fn unsafe_or_unusable_repos_are_refused() {
     let e = Env::new();
     e.mock.add("models", "org/pickle", "config.json", b"{}");

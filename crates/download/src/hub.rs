@@ -131,6 +131,16 @@ enum Attempt<T> {
     Retry(anyhow::Error),
 }
 
+/// Retries ran out on transient failures (connection errors, 5xx, broken transfers): the Hub is
+/// unavailable right now, as opposed to having answered with an error. The context of the last
+/// failure, so callers can tell the two apart with `downcast_ref`.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} failed after {attempts} attempts")]
+struct GaveUp {
+    what: String,
+    attempts: u32,
+}
+
 impl Hub {
     /// Settings from the standard `HF_*` environment.
     pub fn from_env() -> Hub {
@@ -199,7 +209,7 @@ impl Hub {
                 Attempt::Retry(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")).context(format!("{what} failed after {} attempts", self.attempts)))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")).context(GaveUp { what: what.to_string(), attempts: self.attempts }))
     }
 
     /// Resolves a revision (branch, tag or sha) to a commit and lists its files. Offline, or when
@@ -231,7 +241,7 @@ impl Hub {
         });
         let body = match online {
             Ok(b) => b,
-            Err(e) if e.chain().any(|c| c.to_string().starts_with("cannot reach")) || e.to_string().contains("HTTP 5") => {
+            Err(e) if e.downcast_ref::<GaveUp>().is_some() => {
                 return match self.resolve_cached(t, repo, rev) {
                     Ok(info) => {
                         eprintln!("warning: {:#}; using the cached {what}", e);
