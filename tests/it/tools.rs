@@ -42,23 +42,11 @@ fn evaluate_refuses_a_train_artifact_from_other_tokens_and_unknown_splits() {
     let mk = |stage: &str, key: &str, file: &str, text: &str, inputs: Vec<(&str, &artifact::Artifact)>| {
         let st = store.stage_dir(stage).unwrap();
         std::fs::write(st.dir.join(file), text).unwrap();
-        let m = artifact::Manifest {
-            format: artifact::STORE_FORMAT,
-            stage: stage.into(),
-            key: key.into(),
-            code_version: "t".into(),
-            params: serde_json::json!({}),
-            inputs: inputs
-                .into_iter()
-                .map(|(n, a)| (n.to_string(), artifact::InputRef { content_hash: a.manifest.content_hash.clone(), key: a.manifest.key.clone(), stage: n.into() }))
-                .collect(),
-            files: vec![],
-            content_hash: String::new(),
-            wall_seconds: 0.0,
-            created_unix: 0,
-            environment: Default::default(),
-            summary: serde_json::Value::Null,
-        };
+        let inputs = inputs
+            .into_iter()
+            .map(|(n, a)| (n.to_string(), artifact::InputRef { content_hash: a.manifest.content_hash.clone(), key: a.manifest.key.clone(), stage: n.into() }))
+            .collect();
+        let m = artifact::Manifest::new(stage, key, "t", serde_json::json!({}), inputs);
         store.publish(st, m).unwrap()
     };
     let tok_a = mk("tokenize", "a", "meta.json", "{}", vec![]);

@@ -12,7 +12,7 @@ mod stage;
 mod store;
 
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
-pub use manifest::{FileEntry, InputRef, Manifest};
+pub use manifest::{FileEntry, InputRef, Manifest, FILE_INPUT};
 pub use stage::{execute, exit, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
 pub use store::{Artifact, KeyLock, Staging, Store, VerifyError};
 

@@ -22,6 +22,17 @@ pub struct InputRef {
     pub stage: String,
 }
 
+/// [`InputRef::stage`] of an extra input that is a file hashed by the stage itself (a local
+/// source), not an artifact.
+pub const FILE_INPUT: &str = "file";
+
+impl InputRef {
+    /// Whether this input is a file the stage hashed itself ([`FILE_INPUT`]).
+    pub fn is_file(&self) -> bool {
+        self.stage == FILE_INPUT
+    }
+}
+
 /// The manifest of an artifact. Keys are stable; new fields are added with defaults.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Manifest {
@@ -44,4 +55,25 @@ pub struct Manifest {
     /// Stage-specific figures (statistics, metrics) for people and later stages.
     #[serde(default)]
     pub summary: serde_json::Value,
+}
+
+impl Manifest {
+    /// A manifest for [`crate::Store::publish`], which fills in the files and the content hash;
+    /// created now, with no wall time, environment or summary yet.
+    pub fn new(stage: &str, key: &str, code_version: &str, params: serde_json::Value, inputs: BTreeMap<String, InputRef>) -> Manifest {
+        Manifest {
+            format: crate::STORE_FORMAT,
+            stage: stage.into(),
+            key: key.into(),
+            code_version: code_version.into(),
+            params,
+            inputs,
+            files: Vec::new(),
+            content_hash: String::new(),
+            wall_seconds: 0.0,
+            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            environment: BTreeMap::new(),
+            summary: serde_json::Value::Null,
+        }
+    }
 }

@@ -192,7 +192,7 @@ pub fn execute<P: Serialize>(
         })
         .collect();
     for (n, h) in extra_inputs {
-        refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: "file".into() });
+        refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: crate::manifest::FILE_INPUT.into() });
     }
     let hashes: BTreeMap<String, String> = refs.iter().map(|(n, r)| (n.clone(), r.content_hash.clone())).collect();
     let key = compute_key(def.name, &def.code_version, &params, &hashes);
@@ -284,21 +284,10 @@ pub fn execute<P: Serialize>(
     body(&mut ctx)?;
     let wall_seconds = work.elapsed().as_secs_f64();
     let manifest = Manifest {
-        format: crate::STORE_FORMAT,
-        stage: def.name.to_string(),
-        key: key.clone(),
-        code_version: def.code_version.clone(),
-        params,
-        inputs: refs,
-        files: Vec::new(),
-        content_hash: String::new(),
         wall_seconds,
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
         environment: ctx.environment,
         summary: ctx.summary,
+        ..Manifest::new(def.name, &key, &def.code_version, params, refs)
     };
     let art = store.publish(staging, manifest)?;
     report.content_hash = Some(art.manifest.content_hash.clone());

@@ -314,20 +314,7 @@ mod tests {
     use super::*;
 
     fn manifest(stage: &str, key: &str) -> Manifest {
-        Manifest {
-            format: crate::STORE_FORMAT,
-            stage: stage.into(),
-            key: key.into(),
-            code_version: "1".into(),
-            params: serde_json::json!({}),
-            inputs: Default::default(),
-            files: vec![],
-            content_hash: String::new(),
-            wall_seconds: 0.0,
-            created_unix: 0,
-            environment: Default::default(),
-            summary: serde_json::Value::Null,
-        }
+        Manifest::new(stage, key, "1", serde_json::json!({}), Default::default())
     }
 
     #[test]
