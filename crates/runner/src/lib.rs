@@ -163,6 +163,9 @@ pub fn run(
     let store = store_of(p, opts);
     let steps = plan(p, opts)?;
     let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
+    // Content hashes of the upstream artifacts, from their reports: the memo's inputs.
+    let mut hashes: BTreeMap<Stage, String> = BTreeMap::new();
+    let memo_store = artifact::Store::open(&store).ok();
     let mut blocked: Option<Stage> = None;
     let mut out = Vec::new();
     for (stage, mode, force) in steps {
@@ -185,8 +188,8 @@ pub fn run(
             continue;
         }
         let t = Instant::now();
-        let memo = (mode != Mode::Explain).then(|| memo::id(&opts.bin_dir, stage, params, &artifacts)).flatten();
-        let r = match memo.as_deref().filter(|_| !force).and_then(|id| memo::recall(&store, stage, id)) {
+        let memo = (mode != Mode::Explain).then(|| memo::id(&opts.bin_dir, stage, params, &hashes)).flatten();
+        let r = match memo.as_deref().filter(|_| !force).zip(memo_store.as_ref()).and_then(|(id, st)| memo::recall(st, stage, id)) {
             Some(r) => r,
             None => {
                 let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
@@ -217,6 +220,9 @@ pub fn run(
         match &r.artifact {
             Some(dir) => {
                 artifacts.insert(stage, dir.clone());
+                if let Some(h) = &r.content_hash {
+                    hashes.insert(stage, h.clone());
+                }
             }
             None => blocked = Some(stage),
         }
@@ -259,7 +265,9 @@ mod memo {
     use artifact::{Artifact, Report, Store};
     use pipeline::Stage;
 
-    pub fn id(bin_dir: &Path, stage: Stage, params: &serde_json::Value, inputs: &BTreeMap<Stage, PathBuf>) -> Option<String> {
+    /// `inputs`: the content hash of each upstream artifact (every one the stage reads must be
+    /// there, else no id).
+    pub fn id(bin_dir: &Path, stage: Stage, params: &serde_json::Value, inputs: &BTreeMap<Stage, String>) -> Option<String> {
         let bin = bin_dir.join(stage.binary());
         let meta = std::fs::metadata(&bin).ok()?;
         let mtime = meta.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
@@ -273,10 +281,8 @@ mod memo {
         field(format!("{} {mtime}", meta.len()).as_bytes());
         field(serde_json::to_string(params).ok()?.as_bytes());
         for up in stage.inputs() {
-            if let Some(dir) = inputs.get(up) {
-                field(up.name().as_bytes());
-                field(Artifact::open(dir).ok()?.manifest.content_hash.as_bytes());
-            }
+            field(up.name().as_bytes());
+            field(inputs.get(up)?.as_bytes());
         }
         Some(h.finalize().to_hex().to_string())
     }
@@ -286,13 +292,13 @@ mod memo {
     }
 
     fn has_file_inputs(a: &Artifact) -> bool {
-        a.manifest.inputs.values().any(|r| r.stage == "file")
+        a.manifest.inputs.values().any(artifact::InputRef::is_file)
     }
 
     /// The cached artifact the memo points to, if it is still there and valid.
-    pub fn recall(store: &Path, stage: Stage, id: &str) -> Option<Report> {
-        let key = std::fs::read_to_string(path(store, stage, id)).ok()?;
-        let a = Store::open(store).ok()?.lookup(stage.name(), key.trim()).ok()??;
+    pub fn recall(store: &Store, stage: Stage, id: &str) -> Option<Report> {
+        let key = std::fs::read_to_string(path(&store.root, stage, id)).ok()?;
+        let a = store.lookup(stage.name(), key.trim()).ok()??;
         if has_file_inputs(&a) {
             return None;
         }
