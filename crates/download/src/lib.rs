@@ -53,7 +53,7 @@ pub fn local_inputs(p: &DownloadParams) -> anyhow::Result<BTreeMap<String, Strin
     if let Some(files) = &p.dataset.files {
         for pattern in files.values() {
             for f in dataset::expand_local(pattern)? {
-                let h = blake3_file(&f)?;
+                let h = artifact::hash_file(&f)?.1;
                 out.insert(format!("file:{}", f.display()), h);
             }
         }
@@ -61,14 +61,10 @@ pub fn local_inputs(p: &DownloadParams) -> anyhow::Result<BTreeMap<String, Strin
     if let Some(dir) = &p.model.path {
         for f in model_files(&local_listing(Path::new(dir))?, dir)? {
             let path = Path::new(dir).join(&f);
-            out.insert(format!("file:{}", path.display()), blake3_file(&path)?);
+            out.insert(format!("file:{}", path.display()), artifact::hash_file(&path)?.1);
         }
     }
     Ok(out)
-}
-
-fn blake3_file(path: &Path) -> anyhow::Result<String> {
-    Ok(artifact::hash_file(path)?.1)
 }
 
 fn local_listing(dir: &Path) -> anyhow::Result<Vec<String>> {
