@@ -122,14 +122,15 @@ impl Tok {
 /// crate's general machinery tracks alignments through several passes; and words repeat, so each
 /// thread caches word → ids. The WordPiece split itself is still the crate's. Used only when the
 /// tokenizer is exactly BertNormalizer + BertPreTokenizer + WordPiece with a post-processor that
-/// only wraps the sequence; texts with non-ASCII bytes or an added token's text take the general
-/// path. Equality with the general path is tested on the fixtures and on random ASCII.
+/// only wraps the sequence and no added token is matched after normalization; texts with
+/// non-ASCII bytes or an added token's text take the general path. Equality with the general path is tested on the fixtures and on random ASCII.
 pub struct AsciiBert {
     id: u64,
     wordpiece: tokenizers::models::wordpiece::WordPiece,
     clean_text: bool,
     lowercase: bool,
-    /// Added tokens (lower-cased): a text containing one goes the general way.
+    /// Added tokens, matched on the raw text (case-sensitive, as the crate does for tokens with
+    /// `normalized: false`): a text containing one goes the general way.
     added: Vec<String>,
     /// Special tokens the post-processor puts before and after a sequence.
     prefix: Vec<u32>,
@@ -150,6 +151,11 @@ impl AsciiBert {
         let Some(NormalizerWrapper::BertNormalizer(n)) = t.get_normalizer() else { return None };
         let Some(PreTokenizerWrapper::BertPreTokenizer(_)) = t.get_pre_tokenizer() else { return None };
         let ModelWrapper::WordPiece(wp) = t.get_model() else { return None };
+        let added = t.get_added_tokens_decoder();
+        // Tokens matched on the normalized text would need the normalization to look for them.
+        if added.values().any(|a| a.normalized) {
+            return None;
+        }
         // Where the post-processor puts a sequence: mark it with two sentinel ids.
         let (a, b) = (u32::MAX - 1, u32::MAX);
         let probe = Encoding::new(vec![a, b], vec![0; 2], vec![String::new(); 2], vec![None; 2], vec![(0, 0); 2], vec![0; 2], vec![1; 2], vec![], Default::default());
@@ -164,7 +170,7 @@ impl AsciiBert {
             wordpiece: wp.clone(),
             clean_text: n.clean_text,
             lowercase: n.lowercase,
-            added: t.get_added_tokens_decoder().values().map(|t| t.content.to_ascii_lowercase()).collect(),
+            added: added.into_values().map(|a| a.content).collect(),
             prefix: ids[..at].to_vec(),
             suffix: ids[at + 2..].to_vec(),
         })
@@ -175,11 +181,8 @@ impl AsciiBert {
         if !text.is_ascii() {
             return None;
         }
-        if !self.added.is_empty() {
-            let lower = text.to_ascii_lowercase();
-            if self.added.iter().any(|a| lower.contains(a.as_str())) {
-                return None;
-            }
+        if self.added.iter().any(|a| text.contains(a.as_str())) {
+            return None;
         }
         WORDS.with(|cell| {
             let mut cell = cell.borrow_mut();
