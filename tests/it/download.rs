@@ -7,9 +7,7 @@ use download::hub::Hub;
 use serde_json::json;
 use tests::mock_hub::{Faults, MockHub};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
+use tests::fixtures;
 
 const CARD: &str = "---\ndataset_info:\n  features:\n  - name: text\n    dtype: string\n  - name: label\n    dtype:\n      class_label:\n        names:\n          '0': neg\n          '1': pos\nconfigs:\n- config_name: plain_text\n  data_files:\n  - split: train\n    path: plain_text/train-*\n  - split: test\n    path: plain_text/test-*\n  default: true\n---\n# tiny imdb\n";
 

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Tensor};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
+use tests::fixtures;
 
 fn mirror() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/hub-mirror/models/sentence-transformers/all-MiniLM-L6-v2")

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use tests::repo;
 
 #[test]
 fn every_shipped_pipeline_parses() {

@@ -1,15 +1,9 @@
 //! End to end: the smoke pipeline through the runner and the real stage binaries (built by
 //! `cargo xtask test`), its accuracy, a cached rerun, and the export loaded by transformers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-fn bin_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target")).join("release")
-}
+use tests::{release_dir as bin_dir, repo};
 
 fn run(p: &pipeline::Pipeline) -> Vec<runner::StageOutcome> {
     let opts = runner::RunOptions { bin_dir: bin_dir(), ..Default::default() };
@@ -23,11 +17,7 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
         assert!(bin_dir().join(s.binary()).exists(), "{} is not built: run the tests with `cargo xtask test`", s.binary());
     }
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(repo().join("pipelines/smoke.yaml"))
-        .unwrap()
-        .replace("tests/fixtures", &repo().join("tests/fixtures").display().to_string())
-        .replace("name: smoke", &format!("name: smoke\nstore: {}", tmp.path().join("store").display()));
-    let p = pipeline::parse(Path::new("smoke.yaml"), &text).unwrap();
+    let p = tests::smoke_pipeline(&tmp.path().join("store"));
     let first = run(&p);
     assert!(first.iter().all(|o| !o.cached));
     let eval_dir = first[3].artifact.clone().unwrap();

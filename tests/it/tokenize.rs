@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 
 use pipeline::{TokenizeParams, Truncation};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
-}
+use tests::fixtures;
 
 fn mirror() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/hub-mirror/models/sentence-transformers/all-MiniLM-L6-v2")
@@ -181,14 +179,9 @@ fn a_vocabulary_the_model_cannot_embed_is_refused_before_anything_is_written() {
 
 #[test]
 fn inspect_prints_examples_and_the_split_stats() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let bins = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("release");
+    let bins = tests::release_dir();
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(root.join("pipelines/smoke.yaml"))
-        .unwrap()
-        .replace("tests/fixtures", &fixtures().display().to_string())
-        .replace("name: smoke", &format!("name: smoke\nstore: {}", tmp.path().join("store").display()));
-    let p = pipeline::parse(Path::new("smoke.yaml"), &text).unwrap();
+    let p = tests::smoke_pipeline(&tmp.path().join("store"));
     let opts = runner::RunOptions { only: Some(pipeline::Stage::Tokenize), bin_dir: bins.clone(), ..Default::default() };
     let err = runner::run(&p, &opts, |_| {}).unwrap_err().to_string();
     assert!(err.contains("no artifact") && err.contains("download"), "--only needs download cached first: {err}");

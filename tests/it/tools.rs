@@ -1,16 +1,13 @@
 //! `cargo xtask setup` is idempotent and `doctor` reports what libtorch can do here; stage
 //! binaries refuse mismatched inputs and foreign export directories.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+use tests::repo;
 
 fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"));
-    let p = dir.join("release").join(name);
+    let p = tests::release_dir().join(name);
     assert!(p.exists(), "{} is not built: run the tests with `cargo xtask test`", p.display());
     p
 }

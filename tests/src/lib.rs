@@ -12,3 +12,28 @@ pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
     TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// The repository root.
+pub fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(std::path::Path::to_path_buf).unwrap_or_default()
+}
+
+/// `tests/fixtures`.
+pub fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// Where `cargo xtask test` builds the stage binaries (release profile).
+pub fn release_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| repo().join("target")).join("release")
+}
+
+/// `pipelines/smoke.yaml` with absolute fixture paths and its store at `store`.
+pub fn smoke_pipeline(store: &std::path::Path) -> pipeline::Pipeline {
+    let path = repo().join("pipelines/smoke.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("tests/fixtures", &fixtures().display().to_string())
+        .replace("name: smoke", &format!("name: smoke\nstore: {}", store.display()));
+    pipeline::parse(std::path::Path::new("smoke.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+}
