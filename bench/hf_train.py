@@ -12,30 +12,14 @@ maximum RSS, and on CUDA torch's peak allocation.
 import argparse
 import json
 import resource
-import struct
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-
-def read_split(tokdir, split):
-    """Our shard format (crates/shards): header, offsets, labels, full lengths, ids."""
-    ids_all, labels_all = [], []
-    for f in sorted(Path(tokdir).glob(f"{split}-*.shard")):
-        b = f.read_bytes()
-        assert b[:8] == b"FTSHARD\0", f
-        width, n, t = struct.unpack_from("<IQQ", b, 12)
-        off = np.frombuffer(b, dtype="<u8", count=n + 1, offset=64)
-        lab = np.frombuffer(b, dtype="<i4", count=n, offset=64 + 8 * (n + 1))
-        ids = np.frombuffer(b, dtype="<u2" if width == 2 else "<u4", count=t, offset=64 + 8 * (n + 1) + 8 * n)
-        for i in range(n):
-            ids_all.append(ids[off[i]:off[i + 1]].astype(np.int64))
-            labels_all.append(int(lab[i]))
-    return ids_all, labels_all
+from shards import read_split
 
 
 class Rows(torch.utils.data.Dataset):

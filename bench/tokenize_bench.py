@@ -9,14 +9,14 @@ Prints one JSON object: seconds per repeat for each reference, and how many text
 identical ids.
 """
 import json
-import struct
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
+
+from shards import read_split
 
 dl, tk, max_length, repeats = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 texts = pq.read_table(dl / "dataset/train.parquet").column("text").to_pylist()
@@ -41,14 +41,8 @@ for _ in range(repeats):
     ds.map(lambda b: hf_tok(b["text"], padding="max_length", truncation=True, max_length=max_length), batched=True, load_from_cache_file=False)
     datasets_map_s.append(time.perf_counter() - t0)
 
-# Ids: ours (shards, crates/shards format) against encode_batch.
-ids = []
-for f in sorted(tk.glob("train-*.shard")):
-    b = f.read_bytes()
-    width, n, t = struct.unpack_from("<IQQ", b, 12)
-    off = np.frombuffer(b, dtype="<u8", count=n + 1, offset=64)
-    arr = np.frombuffer(b, dtype="<u2" if width == 2 else "<u4", count=t, offset=64 + 16 * n + 8)
-    ids += [arr[off[i]:off[i + 1]].tolist() for i in range(n)]
+# Ids: ours (shards) against encode_batch.
+ids = [a.tolist() for a in read_split(tk, "train")[0]]
 same = sum(a == e.ids for a, e in zip(ids, enc))
 print(json.dumps({"texts": len(texts), "ours_texts": len(ids), "max_length": max_length, "encode_batch_s": encode_batch_s,
                   "datasets_map_s": datasets_map_s, "identical_ids": same}))
