@@ -108,6 +108,15 @@ impl Plan {
         })
     }
 
+    fn device(&self) -> &'static str {
+        if self.cuda { "cuda" } else { "cpu" }
+    }
+
+    /// Both sides' precision: bf16 on CUDA, fp32 on CPU.
+    fn precision(&self) -> &'static str {
+        if self.cuda { "bf16" } else { "fp32" }
+    }
+
     fn has(&self, s: Section) -> bool {
         self.sections.contains(&s)
     }
@@ -242,12 +251,11 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, subset: usize) -> anyhow::R
         v["download"]["max_examples"] = json!({"train": subset, "validation": (subset / 10).max(50), "test": subset / 2});
     }
     v["tokenize"]["max_length"] = json!(plan.max_length);
-    let device = if plan.cuda { "cuda" } else { "cpu" };
     v["train"] = json!({
-        "device": device, "precision": if plan.cuda { "bf16" } else { "fp32" }, "epochs": plan.epochs,
+        "device": plan.device(), "precision": plan.precision(), "epochs": plan.epochs,
         "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50,
     });
-    v["evaluate"] = json!({"split": "test", "device": device, "bootstrap": 0});
+    v["evaluate"] = json!({"split": "test", "device": plan.device(), "bootstrap": 0});
     let path = plan.out.join(format!("{name}.yaml"));
     // Sections in stage order (a JSON object sorts its keys).
     let mut text = format!("name: {name}\n");
@@ -291,6 +299,12 @@ fn json_of(cmd: &mut Command, log: &Path) -> anyhow::Result<Value> {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
     serde_json::from_str(last).with_context(|| format!("{cmd:?} printed no JSON result; see {}", log.display()))
+}
+
+/// A JSON file an earlier step wrote.
+fn read_json(path: &Path) -> anyhow::Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))
 }
 
 fn python() -> PathBuf {
@@ -353,7 +367,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             tok = artifact_of(&o, Stage::Tokenize)?;
             // The stage does every split; its own timing of train (read parquet, encode, write
             // shards) is the part comparable with the references, which encode train only.
-            let meta: Value = serde_json::from_slice(&std::fs::read(tok.join("meta.json"))?)?;
+            let meta: Value = read_json(&tok.join("meta.json"))?;
             ours.0.push(num(&meta, &["splits", "train", "seconds"])?);
         }
         let py = json_of(
@@ -396,7 +410,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         let mut hf = (Runs::default(), Runs::default(), Runs::default());
         let mut fixed = (Runs::default(), Runs::default(), Runs::default());
         let mut bucketed = (Runs::default(), Runs::default(), Runs::default());
-        let meta: Value = serde_json::from_slice(&std::fs::read(sub_tok.join("meta.json"))?)?;
+        let meta: Value = read_json(&sub_tok.join("meta.json"))?;
         let mean_tokens = num(&meta, &["splits", "train", "mean_tokens"])?;
         for r in 0..plan.repeats {
             for (pad, acc) in [("max_length", &mut fixed), ("dynamic", &mut bucketed)] {
@@ -405,8 +419,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                     &params,
                     format!(
                         "device: {}\nprecision: {}\ninit: random\nmax_steps: {steps}\nbatch_size: {}\npadding: {pad}\nlog_every_steps: 1\nlearning_rate: 2.0e-5\n",
-                        if plan.cuda { "cuda" } else { "cpu" },
-                        if plan.cuda { "bf16" } else { "fp32" },
+                        plan.device(),
+                        plan.precision(),
                         plan.batch
                     ),
                 )?;
@@ -451,14 +465,14 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             // Real (unpadded) tokens: the split's mean kept length per sample.
             hf.2 .0.push(num(&v, &["samples_per_s"])? * mean_tokens);
         }
-        let hf_name = if plan.cuda { "HF Trainer, bf16, SDPA, padding max_length" } else { "HF Trainer, fp32, SDPA, padding max_length" };
+        let hf_name = format!("HF Trainer, {}, SDPA, padding max_length", plan.precision());
         for (what, side) in [("fixed padding", &fixed), ("length-bucketed", &bucketed)] {
             rows.push(Row {
                 section: "train",
                 figure: format!("samples/s @{}, batch {}, ours {what}", plan.max_length, plan.batch),
                 unit: "samples/s",
                 ours: side.0.clone(),
-                reference_name: hf_name.into(),
+                reference_name: hf_name.clone(),
                 reference: hf.0.clone(),
                 higher_is_better: true,
                 target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" },
@@ -469,7 +483,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             figure: "real tokens/s, ours length-bucketed (HF: samples/s × mean real length)".into(),
             unit: "tokens/s",
             ours: bucketed.2.clone(),
-            reference_name: hf_name.into(),
+            reference_name: hf_name.clone(),
             reference: hf.2.clone(),
             higher_is_better: true,
             target: "",
@@ -479,7 +493,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             figure: "peak RSS MiB (process), ours fixed padding".into(),
             unit: "MiB",
             ours: fixed.1.clone(),
-            reference_name: hf_name.into(),
+            reference_name: hf_name.clone(),
             reference: hf.1.clone(),
             higher_is_better: false,
             target: "",
@@ -491,13 +505,12 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         eprintln!("== time to accuracy ({} epochs on {} reviews, {} runs per side)", plan.epochs, if plan.subset > 0 { plan.subset.to_string() } else { "all".into() }, plan.full_runs);
         let (mut ours_wall, mut ours_acc, mut ours_eval) = (Runs::default(), Runs::default(), Runs::default());
         let (mut hf_wall, mut hf_acc, mut hf_eval) = (Runs::default(), Runs::default(), Runs::default());
-        let mut eval_art = PathBuf::new();
         for r in 0..plan.full_runs {
             let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
             ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
-            eval_art = artifact_of(&o, Stage::Evaluate)?;
-            let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
+            let m: Value = read_json(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
             ours_acc.0.push(num(&m, &["accuracy"])?);
+            ours_eval.0.push(num(&m, &["examples_per_second"])?);
             let v = json_of(
                 Command::new(python())
                     .arg(root().join("bench/hf_train.py"))
@@ -522,20 +535,18 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             hf_acc.0.push(num(&v, &["test_accuracy"])?);
             hf_eval.0.extend(nums(&v, "eval_examples_per_s_runs").0);
         }
-        let m: Value = serde_json::from_slice(&std::fs::read(eval_art.join("metrics.json"))?)?;
-        ours_eval.0.push(num(&m, &["examples_per_second"])?);
-        for _ in 1..plan.repeats {
+        for _ in plan.full_runs..plan.repeats {
             let o = run_stages(&sub, &plan, &bins, Some(Stage::Evaluate), &[Stage::Evaluate])?;
-            let m: Value = serde_json::from_slice(&std::fs::read(artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?)?;
+            let m: Value = read_json(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
             ours_eval.0.push(num(&m, &["examples_per_second"])?);
         }
-        let hf_full = if plan.cuda { "HF Trainer, bf16, padding max_length" } else { "HF Trainer, fp32, padding max_length" };
+        let hf_full = format!("HF Trainer, {}, padding max_length", plan.precision());
         rows.push(Row {
             section: "time to accuracy",
             figure: "test accuracy".into(),
             unit: "%",
             ours: ours_acc,
-            reference_name: hf_full.into(),
+            reference_name: hf_full.clone(),
             reference: hf_acc,
             higher_is_better: true,
             target: "",
@@ -545,7 +556,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             figure: "wall seconds, train + evaluate (ours: the stages, with per-epoch validation and checkpoints)".into(),
             unit: "s",
             ours: ours_wall,
-            reference_name: hf_full.into(),
+            reference_name: hf_full.clone(),
             reference: hf_wall,
             higher_is_better: false,
             target: if plan.cuda { "≥ 2x" } else { "" },
