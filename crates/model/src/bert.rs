@@ -43,32 +43,45 @@ pub fn forward(m: &Model, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> T
     let c = &m.config;
     let p = &m.params;
     let (b, l) = ids.size2().expect("ids must be (batch, len)");
-    let (h, nh) = (c.hidden_size, c.num_attention_heads);
-    let hd = h / nh;
     let word = Tensor::embedding(p.get("bert.embeddings.word_embeddings.weight"), ids, c.pad_token_id, false, false);
     let pos = p.get("bert.embeddings.position_embeddings.weight").narrow(0, 0, l);
     let typ = p.get("bert.embeddings.token_type_embeddings.weight").get(0);
     let mut x = dropout(&layer_norm(m, &(word + pos + typ), "bert.embeddings.LayerNorm"), c.hidden_dropout_prob, train);
     let attn_mask = mask.map(|mk| mk.to_kind(Kind::Bool).view([b, 1, 1, l]));
-    let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
-    for i in 0..c.num_hidden_layers {
-        let pre = format!("bert.encoder.layer.{i}");
-        let heads = |t: Tensor| t.view([b, l, nh, hd]).transpose(1, 2);
-        let q = heads(linear(m, &x, &format!("{pre}.attention.self.query")));
-        let k = heads(linear(m, &x, &format!("{pre}.attention.self.key")));
-        let v = heads(linear(m, &x, &format!("{pre}.attention.self.value")));
-        let ctx = attention(&q, &k, &v, attn_mask.as_ref(), attn_drop);
-        let ctx = ctx.transpose(1, 2).reshape([b, l, h]);
-        let a = dropout(&linear(m, &ctx, &format!("{pre}.attention.output.dense")), c.hidden_dropout_prob, train);
-        let a = layer_norm(m, &(a.to_kind(Kind::Float) + &x), &format!("{pre}.attention.output.LayerNorm"));
-        let inter = act(m, &linear(m, &a, &format!("{pre}.intermediate.dense")));
-        let o = dropout(&linear(m, &inter, &format!("{pre}.output.dense")), c.hidden_dropout_prob, train);
-        x = layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"));
+    let last = c.num_hidden_layers - 1;
+    for i in 0..last {
+        x = layer(m, i, &x, &x, attn_mask.as_ref(), train);
     }
+    // Only [CLS] goes on to the pooler, so the last layer computes its output for that position
+    // alone (keys and values still come from every token): the same logits, with about 5/6 of
+    // the last layer's work left out.
+    let x = layer(m, last, &x.narrow(1, 0, 1), &x, attn_mask.as_ref(), train);
     let cls = x.select(1, 0);
     let pooled = linear(m, &cls, "bert.pooler.dense").tanh();
     let pooled = dropout(&pooled, c.classifier_dropout(), train);
     linear(m, &pooled, "classifier").to_kind(Kind::Float)
+}
+
+/// Encoder layer `i` for the positions of `xq` (`(batch, lq, hidden)`), attending over all
+/// positions of `x` (`(batch, l, hidden)`); `xq` is `x` itself or a prefix of its positions.
+fn layer(m: &Model, i: i64, xq: &Tensor, x: &Tensor, attn_mask: Option<&Tensor>, train: bool) -> Tensor {
+    let c = &m.config;
+    let (h, nh) = (c.hidden_size, c.num_attention_heads);
+    let hd = h / nh;
+    let (b, lq, _) = xq.size3().expect("hidden states must be (batch, len, hidden)");
+    let pre = format!("bert.encoder.layer.{i}");
+    let heads = |t: Tensor| t.view([b, -1, nh, hd]).transpose(1, 2);
+    let q = heads(linear(m, xq, &format!("{pre}.attention.self.query")));
+    let k = heads(linear(m, x, &format!("{pre}.attention.self.key")));
+    let v = heads(linear(m, x, &format!("{pre}.attention.self.value")));
+    let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
+    let ctx = attention(&q, &k, &v, attn_mask, attn_drop);
+    let ctx = ctx.transpose(1, 2).reshape([b, lq, h]);
+    let a = dropout(&linear(m, &ctx, &format!("{pre}.attention.output.dense")), c.hidden_dropout_prob, train);
+    let a = layer_norm(m, &(a.to_kind(Kind::Float) + xq), &format!("{pre}.attention.output.LayerNorm"));
+    let inter = act(m, &linear(m, &a, &format!("{pre}.intermediate.dense")));
+    let o = dropout(&linear(m, &inter, &format!("{pre}.output.dense")), c.hidden_dropout_prob, train);
+    layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"))
 }
 
 /// Scaled dot-product attention over `(batch, heads, len, head_dim)` with a boolean key mask

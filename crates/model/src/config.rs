@@ -99,6 +99,19 @@ impl BertConfig {
                 bail!("model_type `{t}` is not supported yet (only `bert`: BERT, MiniLM and other BertModel checkpoints)");
             }
         }
+        for (key, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v < 1 {
+                bail!("config.json: {key} must be at least 1, got {v}");
+            }
+        }
         if self.hidden_size % self.num_attention_heads != 0 {
             bail!("hidden_size {} is not a multiple of num_attention_heads {}", self.hidden_size, self.num_attention_heads);
         }
@@ -124,5 +137,22 @@ impl BertConfig {
         // Matrix products per token per layer: QKV + output (4h²) and the MLP (2hi), 2 FLOPs each,
         // plus attention scores and mixing (2·2·seq·h).
         l * (2.0 * (4.0 * h * h + 2.0 * h * i) + 4.0 * seq as f64 * h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_below_one_are_refused_by_name() {
+        assert!(BertConfig::tiny(100).check().is_ok());
+        for key in ["num_attention_heads", "num_hidden_layers", "hidden_size"] {
+            let mut v = serde_json::to_value(BertConfig::tiny(100)).expect("serializes");
+            v[key] = serde_json::json!(0);
+            let c: BertConfig = serde_json::from_value(v).expect("parses");
+            let e = c.check().expect_err("refused").to_string();
+            assert!(e.contains(key) && e.contains("at least 1"), "{e}");
+        }
     }
 }
