@@ -104,6 +104,43 @@ fn resumed_run_is_bit_identical() {
 }
 
 #[test]
+fn checkpoint_copies_stay_as_they_were_taken() {
+    // Checkpoints are written on a background thread while training goes on: what it writes must
+    // be a copy, also on CPU, where moving a tensor to the host would share its memory.
+    let _rng = tests::torch_rng();
+    let m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
+    let opt = train::optim::AdamW::new(&m.params, 0.01);
+    let weights = m.params.host_copy(tch::Kind::Float);
+    let moments = opt.named_state(&m.params);
+    tch::no_grad(|| {
+        let _ = m.params.flat().shallow_clone().fill_(5.0);
+        let _ = opt.m.shallow_clone().fill_(5.0);
+        let _ = opt.v.shallow_clone().fill_(5.0);
+    });
+    assert_eq!(weights.len(), m.params.len());
+    assert!(weights.iter().all(|(_, t)| t.max().double_value(&[]) < 5.0), "a weight copy followed the parameters");
+    assert!(moments.iter().all(|(_, t)| t.abs().max().double_value(&[]) == 0.0), "a moment copy followed the optimizer");
+}
+
+#[test]
+fn a_failed_checkpoint_write_fails_the_run() {
+    let _rng = tests::torch_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic(tmp.path(), 64);
+    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
+    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let p = params("device: cpu\nepochs: 2\nlearning_rate: 1.0e-3\nbatch_size: 16\n");
+    let work = tmp.path().join("w");
+    std::fs::create_dir_all(&work).unwrap();
+    // A file where the writer's temporary checkpoint directory goes.
+    std::fs::write(work.join("checkpoint.tmp"), b"in the way").unwrap();
+    let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
+    let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &work, None)).unwrap_err());
+    assert!(e.contains("checkpoint.tmp"), "{e}");
+    assert!(!work.join("checkpoint").exists(), "no checkpoint was published");
+}
+
+#[test]
 fn bf16_compute_trains_on_cpu() {
     let _rng = tests::torch_rng();
     let tmp = tempfile::tempdir().unwrap();

@@ -23,12 +23,26 @@ impl Predictions {
 }
 
 /// Moves a padded batch to the device: ids, mask (None when nothing is padded), labels.
+///
+/// One host-to-device copy, and on CUDA a non-blocking one: a blocking copy synchronizes the
+/// stream, so the host would wait for the step in flight and the GPU would then idle while the
+/// host queues the next step's kernels. From pageable memory the driver stages the bytes before
+/// the call returns, so the host buffer may go right after.
 pub fn to_device(b: &shards::Batch, device: Device) -> (Tensor, Option<Tensor>, Tensor) {
-    let shape = [b.rows as i64, b.len as i64];
-    let ids = Tensor::from_slice(&b.ids).view(shape).to_device(device);
+    let (rows, len) = (b.rows as i64, b.len as i64);
+    let n = rows * len;
     let padded = b.tokens < b.rows * b.len;
-    let mask = padded.then(|| Tensor::from_slice(&b.mask).view(shape).to_device(device));
-    let labels = Tensor::from_slice(&b.labels).to_device(device);
+    let mut host = Vec::with_capacity(b.ids.len() + b.mask.len() + b.labels.len());
+    host.extend_from_slice(&b.ids);
+    if padded {
+        host.extend_from_slice(&b.mask);
+    }
+    host.extend_from_slice(&b.labels);
+    let all = Tensor::from_slice(&host);
+    let all = if device == Device::Cpu { all } else { all.to_device_(device, Kind::Int64, true, false) };
+    let ids = all.narrow(0, 0, n).view([rows, len]);
+    let mask = padded.then(|| all.narrow(0, n, n).view([rows, len]));
+    let labels = all.narrow(0, if padded { 2 * n } else { n }, rows);
     (ids, mask, labels)
 }
 
@@ -38,24 +52,29 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
     let lengths = split.lengths();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
-    let mut probs = vec![Vec::new(); n];
-    let mut loss_sum = 0.0;
+    // Logits and the loss stay on the device until the end: reading them back per batch would
+    // make the host wait for each batch before queuing the next.
+    let mut logits = Vec::new();
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut tokens = 0;
     tch::no_grad(|| {
         for chunk in order.chunks(batch_size.max(1)) {
             let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
             tokens += b.tokens;
             let (ids, mask, labels) = to_device(&b, device);
-            let logits = model.forward(&ids, mask.as_ref(), false);
-            let loss = logits.cross_entropy_for_logits(&labels);
-            loss_sum += loss.double_value(&[]) * chunk.len() as f64;
-            let p = logits.softmax(-1, Kind::Float).to_device(Device::Cpu);
-            let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
-            let c = model.num_labels as usize;
-            for (r, &i) in chunk.iter().enumerate() {
-                probs[i] = flat[r * c..(r + 1) * c].to_vec();
-            }
+            let l = model.forward(&ids, mask.as_ref(), false);
+            loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
+            logits.push(l);
         }
     });
-    Predictions { probs, loss: if n == 0 { 0.0 } else { loss_sum / n as f64 }, tokens }
+    let mut probs = vec![Vec::new(); n];
+    if n > 0 {
+        let p = Tensor::cat(&logits, 0).softmax(-1, Kind::Float).to_device(Device::Cpu);
+        let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
+        let c = model.num_labels as usize;
+        for (r, &i) in order.iter().enumerate() {
+            probs[i] = flat[r * c..(r + 1) * c].to_vec();
+        }
+    }
+    Predictions { probs, loss: if n == 0 { 0.0 } else { loss_sum.double_value(&[]) / n as f64 }, tokens }
 }

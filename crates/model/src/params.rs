@@ -281,16 +281,15 @@ impl Params {
         Ok(())
     }
 
+    /// The parameters under HF names as `kind`, copied to host memory — a copy on CPU too, so it
+    /// stays as it is while training goes on changing the parameters.
+    pub fn host_copy(&self, kind: Kind) -> Vec<(String, Tensor)> {
+        self.names.iter().zip(&self.tensors).map(|(n, t)| (n.clone(), t.detach().to_device_(Device::Cpu, kind, false, true))).collect()
+    }
+
     /// Saves under HF names, as `kind` (fp32, bf16 or fp16).
     pub fn save(&self, path: &Path, kind: Kind) -> anyhow::Result<()> {
-        let named: Vec<(String, Tensor)> = self
-            .names
-            .iter()
-            .zip(&self.tensors)
-            .map(|(n, t)| (n.clone(), t.detach().to_kind(kind).to_device(Device::Cpu).contiguous()))
-            .collect();
-        Tensor::write_safetensors(&named, path).with_context(|| format!("writing {}", path.display()))?;
-        Ok(())
+        Tensor::write_safetensors(&self.host_copy(kind), path).with_context(|| format!("writing {}", path.display()))
     }
 
     /// Whether a parameter gets weight decay (HF Trainer: not biases, not LayerNorm weights).

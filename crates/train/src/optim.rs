@@ -128,12 +128,14 @@ impl AdamW {
         Tensor::from(norm as f32)
     }
 
-    /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`).
+    /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`), copied to host
+    /// memory (a copy on CPU too: later steps do not change it).
     pub fn named_state(&self, params: &model::Params) -> Vec<(String, Tensor)> {
+        let host = |t: Tensor| t.to_device_(tch::Device::Cpu, Kind::Float, false, true);
         let mut out = Vec::new();
         for (i, n) in params.names.iter().enumerate() {
-            out.push((format!("m.{n}"), params.view_of(&self.m, i).to_device(tch::Device::Cpu)));
-            out.push((format!("v.{n}"), params.view_of(&self.v, i).to_device(tch::Device::Cpu)));
+            out.push((format!("m.{n}"), host(params.view_of(&self.m, i))));
+            out.push((format!("v.{n}"), host(params.view_of(&self.v, i))));
         }
         out
     }

@@ -85,19 +85,60 @@ pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32,
     })
 }
 
-fn save_checkpoint(job: &Job, opt: &AdamW, st: &State) -> anyhow::Result<()> {
-    let dir = &job.work;
-    let tmp = dir.join("checkpoint.tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    job.model.params.save(&tmp.join("weights.safetensors"), Kind::Float)?;
-    Tensor::write_safetensors(&opt.named_state(&job.model.params), tmp.join("optimizer.safetensors"))
-        .context("writing the optimizer state")?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(st)?)?;
-    let fin = dir.join("checkpoint");
-    let _ = std::fs::remove_dir_all(&fin);
-    std::fs::rename(&tmp, &fin).with_context(|| format!("publishing checkpoint {}", fin.display()))?;
-    Ok(())
+/// Writes checkpoints and best weights on a background thread, one write at a time. The tensors
+/// are copied to host memory first, so training goes on while the files are written (on a GPU,
+/// writing four copies of the model at each validation takes as long as a small model's epoch).
+/// Each file is written under a temporary name and renamed into place. A failed write is
+/// reported by the next [`Writer::start`] or [`Writer::wait`]; dropping the writer waits for it.
+#[derive(Default)]
+struct Writer(Option<std::thread::JoinHandle<anyhow::Result<()>>>);
+
+impl Writer {
+    /// Waits for the write in flight, if any, and returns its outcome.
+    fn wait(&mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(h) => h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the checkpoint writer panicked"))),
+            None => Ok(()),
+        }
+    }
+
+    fn start(&mut self, write: impl FnOnce() -> anyhow::Result<()> + Send + 'static) -> anyhow::Result<()> {
+        self.wait()?;
+        self.0 = Some(std::thread::spawn(write));
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.wait();
+    }
+}
+
+/// Starts writing the checkpoint for `st` (weights, Adam moments, state) and, when `best`, the
+/// best weights, which are the same weights.
+fn save_checkpoint(job: &Job, opt: &AdamW, st: &State, best: bool, writer: &mut Writer) -> anyhow::Result<()> {
+    let weights = job.model.params.host_copy(Kind::Float);
+    let moments = opt.named_state(&job.model.params);
+    let state = serde_json::to_vec_pretty(st)?;
+    let dir = job.work.clone();
+    writer.start(move || {
+        if best {
+            let tmp = dir.join("best.safetensors.tmp");
+            Tensor::write_safetensors(&weights, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, dir.join("best.safetensors")).context("publishing best.safetensors")?;
+        }
+        let tmp = dir.join("checkpoint.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Tensor::write_safetensors(&weights, tmp.join("weights.safetensors")).context("writing the checkpoint weights")?;
+        Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors")).context("writing the optimizer state")?;
+        std::fs::write(tmp.join("state.json"), state)?;
+        let fin = dir.join("checkpoint");
+        let _ = std::fs::remove_dir_all(&fin);
+        std::fs::rename(&tmp, &fin).with_context(|| format!("publishing checkpoint {}", fin.display()))?;
+        Ok(())
+    })
 }
 
 /// Loads the checkpoint in `work`, if any.
@@ -196,8 +237,16 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let t_start = Instant::now();
     let base_seconds = st.train_seconds;
     let mut interrupted = false;
-    let validate_and_checkpoint = |job: &Job, st: &mut State, opt: &AdamW, log: &mut std::fs::File, last_eval: &mut Option<serde_json::Value>| -> anyhow::Result<bool> {
+    let mut writer = Writer::default();
+    let validate_and_checkpoint = |job: &Job,
+                                   st: &mut State,
+                                   opt: &AdamW,
+                                   log: &mut std::fs::File,
+                                   last_eval: &mut Option<serde_json::Value>,
+                                   writer: &mut Writer|
+     -> anyhow::Result<bool> {
         let mut stop = false;
+        let mut best = false;
         let t_eval = Instant::now();
         if let Some(val) = job.val {
             let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class);
@@ -210,7 +259,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 st.best_metric = Some(m);
                 st.best_step = Some(st.step);
                 st.evals_without_improvement = 0;
-                job.model.params.save(&job.work.join("best.safetensors"), Kind::Float)?;
+                best = true;
             } else {
                 st.evals_without_improvement += 1;
                 if p.early_stopping_patience.is_some_and(|pat| st.evals_without_improvement >= pat) {
@@ -228,7 +277,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             ));
             *last_eval = Some(ev);
         }
-        save_checkpoint(job, opt, st)?;
+        save_checkpoint(job, opt, st, best, writer)?;
         st.eval_seconds += t_eval.elapsed().as_secs_f64();
         st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
         Ok(stop)
@@ -299,7 +348,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);
             }
-            if p.eval_every_steps.is_some_and(|e| st.step % e == 0) && st.step < total_steps && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval)? {
+            if p.eval_every_steps.is_some_and(|e| st.step % e == 0) && st.step < total_steps && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval, &mut writer)? {
                 st.done = true;
                 break 'outer;
             }
@@ -308,7 +357,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             if job.stop_after == Some(st.step) {
                 st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
-                save_checkpoint(&job, &opt, &st)?;
+                save_checkpoint(&job, &opt, &st, false, &mut writer)?;
                 interrupted = true;
                 break 'outer;
             }
@@ -322,11 +371,12 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             st.done = true;
         }
         let epoch_end = p.eval_every_steps.is_none() || finished;
-        if epoch_end && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval)? {
+        if epoch_end && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval, &mut writer)? {
             st.done = true;
         }
     }
     bar.finish_and_clear();
+    writer.wait()?;
     st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
     // Throughput counts the training loop only, not validation and checkpoints.
     let secs = (st.train_seconds - st.eval_seconds).max(1e-9);
