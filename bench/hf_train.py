@@ -5,9 +5,10 @@ ids* as ours, read from our token shards (so tokenization is not part of the com
   python3 hf_train.py imdb --model MODELDIR --tokens TOKDIR --batch 128 --lr 1e-4 --epochs 3
 
 Prints one JSON object. Throughput: samples/s over the steps after the first --warmup (fixed
-shapes: every batch padded to --length). imdb: padding to max_length as the seed notebook does,
-then Trainer.evaluate on the test split (--eval-repeats times). Peak memory: the process's
-maximum RSS, and on CUDA torch's peak allocation.
+shapes: every batch padded to --length). imdb: padding to max_length as the seed notebook does
+(--dynamic: to each batch's longest row, as DataCollatorWithPadding), then Trainer.evaluate on
+the test split (--eval-repeats times). Peak memory: the process's maximum RSS, and on CUDA
+torch's peak allocation.
 """
 import argparse
 import json
@@ -49,10 +50,10 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter())
 
 
-def args_for(out, batch, workers, **kw):
+def args_for(out, batch, workers, seed=42, **kw):
     return TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch, per_device_eval_batch_size=256, bf16=torch.cuda.is_available(),
-        save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=42, dataloader_num_workers=workers,
+        save_strategy="no", eval_strategy="no", report_to=[], logging_steps=50, seed=seed, dataloader_num_workers=workers,
         disable_tqdm=True, **kw)
 
 
@@ -77,6 +78,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--dynamic", action="store_true", help="pad each batch to its longest row (imdb mode)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=42, help="Trainer seed (imdb mode)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -108,7 +110,7 @@ def main():
             def collate(rows):
                 n = max(int(r["attention_mask"].sum()) for r in rows)
                 return {k: torch.stack([r[k][:n] if r[k].dim() else r[k] for r in rows]) for k in rows[0]}
-        tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, a.workers, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01),
+        tr = Trainer(model=model, args=args_for("/tmp/hf-imdb", a.batch, a.workers, num_train_epochs=a.epochs, learning_rate=a.lr, weight_decay=0.01, seed=a.seed),
                      train_dataset=ds, compute_metrics=metrics, data_collator=collate)
         t0 = time.perf_counter()
         out = tr.train()

@@ -58,6 +58,9 @@ pub struct Args {
     /// Runs of each tokenize, throughput, evaluate and cache figure.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Seed of the data subset and validation carve, and of both sides' training.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
     /// Full fine-tunes per side for time-to-accuracy.
     #[arg(long, default_value_t = 1)]
     full_runs: usize,
@@ -258,10 +261,11 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, subset: usize) -> anyhow::R
     if subset > 0 {
         v["download"]["max_examples"] = json!({"train": subset, "validation": (subset / 10).max(50), "test": subset / 2});
     }
+    v["download"]["validation"]["seed"] = json!(a.seed);
     v["tokenize"]["max_length"] = json!(plan.max_length);
     v["train"] = json!({
         "device": plan.device(), "precision": plan.precision(), "epochs": plan.epochs,
-        "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50,
+        "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50, "seed": a.seed,
     });
     v["evaluate"] = json!({"split": "test", "device": plan.device(), "bootstrap": 0});
     let path = plan.out.join(format!("{name}.yaml"));
@@ -345,7 +349,7 @@ fn context(plan: &Plan, a: &Args) -> Value {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "python": cmd_out(Command::new(python()).args(["-c", "import torch, transformers, tokenizers, datasets; print('torch', torch.__version__, '· transformers', transformers.__version__, '· tokenizers', tokenizers.__version__, '· datasets', datasets.__version__)"])),
         "gpu": if plan.cuda { cmd_out(Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"])) } else { String::new() },
-        "device": a.device, "model": a.model, "dataset": a.dataset, "subset": plan.subset, "max_length": plan.max_length,
+        "device": a.device, "model": a.model, "dataset": a.dataset, "subset": plan.subset, "seed": a.seed, "max_length": plan.max_length,
         "batch_size": plan.batch, "learning_rate": plan.lr, "epochs": plan.epochs, "repeats": plan.repeats,
         "sections": format!("{:?}", plan.sections), "full_runs": plan.full_runs, "throughput_steps": {"warmup": plan.warmup_steps, "measured": plan.measured_steps},
     })
@@ -539,6 +543,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                     .arg(plan.max_length.to_string())
                     .arg("--eval-repeats")
                     .arg(plan.repeats.to_string())
+                    .arg("--seed")
+                    .arg(a.seed.to_string())
                     .args(plan.hf_dynamic().then_some("--dynamic")),
                 &logs.join(format!("hf-imdb-{r}.log")),
             )?;
@@ -643,7 +649,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 fn render(ctx: &Value, rows: &[Row]) -> String {
     let s = |k: &str| ctx[k].as_str().unwrap_or("").to_string();
     let mut t = format!(
-        "Benchmark {} · commit {} · {} ({} cores){} · {}\n\n{} on {} · subset {} · max_length {} · batch {} · {} repeats, median (min–max)\n\n",
+        "Benchmark {} · commit {} · {} ({} cores){} · {}\n\n{} on {} · subset {} (seed {}) · max_length {} · batch {} · {} repeats, median (min–max)\n\n",
         s("date"),
         s("commit"),
         s("cpu"),
@@ -653,6 +659,7 @@ fn render(ctx: &Value, rows: &[Row]) -> String {
         s("model"),
         s("dataset"),
         ctx["subset"],
+        ctx["seed"],
         ctx["max_length"],
         ctx["batch_size"],
         ctx["repeats"],
