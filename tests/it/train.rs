@@ -26,6 +26,15 @@ fn synthetic(dir: &Path, n: usize) {
     std::fs::write(dir.join("meta.json"), r#"{"max_length": 16, "pad_id": 0, "vocab_size": 64}"#).unwrap();
 }
 
+/// The synthetic task with `n` train examples in a fresh directory: (directory, train, validation).
+fn task(n: usize) -> (tempfile::TempDir, shards::Split, shards::Split) {
+    let tmp = tempfile::tempdir().unwrap();
+    synthetic(tmp.path(), n);
+    let train = shards::Split::open(tmp.path(), "train").unwrap();
+    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    (tmp, train, val)
+}
+
 fn params(yaml: &str) -> TrainParams {
     serde_yaml_ng::from_str(yaml).unwrap()
 }
@@ -49,10 +58,7 @@ fn job<'a>(p: &'a TrainParams, m: &'a mut model::Model, train: &'a shards::Split
 #[test]
 fn tiny_bert_learns_a_separable_task() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 400);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(400);
     let p = params("device: cpu\nepochs: 6\nlearning_rate: 2.0e-3\nbatch_size: 16\nwarmup_ratio: 0.1\nlog_every_steps: 5\n");
     let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
     let t = std::time::Instant::now();
@@ -71,10 +77,7 @@ fn tiny_bert_learns_a_separable_task() {
 #[test]
 fn resumed_run_is_bit_identical() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 200);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(200);
     let p = params("device: cpu\nepochs: 3\nlearning_rate: 1.0e-3\nbatch_size: 16\nwarmup_ratio: 0.2\nlog_every_steps: 4\ngrad_accum: 2\n");
     let fresh = || model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 7).unwrap();
     let mut a = fresh();
@@ -125,10 +128,7 @@ fn checkpoint_copies_stay_as_they_were_taken() {
 #[test]
 fn a_failed_checkpoint_write_fails_the_run() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 64);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(64);
     let p = params("device: cpu\nepochs: 2\nlearning_rate: 1.0e-3\nbatch_size: 16\n");
     let work = tmp.path().join("w");
     std::fs::create_dir_all(&work).unwrap();
@@ -143,10 +143,7 @@ fn a_failed_checkpoint_write_fails_the_run() {
 #[test]
 fn bf16_compute_trains_on_cpu() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 200);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(200);
     let p = params("device: cpu\nprecision: bf16\nepochs: 6\nlearning_rate: 2.0e-3\nbatch_size: 16\n");
     let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
     m.compute = train::compute_kind(p.precision, tch::Device::Cpu);
@@ -160,10 +157,7 @@ fn bf16_compute_trains_on_cpu() {
 #[test]
 fn a_diverging_run_stops_and_names_the_step() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 100);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(100);
     let p = params("device: cpu\nepochs: 2\nlearning_rate: 1.0e+30\nmax_grad_norm: 0\nbatch_size: 16\nlog_every_steps: 1\n");
     let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
     let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err());
@@ -184,10 +178,7 @@ fn cuda_without_a_gpu_is_a_clear_error() {
 #[test]
 fn early_stopping_ends_training_when_validation_stalls() {
     let _rng = tests::torch_rng();
-    let tmp = tempfile::tempdir().unwrap();
-    synthetic(tmp.path(), 100);
-    let train_s = shards::Split::open(tmp.path(), "train").unwrap();
-    let val = shards::Split::open(tmp.path(), "validation").unwrap();
+    let (tmp, train_s, val) = task(100);
     // A learning rate this small never changes validation accuracy: no improvement after the
     // first evaluation, so patience 1 stops after the second epoch of ten.
     let p = params("device: cpu\nepochs: 10\nlearning_rate: 1.0e-12\nbatch_size: 16\nearly_stopping_patience: 1\n");

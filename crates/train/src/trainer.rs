@@ -376,7 +376,9 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         }
     }
     bar.finish_and_clear();
+    let t_wait = Instant::now();
     writer.wait()?;
+    st.eval_seconds += t_wait.elapsed().as_secs_f64();
     st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
     // Throughput counts the training loop only, not validation and checkpoints.
     let secs = (st.train_seconds - st.eval_seconds).max(1e-9);
