@@ -24,10 +24,11 @@ impl Predictions {
 
 /// Moves a padded batch to the device: ids, mask (None when nothing is padded), labels.
 ///
-/// One host-to-device copy, and on CUDA a non-blocking one: a blocking copy synchronizes the
-/// stream, so the host would wait for the step in flight and the GPU would then idle while the
-/// host queues the next step's kernels. From pageable memory the driver stages the bytes before
-/// the call returns, so the host buffer may go right after.
+/// One host-to-device copy, and on CUDA a non-blocking one from page-locked memory: a blocking
+/// copy synchronizes the stream, so the host would wait for the step in flight and the GPU would
+/// then idle while the host queues the next step's kernels (and from pageable memory the driver
+/// may synchronize too). The page-locked buffer comes from libtorch's pinned-memory cache, which
+/// reuses it only once the copy is done; if pinning fails, the copy goes from pageable memory.
 pub fn to_device(b: &shards::Batch, device: Device) -> (Tensor, Option<Tensor>, Tensor) {
     let (rows, len) = (b.rows as i64, b.len as i64);
     let n = rows * len;
@@ -39,7 +40,10 @@ pub fn to_device(b: &shards::Batch, device: Device) -> (Tensor, Option<Tensor>, 
     }
     host.extend_from_slice(&b.labels);
     let all = Tensor::from_slice(&host);
-    let all = if device == Device::Cpu { all } else { all.to_device_(device, Kind::Int64, true, false) };
+    let all = match device {
+        Device::Cpu => all,
+        _ => all.f_internal_pin_memory(device).unwrap_or(all).to_device_(device, Kind::Int64, true, false),
+    };
     let ids = all.narrow(0, 0, n).view([rows, len]);
     let mask = padded.then(|| all.narrow(0, n, n).view([rows, len]));
     let labels = all.narrow(0, if padded { 2 * n } else { n }, rows);
