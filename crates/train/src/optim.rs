@@ -66,9 +66,10 @@ impl AdamW {
     }
 
     /// [`AdamW::step`] on CPU as one fused pass over the parameters, the gradients and both
-    /// moments (on all cores), instead of a dozen whole-buffer passes and a copy of the gradients:
-    /// about 0.15 s less per step for MiniLM's 22.7M parameters on 2 cores. Same arithmetic, in
-    /// fp32 as libtorch's; a parameter without a gradient is left alone, as torch's AdamW does.
+    /// moments (on all cores, vectorized), instead of a dozen whole-buffer passes and a copy of
+    /// the gradients: ~40 ms per step for MiniLM's 22.7M parameters on 2 cores (~80 ms, timed
+    /// the same way, before its loops were written to vectorize). Same arithmetic, in fp32 as
+    /// libtorch's; a parameter without a gradient is left alone, as torch's AdamW does.
     fn step_cpu(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         use rayon::prelude::*;
         self.step += 1;
@@ -87,7 +88,7 @@ impl AdamW {
             // SAFETY: a contiguous fp32 CPU tensor of `len` elements, alive while `grads` is.
             unsafe { std::slice::from_raw_parts(addr as *const f32, len) }
         };
-        let sq: f64 = raw.par_iter().map(|&(_, a, n)| slice(a, n).iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum();
+        let sq: f64 = raw.par_iter().map(|&(_, a, n)| sum_of_squares(slice(a, n))).sum();
         let norm = sq.sqrt();
         let coef = if max_grad_norm > 0.0 { (max_grad_norm / (norm + 1e-6)).min(1.0) } else { 1.0 } as f32;
         let (b1, b2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
@@ -114,14 +115,18 @@ impl AdamW {
                         std::slice::from_raw_parts_mut((vp as *mut f32).add(off), g.len()),
                     )
                 };
-                for j in 0..g.len() {
-                    let gj = g[j] * coef;
-                    if off + j < n_decay {
-                        p[j] *= decay;
-                    }
-                    m[j] += b1 * (gj - m[j]);
-                    v[j] += b2 * (gj * gj - v[j]);
-                    p[j] -= step_size * m[j] / (v[j].sqrt() / sqrt_bc2 + eps);
+                // Decay first, then the Adam update, per element as before; written as plain
+                // slice loops over local scalars so the compiler vectorizes them.
+                let (coef, b1, b2, step_size, sqrt_bc2, eps, decay) = (coef, b1, b2, step_size, sqrt_bc2, eps, decay);
+                let decayed = n_decay.saturating_sub(off).min(g.len());
+                for x in &mut p[..decayed] {
+                    *x *= decay;
+                }
+                for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                    let g = g * coef;
+                    *m += b1 * (g - *m);
+                    *v += b2 * (g * g - *v);
+                    *p -= step_size * *m / (v.sqrt() / sqrt_bc2 + eps);
                 }
             });
         });
@@ -156,6 +161,19 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// The sum of squares of `x` in f64, kept in eight running sums so the loop vectorizes.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += f64::from(v) * f64::from(v);
+        }
+    }
+    acc.iter().sum::<f64>() + rest
 }
 
 /// Learning-rate multiplier for optimizer step `step` (0-based), as HF's linear schedule.
