@@ -36,6 +36,9 @@ pub struct Params {
     flat_order: Vec<usize>,
     /// Elements of `flat` that get weight decay (a prefix).
     n_decay: i64,
+    /// Holds every parameter only for [`Params::zero_grad`]: libtorch's `Optimizer::zero_grad`
+    /// is the one call tch exposes that resets gradients to undefined. Never stepped.
+    grad_reset: tch::COptimizer,
 }
 
 fn layout(c: &BertConfig, num_labels: i64) -> Vec<(String, Vec<i64>, Init)> {
@@ -137,7 +140,11 @@ impl Params {
             })
             .collect();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
-        Params { names, tensors, index, flat, offsets, flat_order, n_decay }
+        let mut grad_reset = tch::COptimizer::sgd(0.0, 0.0, 0.0, 0.0, false).expect("libtorch builds an SGD optimizer");
+        for t in &tensors {
+            grad_reset.add_parameters(t, 0).expect("libtorch takes a parameter");
+        }
+        Params { names, tensors, index, flat, offsets, flat_order, n_decay, grad_reset }
     }
 
     /// The flat fp32 buffer every parameter is a view of.
@@ -186,13 +193,13 @@ impl Params {
             .collect()
     }
 
-    /// Clears every parameter's gradient.
+    /// Clears every parameter's gradient: resets it to undefined, as PyTorch's
+    /// `zero_grad(set_to_none=True)`. The next backward pass then hands each parameter its new
+    /// gradient instead of adding it to zeros — a zeroing pass and an adding pass over the whole
+    /// model saved per step, same values.
     pub fn zero_grad(&self) {
-        for p in &self.tensors {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
+        if let Err(e) = self.grad_reset.zero_grad() {
+            panic!("libtorch could not reset the gradients: {e}");
         }
     }
 
@@ -317,5 +324,18 @@ mod tests {
         assert!(!Params::decays("bert.encoder.layer.0.attention.self.query.bias"));
         assert!(!Params::decays("bert.embeddings.LayerNorm.weight"));
         assert!(!Params::decays("classifier.bias"));
+    }
+
+    #[test]
+    fn zero_grad_leaves_no_gradient_and_the_next_one_is_exact() {
+        let _rng = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let p = Params::init(&BertConfig::tiny(20), 2, Device::Cpu, 3);
+        let loss = |k: f64| p.tensors.iter().map(|t| (t * k).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
+        loss(2.0).backward();
+        assert!(p.tensors.iter().all(|t| t.grad().defined()));
+        p.zero_grad();
+        assert!(p.tensors.iter().all(|t| !t.grad().defined()), "gradients reset to undefined");
+        loss(3.0).backward();
+        assert!(p.tensors.iter().all(|t| t.grad().equal(&t.ones_like().g_mul_scalar(3.0))), "the new gradient alone");
     }
 }
