@@ -89,31 +89,38 @@ impl Tok {
     pub fn encode_general(&self, text: &str, p: &TokenizeParams) -> anyhow::Result<(Vec<u32>, u32)> {
         let enc = self.tokenizer.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
         let specials = self.tokenizer.get_post_processor().map(|pp| pp.added_tokens(false)).unwrap_or(0);
-        let budget = p.max_length.saturating_sub(specials);
         let full = enc.len() + specials;
-        let body: Encoding = if enc.len() <= budget {
-            enc
+        let (head_n, tail_n) = kept(enc.len(), p.max_length.saturating_sub(specials), p);
+        let body: Encoding = if tail_n == 0 {
+            let mut e = enc;
+            e.truncate(head_n, 0, TruncationDirection::Right);
+            e
         } else {
-            match p.truncation {
-                Truncation::Head => {
-                    let mut e = enc;
-                    e.truncate(budget, 0, TruncationDirection::Right);
-                    e
-                }
-                Truncation::HeadTail => {
-                    let head_n = p.head_tokens.min(budget);
-                    let mut head = enc.clone();
-                    head.truncate(head_n, 0, TruncationDirection::Right);
-                    let mut tail = enc;
-                    tail.truncate(budget - head_n, 0, TruncationDirection::Left);
-                    head.merge_with(tail, false);
-                    head
-                }
-            }
+            let mut head = enc.clone();
+            head.truncate(head_n, 0, TruncationDirection::Right);
+            let mut tail = enc;
+            tail.truncate(tail_n, 0, TruncationDirection::Left);
+            head.merge_with(tail, false);
+            head
         };
         let done = self.tokenizer.post_process(body, None, true).map_err(|e| anyhow::anyhow!("adding special tokens: {e}"))?;
         Ok((done.get_ids().to_vec(), full as u32))
     }
+}
+
+/// The pipeline's truncation rule: of a text's `len` tokens (special tokens aside) with room for
+/// `budget`, how many to keep from the start and from the end. All of them when they fit (as
+/// the head); else the head (`head`), or `head_tokens` from the start and the rest from the end
+/// (`head_tail`).
+fn kept(len: usize, budget: usize, p: &TokenizeParams) -> (usize, usize) {
+    if len <= budget {
+        return (len, 0);
+    }
+    let head = match p.truncation {
+        Truncation::Head => budget,
+        Truncation::HeadTail => p.head_tokens.min(budget),
+    };
+    (head, budget - head)
 }
 
 /// The fast path for BERT tokenizers on pure-ASCII text, which is most text in English datasets.
@@ -242,19 +249,11 @@ impl AsciiBert {
     pub fn finish(&self, body: Vec<u32>, p: &TokenizeParams) -> (Vec<u32>, u32) {
         let specials = self.prefix.len() + self.suffix.len();
         let full = (body.len() + specials) as u32;
-        let budget = p.max_length.saturating_sub(specials);
-        let mut ids = Vec::with_capacity(body.len().min(budget) + specials);
+        let (head_n, tail_n) = kept(body.len(), p.max_length.saturating_sub(specials), p);
+        let mut ids = Vec::with_capacity(head_n + tail_n + specials);
         ids.extend_from_slice(&self.prefix);
-        if body.len() <= budget {
-            ids.extend_from_slice(&body);
-        } else {
-            let head = match p.truncation {
-                Truncation::Head => budget,
-                Truncation::HeadTail => p.head_tokens.min(budget),
-            };
-            ids.extend_from_slice(&body[..head]);
-            ids.extend_from_slice(&body[body.len() - (budget - head)..]);
-        }
+        ids.extend_from_slice(&body[..head_n]);
+        ids.extend_from_slice(&body[body.len() - tail_n..]);
         ids.extend_from_slice(&self.suffix);
         (ids, full)
     }
