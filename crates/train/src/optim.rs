@@ -33,12 +33,16 @@ impl AdamW {
         }
     }
 
-    /// [`AdamW::step`] as whole-buffer tensor operations (any device).
-    fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+    /// Counts a step and returns its bias corrections, 1 - beta1^t and 1 - beta2^t.
+    fn next_step(&mut self) -> (f64, f64) {
         self.step += 1;
         let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
+        (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
+    }
+
+    /// [`AdamW::step`] as whole-buffer tensor operations (any device).
+    fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+        let (bc1, bc2) = self.next_step();
         tch::no_grad(|| {
             let mut g = params.flat_grad();
             let norm = g.norm();
@@ -72,10 +76,7 @@ impl AdamW {
     /// libtorch's; a parameter without a gradient is left alone, as torch's AdamW does.
     fn step_cpu(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         use rayon::prelude::*;
-        self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
+        let (bc1, bc2) = self.next_step();
         // (offset in the flat buffers, gradient as contiguous fp32), per parameter with one.
         let grads: Vec<(usize, Tensor)> = params
             .grads()
