@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn written_out_attention_equals_sdpa() {
-        let _rng = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::torch_rng();
         tch::manual_seed(3);
         let opts = (Kind::Float, Device::Cpu);
         let (q, k, v) = (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));

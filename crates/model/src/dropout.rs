@@ -63,7 +63,7 @@ mod tests {
 
     #[test]
     fn keeps_the_right_share_scaled_and_is_reproducible() {
-        let _rng = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::torch_rng();
         tch::manual_seed(7);
         let a = mask(&[64, 12, 128, 128], 0.1);
         tch::manual_seed(7);
@@ -84,7 +84,7 @@ mod tests {
     #[test]
     fn the_mask_is_the_stream_word_by_word() {
         // One ChaCha8 word per element, in stream order (the block fill must not change that).
-        let _rng = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::torch_rng();
         tch::manual_seed(11);
         let got: Vec<f32> = Vec::try_from(mask(&[1000], 0.5)).expect("fp32");
         tch::manual_seed(11);

@@ -17,7 +17,10 @@ pub mod dropout;
 
 /// Held by unit tests that seed libtorch's global generator (test threads share it).
 #[cfg(test)]
-pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub mod infer;
 pub mod params;

@@ -328,7 +328,7 @@ mod tests {
 
     #[test]
     fn zero_grad_leaves_no_gradient_and_the_next_one_is_exact() {
-        let _rng = crate::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _rng = crate::torch_rng();
         let p = Params::init(&BertConfig::tiny(20), 2, Device::Cpu, 3);
         let loss = |k: f64| p.tensors.iter().map(|t| (t * k).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
         loss(2.0).backward();
