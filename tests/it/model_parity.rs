@@ -17,7 +17,7 @@ fn ours(m: &model::Model, case: &serde_json::Value) -> Vec<Vec<f64>> {
     let b = case["ids"].as_array().unwrap().len() as i64;
     let ids = Tensor::from_slice(&rows("ids")).view([b, -1]);
     let mask = Tensor::from_slice(&rows("mask")).view([b, -1]);
-    let logits = tch::no_grad(|| m.forward(&ids, Some(&mask), false));
+    let logits = tch::no_grad(|| m.forward(&model::Inputs::new(&ids, Some(&mask)), false));
     let flat: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
     flat.chunks(m.num_labels as usize).map(|c| c.iter().map(|&x| x as f64).collect()).collect()
 }

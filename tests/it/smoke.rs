@@ -66,7 +66,7 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     let b = texts.len() as i64;
     let ids = tch::Tensor::from_slice(&rows("input_ids")).view([b, -1]);
     let mask = tch::Tensor::from_slice(&rows("attention_mask")).view([b, -1]);
-    let ours: Vec<f32> = Vec::try_from(tch::no_grad(|| m.forward(&ids, Some(&mask), false)).flatten(0, -1)).unwrap();
+    let ours: Vec<f32> = Vec::try_from(tch::no_grad(|| m.forward(&model::Inputs::new(&ids, Some(&mask)), false)).flatten(0, -1)).unwrap();
     let theirs: Vec<f64> = hf["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap())).collect();
     for (a, b) in ours.iter().zip(&theirs) {
         assert!((*a as f64 - b).abs() < 1e-4, "logits: ours {ours:?} vs transformers {theirs:?}");

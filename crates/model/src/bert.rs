@@ -9,6 +9,7 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::dropout::dropout;
+use crate::inputs::Inputs;
 use crate::Model;
 
 fn linear(m: &Model, x: &Tensor, name: &str) -> Tensor {
@@ -37,48 +38,52 @@ fn act(m: &Model, x: &Tensor) -> Tensor {
     }
 }
 
-/// Logits `(batch, num_labels)` in fp32. `mask` is `(batch, len)` with 1 for real tokens; pass
-/// `None` for a batch without padding (lets CUDA use flash attention).
-pub fn forward(m: &Model, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+/// Logits `(rows, num_labels)` in fp32.
+///
+/// Hidden states are token-wise `(n, hidden)` matrices: every position of the batch, or only
+/// the real tokens when `x` is packed (see [`crate::inputs`]).
+pub fn forward(m: &Model, x: &Inputs, train: bool) -> Tensor {
     let c = &m.config;
     let p = &m.params;
-    let (b, l) = ids.size2().expect("ids must be (batch, len)");
-    let word = Tensor::embedding(p.get("bert.embeddings.word_embeddings.weight"), ids, c.pad_token_id, false, false);
-    let pos = p.get("bert.embeddings.position_embeddings.weight").narrow(0, 0, l);
+    let word = p.get("bert.embeddings.word_embeddings.weight");
+    let pos = p.get("bert.embeddings.position_embeddings.weight");
     let typ = p.get("bert.embeddings.token_type_embeddings.weight").get(0);
-    let mut x = dropout(&layer_norm(m, &(word + pos + typ), "bert.embeddings.LayerNorm"), c.hidden_dropout_prob, train);
-    let attn_mask = mask.map(|mk| mk.to_kind(Kind::Bool).view([b, 1, 1, l]));
+    let emb = match x.packed() {
+        Some(pk) => Tensor::embedding(word, &x.ids, c.pad_token_id, false, false) + pos.index_select(0, &pk.column),
+        None => {
+            let w = Tensor::embedding(word, &x.ids.view([x.rows, x.len]), c.pad_token_id, false, false);
+            (w + pos.narrow(0, 0, x.len)).view([x.rows * x.len, c.hidden_size])
+        }
+    };
+    let mut h = dropout(&layer_norm(m, &(emb + typ), "bert.embeddings.LayerNorm"), c.hidden_dropout_prob, train);
     let last = c.num_hidden_layers - 1;
     for i in 0..last {
-        x = layer(m, i, &x, &x, attn_mask.as_ref(), train);
+        h = layer(m, i, &h, false, &h, x, train);
     }
     // Only [CLS] goes on to the pooler, so the last layer computes its output for that position
     // alone (keys and values still come from every token): the same logits, with about 5/6 of
     // the last layer's work left out.
-    let x = layer(m, last, &x.narrow(1, 0, 1), &x, attn_mask.as_ref(), train);
-    let cls = x.select(1, 0);
+    let cls = layer(m, last, &x.first(&h), true, &h, x, train);
     let pooled = linear(m, &cls, "bert.pooler.dense").tanh();
     let pooled = dropout(&pooled, c.classifier_dropout(), train);
     linear(m, &pooled, "classifier").to_kind(Kind::Float)
 }
 
-/// Encoder layer `i` for the positions of `xq` (`(batch, lq, hidden)`), attending over all
-/// positions of `x` (`(batch, l, hidden)`); `xq` is `x` itself or a prefix of its positions.
-fn layer(m: &Model, i: i64, xq: &Tensor, x: &Tensor, attn_mask: Option<&Tensor>, train: bool) -> Tensor {
+/// Encoder layer `i` over token-wise hidden states `h`, for the query rows `hq`: `h` itself, or
+/// (`first_only`) each row's first position, `(rows, hidden)`. Attention looks at every position.
+fn layer(m: &Model, i: i64, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, train: bool) -> Tensor {
     let c = &m.config;
-    let (h, nh) = (c.hidden_size, c.num_attention_heads);
-    let hd = h / nh;
-    let (b, lq, _) = xq.size3().expect("hidden states must be (batch, len, hidden)");
+    let nh = c.num_attention_heads;
     let pre = format!("bert.encoder.layer.{i}");
-    let heads = |t: Tensor| t.view([b, -1, nh, hd]).transpose(1, 2);
-    let q = heads(linear(m, xq, &format!("{pre}.attention.self.query")));
-    let k = heads(linear(m, x, &format!("{pre}.attention.self.key")));
-    let v = heads(linear(m, x, &format!("{pre}.attention.self.value")));
+    let q = linear(m, hq, &format!("{pre}.attention.self.query"));
+    let q = if first_only { q.view([x.rows, 1, nh, -1]).transpose(1, 2) } else { x.heads(&q, nh) };
+    let k = x.heads(&linear(m, h, &format!("{pre}.attention.self.key")), nh);
+    let v = x.heads(&linear(m, h, &format!("{pre}.attention.self.value")), nh);
     let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
-    let ctx = attention(&q, &k, &v, attn_mask, attn_drop);
-    let ctx = ctx.transpose(1, 2).reshape([b, lq, h]);
+    let ctx = attention(&q, &k, &v, x.mask(), attn_drop);
+    let ctx = if first_only { ctx.transpose(1, 2).reshape([x.rows, c.hidden_size]) } else { x.tokens(&ctx) };
     let a = dropout(&linear(m, &ctx, &format!("{pre}.attention.output.dense")), c.hidden_dropout_prob, train);
-    let a = layer_norm(m, &(a.to_kind(Kind::Float) + xq), &format!("{pre}.attention.output.LayerNorm"));
+    let a = layer_norm(m, &(a.to_kind(Kind::Float) + hq), &format!("{pre}.attention.output.LayerNorm"));
     let inter = act(m, &linear(m, &a, &format!("{pre}.intermediate.dense")));
     let o = dropout(&linear(m, &inter, &format!("{pre}.output.dense")), c.hidden_dropout_prob, train);
     layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"))
@@ -109,6 +114,39 @@ pub fn attention_math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A right-padded batch runs packed; the same batch kept in its padded layout (as a
+    /// left-padded one would be) gives the same logits and the same gradients.
+    #[test]
+    fn packed_and_padded_layouts_agree() {
+        let _rng = crate::torch_rng();
+        let mut config = crate::BertConfig::tiny(50);
+        // No dropout, so the two runs can match exactly; gradients from a training-mode pass.
+        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
+        let m = crate::Model::random(config, 3, Device::Cpu, 7).unwrap();
+        let (rows, len) = (3, 6);
+        let ids = [2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0, 2, 16, 17, 18, 3, 0];
+        let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0];
+        let (packed, _) = crate::inputs::upload(rows, len, &ids, Some(&mask), &[], Device::Cpu);
+        assert!(packed.packed().is_some());
+        let padded = Inputs {
+            rows: rows as i64,
+            len: len as i64,
+            ids: Tensor::from_slice(&ids),
+            padding: Some(crate::inputs::Padding { mask: Tensor::from_slice(&mask).to_kind(Kind::Bool).view([3, 1, 1, 6]), packed: None }),
+        };
+        let run = |x: &Inputs| {
+            m.params.zero_grad();
+            let logits = forward(&m, x, true);
+            logits.sum(Kind::Float).backward();
+            (logits.detach(), m.params.flat_grad())
+        };
+        let ((la, ga), (lb, gb)) = (run(&packed), run(&padded));
+        let dl = (&la - &lb).abs().max().double_value(&[]);
+        let dg = (&ga - &gb).abs().max().double_value(&[]);
+        assert!(dl < 1e-5 && dg < 1e-5, "logits differ by {dl}, gradients by {dg}");
+        assert!(ga.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
 
     #[test]
     fn written_out_attention_equals_sdpa() {

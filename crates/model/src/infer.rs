@@ -3,7 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::Model;
+use crate::{Inputs, Model};
 
 /// Softmax probabilities per example (split order), and the mean cross-entropy loss.
 pub struct Predictions {
@@ -22,32 +22,10 @@ impl Predictions {
     }
 }
 
-/// Moves a padded batch to the device: ids, mask (None when nothing is padded), labels.
-///
-/// One host-to-device copy, and on CUDA a non-blocking one from page-locked memory: a blocking
-/// copy synchronizes the stream, so the host would wait for the step in flight and the GPU would
-/// then idle while the host queues the next step's kernels (and from pageable memory the driver
-/// may synchronize too). The page-locked buffer comes from libtorch's pinned-memory cache, which
-/// reuses it only once the copy is done; if pinning fails, the copy goes from pageable memory.
-pub fn to_device(b: &shards::Batch, device: Device) -> (Tensor, Option<Tensor>, Tensor) {
-    let (rows, len) = (b.rows as i64, b.len as i64);
-    let n = rows * len;
-    let padded = b.tokens < b.rows * b.len;
-    let mut host = Vec::with_capacity(b.ids.len() + b.mask.len() + b.labels.len());
-    host.extend_from_slice(&b.ids);
-    if padded {
-        host.extend_from_slice(&b.mask);
-    }
-    host.extend_from_slice(&b.labels);
-    let all = Tensor::from_slice(&host);
-    let all = match device {
-        Device::Cpu => all,
-        _ => all.f_internal_pin_memory(device).unwrap_or(all).to_device_(device, Kind::Int64, true, false),
-    };
-    let ids = all.narrow(0, 0, n).view([rows, len]);
-    let mask = padded.then(|| all.narrow(0, n, n).view([rows, len]));
-    let labels = all.narrow(0, if padded { 2 * n } else { n }, rows);
-    (ids, mask, labels)
+/// Moves a padded batch to the device (see [`crate::inputs::upload`]): the model's inputs and
+/// the labels.
+pub fn to_device(b: &shards::Batch, device: Device) -> (Inputs, Tensor) {
+    crate::inputs::upload(b.rows, b.len, &b.ids, Some(&b.mask), &b.labels, device)
 }
 
 /// Runs the model over `split` in batches of `batch_size` (sorted by length).
@@ -65,8 +43,8 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
         for chunk in order.chunks(batch_size.max(1)) {
             let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
             tokens += b.tokens;
-            let (ids, mask, labels) = to_device(&b, device);
-            let l = model.forward(&ids, mask.as_ref(), false);
+            let (x, labels) = to_device(&b, device);
+            let l = model.forward(&x, false);
             loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
             logits.push(l);
         }

@@ -4,6 +4,7 @@
 //! * [`config`]: `config.json` as a serde struct.
 //! * [`params`]: the named parameters (fp32 master copies), loading and saving safetensors.
 //! * [`bert`]: the forward pass (embeddings, encoder layers with SDPA, pooler, classifier).
+//! * [`inputs`]: a batch on the device; padded batches run on their real tokens only.
 //! * [`infer`]: batched, length-sorted inference over a token split.
 //! * [`device`]: resolving `auto|cpu|cuda|cuda:N`, and what libtorch can do here.
 //!
@@ -23,9 +24,11 @@ pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
 }
 
 pub mod infer;
+pub mod inputs;
 pub mod params;
 
 pub use config::BertConfig;
+pub use inputs::Inputs;
 pub use params::Params;
 
 use tch::{Kind, Tensor};
@@ -56,11 +59,10 @@ pub struct LoadReport {
 }
 
 impl Model {
-    /// Logits `(batch, num_labels)` in fp32. `ids` and `mask` are `(batch, len)` int64; `mask`
-    /// may be `None` when no row is padded.
-    pub fn forward(&self, ids: &Tensor, mask: Option<&Tensor>, train: bool) -> Tensor {
+    /// Logits `(rows, num_labels)` in fp32.
+    pub fn forward(&self, x: &Inputs, train: bool) -> Tensor {
         match self.arch {
-            Arch::Bert => bert::forward(self, ids, mask, train),
+            Arch::Bert => bert::forward(self, x, train),
         }
     }
 

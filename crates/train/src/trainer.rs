@@ -293,8 +293,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), job.model.length_multiple(job.max_length));
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
             let step_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let (ids, mask, labels) = model::infer::to_device(&b, job.device);
-                let logits = job.model.forward(&ids, mask.as_ref(), true);
+                let (x, labels) = model::infer::to_device(&b, job.device);
+                let logits = job.model.forward(&x, true);
                 let loss = logits.cross_entropy_for_logits(&labels);
                 (&loss / accum as f64).backward();
                 loss.detach()
