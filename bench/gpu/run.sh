@@ -5,6 +5,10 @@
 # 2. ours: bert-base shape (random init) at 128/bs128, 256/bs64, 512/bs32, fixed padding and bucketed
 # 3. HF Trainer on the same token ids: the same bert-base shapes (fixed), and the MiniLM IMDB run
 # Prints one table (bench/gpu/table.py) with each figure for both sides and the ratio.
+#
+# FT_DRY_RUN=1 runs the same sequence on CPU in a few minutes (batches of 2, 4 steps, the IMDB
+# runs for 3 steps on the 128-token subset; ~15 minutes): a check of the script, not a measurement. Run it
+# here before spending device time, with the project venv's python first on PATH.
 set -u
 cd "$(dirname "$0")/../.."
 D=.device
@@ -14,7 +18,7 @@ mkdir -p "$W" "$OUT"
 R=$OUT/results.jsonl
 : > "$R"
 export LD_LIBRARY_PATH=$(python3 -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 if [ ! -d "$W/tok256" ]; then
   python3 - "$D" "$W" <<'PY'
@@ -35,7 +39,7 @@ params() {  # name, then yaml lines
 ours() {  # name, ft-bench args...
   local name=$1; shift
   echo "== ours $name" >&2
-  if timeout 150 "$D/bin/ft-bench" "$@" > "$W/$name.json" 2> "$OUT/$name.err"; then
+  if timeout "$LIMIT" "$D/bin/ft-bench" "$@" > "$W/$name.json" 2> "$OUT/$name.err"; then
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; d["side"]="ours"; print(json.dumps(d))' "$W/$name.json" "$name" >> "$R"
   else
     echo "{\"name\": \"$name\", \"side\": \"ours\", \"failed\": true}" >> "$R"; tail -5 "$OUT/$name.err" >&2
@@ -44,21 +48,30 @@ ours() {  # name, ft-bench args...
 hf() {  # name, hf_train.py args...
   local name=$1; shift
   echo "== hf $name" >&2
-  if timeout 150 python3 bench/hf_train.py "$@" --workers 2 > "$W/hf-$name.out" 2> "$OUT/hf-$name.err"; then
+  if timeout "$LIMIT" python3 bench/hf_train.py "$@" --workers 2 > "$W/hf-$name.out" 2> "$OUT/hf-$name.err"; then
     tail -1 "$W/hf-$name.out" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["name"]=sys.argv[1]; d["side"]="hf"; print(json.dumps(d))' "$name" >> "$R"
   else
     echo "{\"name\": \"$name\", \"side\": \"hf\", \"failed\": true}" >> "$R"; tail -5 "$OUT/hf-$name.err" >&2
   fi
 }
-M=$(params minilm "device: cuda" "precision: bf16" "epochs: 3" "learning_rate: 1.0e-4" "weight_decay: 0.01" "batch_size: 128" "log_every_steps: 50")
-ours minilm-imdb --model "$W/minilm" --tokens "$W/tok256" --params "$M" --out "$W/o-minilm" --eval-split test
+if [ -n "${FT_DRY_RUN:-}" ]; then
+  DEV=cpu PREC=fp32 STEPS=4 WINDOW=1 IMDB_LEN=128 IMDB_RUN="max_steps: 3" HF_IMDB_RUN="--epochs 0.0006"
+  BATCH() { echo 2; }
+  LIMIT=600  # validating 2,500 reviews at bert-base size takes minutes on a CPU
+else
+  DEV=cuda PREC=bf16 STEPS=50 WINDOW=10 IMDB_LEN=256 IMDB_RUN="epochs: 3" HF_IMDB_RUN="--epochs 3"
+  BATCH() { echo "$1"; }
+  LIMIT=150
+fi
+M=$(params minilm "device: $DEV" "precision: $PREC" "$IMDB_RUN" "learning_rate: 1.0e-4" "weight_decay: 0.01" "batch_size: $(BATCH 128)" "log_every_steps: 50")
+ours minilm-imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --params "$M" --out "$W/o-minilm" --eval-split test
 for lb in 128:128 256:64 512:32; do
-  L=${lb%:*}; B=${lb#*:}
+  L=${lb%:*}; B=$(BATCH "${lb#*:}")
   for pad in max_length dynamic; do
-    P=$(params "bb-$L-$pad" "device: cuda" "precision: bf16" "init: random" "max_steps: 50" "batch_size: $B" "padding: $pad" "log_every_steps: 10" "learning_rate: 2.0e-5")
+    P=$(params "bb-$L-$pad" "device: $DEV" "precision: $PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: $pad" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
     ours "bert-base-$L-$pad" --model "$D/bert-base" --tokens "$W/tok$L" --params "$P" --out "$W/o-bb-$L-$pad"
   done
-  hf "bert-base-$L-max_length" throughput --config "$D/bert-base/config.json" --tokens "$W/tok$L" --batch "$B" --length "$L" --steps 50
+  hf "bert-base-$L-max_length" throughput --config "$D/bert-base/config.json" --tokens "$W/tok$L" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
 done
-hf minilm-imdb imdb --model "$W/minilm" --tokens "$W/tok256" --batch 128 --lr 1e-4 --epochs 3 --length 256
+hf minilm-imdb imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --batch "$(BATCH 128)" --lr 1e-4 $HF_IMDB_RUN --length "$IMDB_LEN"
 python3 bench/gpu/table.py "$R" | tee "$OUT/table.md"

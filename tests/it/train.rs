@@ -64,7 +64,7 @@ fn tiny_bert_learns_a_separable_task() {
     let t = std::time::Instant::now();
     let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let ev = train::trainer::evaluate(&m, &train_s, 64, 0, tch::Device::Cpu, 1);
+    let ev = train::trainer::evaluate(&m, &train_s, 64, 0, tch::Device::Cpu, 1).unwrap();
     assert!(ev["accuracy"].as_f64().unwrap() >= 0.99, "train accuracy {ev}");
     assert!(out.last_eval.unwrap()["accuracy"].as_f64().unwrap() >= 0.99);
     // The loss went down: the last logged mean is far below the first.
@@ -150,7 +150,7 @@ fn bf16_compute_trains_on_cpu() {
     assert_eq!(m.compute, tch::Kind::BFloat16);
     train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     assert_eq!(m.params.tensors[0].kind(), tch::Kind::Float, "master weights stay fp32");
-    let ev = train::trainer::evaluate(&m, &val, 64, 0, tch::Device::Cpu, 1);
+    let ev = train::trainer::evaluate(&m, &val, 64, 0, tch::Device::Cpu, 1).unwrap();
     assert!(ev["accuracy"].as_f64().unwrap() >= 0.95, "{ev}");
 }
 
@@ -162,6 +162,19 @@ fn a_diverging_run_stops_and_names_the_step() {
     let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
     let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err());
     assert!(e.contains("loss became") && e.contains("at step"), "{e}");
+}
+
+/// A libtorch error inside a step (here: token ids beyond the model's vocabulary) ends the run
+/// with the step, the batch shape and libtorch's message, instead of a panic.
+#[test]
+fn a_failing_step_is_an_error_naming_the_step_and_batch() {
+    let _rng = tests::torch_rng();
+    let (tmp, train_s, val) = task(100);
+    let p = params("device: cpu\nepochs: 1\nbatch_size: 16\n");
+    let mut m = model::Model::random(model::BertConfig::tiny(32), 2, tch::Device::Cpu, 1).unwrap();
+    let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err());
+    assert!(e.starts_with("training step 1 failed at a batch of 16 examples ×"), "{e}");
+    assert!(e.contains("index out of range"), "{e}");
 }
 
 #[test]

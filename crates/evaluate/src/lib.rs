@@ -108,7 +108,7 @@ pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::
         Err(e) => return Err(e.into()),
     };
     let t = std::time::Instant::now();
-    let pred = model::infer::predict(&m, &split, p.batch_size, pad, device);
+    let pred = model::infer::predict(&m, &split, p.batch_size, pad, device).map_err(|e| e.explain("evaluation", "evaluate.batch_size"))?;
     let secs = t.elapsed().as_secs_f64();
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let preds = pred.argmax();

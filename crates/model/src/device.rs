@@ -53,3 +53,69 @@ pub fn doctor() -> serde_json::Value {
         "cpu_threads": tch::get_num_threads(),
     })
 }
+
+/// A batch that libtorch failed on (tch reports libtorch errors as panics).
+#[derive(Debug)]
+pub struct BatchError {
+    pub rows: usize,
+    pub len: usize,
+    pub device: Device,
+    /// libtorch's message.
+    pub message: String,
+}
+
+impl BatchError {
+    /// Whether the device ran out of memory: CUDA's caching allocator says "out of memory",
+    /// the CPU allocator "can't allocate memory".
+    pub fn out_of_memory(&self) -> bool {
+        ["out of memory", "can't allocate memory", "not enough memory"].iter().any(|s| self.message.contains(s))
+    }
+
+    /// The error a user sees: for running out of memory, the batch that did not fit and
+    /// `lower`, the settings that shrink it; otherwise libtorch's message.
+    pub fn explain(&self, what: &str, lower: &str) -> anyhow::Error {
+        let (rows, len, on) = (self.rows, self.len, describe(self.device));
+        if self.out_of_memory() {
+            anyhow::anyhow!("out of memory in {what} at a batch of {rows} examples × {len} tokens on {on}: lower {lower}")
+        } else {
+            anyhow::anyhow!("{what} failed at a batch of {rows} examples × {len} tokens on {on}: {}", self.message)
+        }
+    }
+}
+
+/// Runs `f` on a batch of `rows` × `len` on `device`, turning a libtorch error into a
+/// [`BatchError`].
+pub fn guard<T>(rows: usize, len: usize, device: Device, f: impl FnOnce() -> T) -> Result<T, BatchError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| BatchError {
+        rows,
+        len,
+        device,
+        message: e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn an_allocation_that_cannot_succeed_is_out_of_memory() {
+        // 2^50 floats: more than any address space, so it fails whatever the overcommit policy.
+        let e = guard(4096, 512, Device::Cpu, || Tensor::empty([1i64 << 50], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(e.out_of_memory(), "libtorch said: {}", e.message);
+        let msg = e.explain("training", "train.batch_size").to_string();
+        assert!(msg.starts_with("out of memory in training at a batch of 4096 examples × 512 tokens on cpu"), "{msg}");
+        assert!(msg.ends_with("lower train.batch_size"), "{msg}");
+    }
+
+    #[test]
+    fn other_libtorch_errors_keep_their_message() {
+        let a = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+        let e = guard(2, 3, Device::Cpu, || a.matmul(&a)).unwrap_err();
+        assert!(!e.out_of_memory());
+        let msg = e.explain("evaluation", "evaluate.batch_size").to_string();
+        assert!(msg.starts_with("evaluation failed at a batch of 2 examples × 3 tokens on cpu"), "{msg}");
+        assert!(msg.contains("cannot be multiplied"), "{msg}");
+    }
+}

@@ -3,6 +3,7 @@
 
 use tch::{Device, Kind, Tensor};
 
+use crate::device::{guard, BatchError};
 use crate::{Inputs, Model};
 
 /// Softmax probabilities per example (split order), and the mean cross-entropy loss.
@@ -28,8 +29,9 @@ pub fn to_device(b: &shards::Batch, device: Device) -> (Inputs, Tensor) {
     crate::inputs::upload(b.rows, b.len, &b.ids, Some(&b.mask), &b.labels, device)
 }
 
-/// Runs the model over `split` in batches of `batch_size` (sorted by length).
-pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device) -> Predictions {
+/// Runs the model over `split` in batches of `batch_size` (sorted by length, longest first, so
+/// a batch too large for the device fails at once).
+pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device) -> Result<Predictions, BatchError> {
     let n = split.len();
     let lengths = split.lengths();
     let mut order: Vec<usize> = (0..n).collect();
@@ -43,12 +45,16 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
         for chunk in order.chunks(batch_size.max(1)) {
             let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
             tokens += b.tokens;
-            let (x, labels) = to_device(&b, device);
-            let l = model.forward(&x, false);
-            loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
+            let l = guard(b.rows, b.len, device, || {
+                let (x, labels) = to_device(&b, device);
+                let l = model.forward(&x, false);
+                loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
+                l
+            })?;
             logits.push(l);
         }
-    });
+        Ok::<(), BatchError>(())
+    })?;
     let mut probs = vec![Vec::new(); n];
     if n > 0 {
         let p = Tensor::cat(&logits, 0).softmax(-1, Kind::Float).to_device(Device::Cpu);
@@ -58,5 +64,5 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
             probs[i] = flat[r * c..(r + 1) * c].to_vec();
         }
     }
-    Predictions { probs, loss: if n == 0 { 0.0 } else { loss_sum.double_value(&[]) / n as f64 }, tokens }
+    Ok(Predictions { probs, loss: if n == 0 { 0.0 } else { loss_sum.double_value(&[]) / n as f64 }, tokens })
 }

@@ -72,17 +72,18 @@ fn higher_is_better(m: Metric) -> bool {
 }
 
 /// Validation loss, accuracy and F1.
-pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> serde_json::Value {
-    let pred = model::infer::predict(m, split, batch, pad, device);
+pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> anyhow::Result<serde_json::Value> {
+    let pred = model::infer::predict(m, split, batch, pad, device)
+        .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let p = pred.argmax();
     let n = m.num_labels as usize;
-    json!({
+    Ok(json!({
         "loss": pred.loss,
         "accuracy": metrics::accuracy(&labels, &p),
         "f1": metrics::f1(&labels, &p, n, positive.min(n.saturating_sub(1))),
         "examples": labels.len(),
-    })
+    }))
 }
 
 /// Writes checkpoints and best weights on a background thread, one write at a time. The tensors
@@ -169,10 +170,6 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_oom(msg: &str) -> bool {
-    msg.contains("out of memory")
-}
-
 /// Runs (or resumes) training.
 pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let p = job.params;
@@ -249,7 +246,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let mut best = false;
         let t_eval = Instant::now();
         if let Some(val) = job.val {
-            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class);
+            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class)?;
             let m = ev[metric_key].as_f64().unwrap_or(f64::NAN);
             let better = match st.best_metric {
                 None => true,
@@ -292,26 +289,14 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
             let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), job.model.length_multiple(job.max_length));
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
-            let step_result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let loss = model::device::guard(rows, len, job.device, || {
                 let (x, labels) = model::infer::to_device(&b, job.device);
                 let logits = job.model.forward(&x, true);
                 let loss = logits.cross_entropy_for_logits(&labels);
                 (&loss / accum as f64).backward();
                 loss.detach()
-            }));
-            let loss = match step_result {
-                Ok(l) => l,
-                Err(e) => {
-                    let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-                    if is_oom(&msg) {
-                        bail!(
-                            "out of memory at a batch of {rows} examples × {len} tokens on {}: lower train.batch_size (or set train.batch_tokens), or tokenize.max_length",
-                            model::device::describe(job.device)
-                        );
-                    }
-                    bail!("training step {} failed: {msg}", st.step + 1);
-                }
-            };
+            })
+            .map_err(|e| e.explain(&format!("training step {}", st.step + 1), "train.batch_size (or set train.batch_tokens), or tokenize.max_length"))?;
             st.micro += 1;
             st.batch += 1;
             st.samples += rows as u64;
