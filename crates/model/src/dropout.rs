@@ -97,6 +97,7 @@ mod tests {
 
     #[test]
     fn identity_outside_training() {
+        let _rng = crate::torch_rng();
         let x = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
         assert!(dropout(&x, 0.1, false).equal(&x));
         assert!(dropout(&x, 0.0, true).equal(&x));
