@@ -154,13 +154,19 @@ fn bf16_compute_trains_on_cpu() {
     assert!(ev["accuracy"].as_f64().unwrap() >= 0.95, "{ev}");
 }
 
+/// The error of a run that must fail: `yaml` on the synthetic task of 100 examples, with a tiny
+/// random model of `vocab` tokens.
+fn failed_run(yaml: &str, vocab: i64) -> String {
+    let (tmp, train_s, val) = task(100);
+    let p = params(yaml);
+    let mut m = model::Model::random(model::BertConfig::tiny(vocab), 2, tch::Device::Cpu, 1).unwrap();
+    format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err())
+}
+
 #[test]
 fn a_diverging_run_stops_and_names_the_step() {
     let _rng = tests::torch_rng();
-    let (tmp, train_s, val) = task(100);
-    let p = params("device: cpu\nepochs: 2\nlearning_rate: 1.0e+30\nmax_grad_norm: 0\nbatch_size: 16\nlog_every_steps: 1\n");
-    let mut m = model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 1).unwrap();
-    let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err());
+    let e = failed_run("device: cpu\nepochs: 2\nlearning_rate: 1.0e+30\nmax_grad_norm: 0\nbatch_size: 16\nlog_every_steps: 1\n", 64);
     assert!(e.contains("loss became") && e.contains("at step"), "{e}");
 }
 
@@ -169,10 +175,7 @@ fn a_diverging_run_stops_and_names_the_step() {
 #[test]
 fn a_failing_step_is_an_error_naming_the_step_and_batch() {
     let _rng = tests::torch_rng();
-    let (tmp, train_s, val) = task(100);
-    let p = params("device: cpu\nepochs: 1\nbatch_size: 16\n");
-    let mut m = model::Model::random(model::BertConfig::tiny(32), 2, tch::Device::Cpu, 1).unwrap();
-    let e = format!("{:#}", train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap_err());
+    let e = failed_run("device: cpu\nepochs: 1\nbatch_size: 16\n", 32);
     assert!(e.starts_with("training step 1 failed at a batch of 16 examples ×"), "{e}");
     assert!(e.contains("index out of range"), "{e}");
 }

@@ -114,11 +114,8 @@ pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels
             host.extend(real.iter().map(|&i| ids[i]));
             host.extend(real.iter().map(|&i| i as i64));
             host.extend(real.iter().map(|&i| (i % len) as i64));
-            let mut at = 0i64;
-            for r in 0..rows {
-                host.push(at);
-                at += m[r * len..(r + 1) * len].iter().filter(|&&x| x != 0).count() as i64;
-            }
+            // Each row's first position is real (packable), so it is where column 0 comes.
+            host.extend(real.iter().enumerate().filter(|(_, &i)| i % len == 0).map(|(k, _)| k as i64));
             host.extend_from_slice(m);
         }
         Some(m) => {

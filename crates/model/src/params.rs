@@ -74,6 +74,12 @@ fn layout(c: &BertConfig, num_labels: i64) -> Vec<(String, Vec<i64>, Init)> {
     v
 }
 
+/// `t` as `kind` in host memory, always a copy (on CPU too): it stays as it is while training
+/// goes on changing `t`, so a background thread may write it out.
+pub fn host_copy(t: &Tensor, kind: Kind) -> Tensor {
+    t.to_device_(Device::Cpu, kind, false, true)
+}
+
 /// Maps a checkpoint's tensor name to ours: adds the `bert.` prefix that encoder-only files
 /// (all-MiniLM-L6-v2) lack, and renames TF-era `gamma`/`beta`.
 pub fn canonical_name(name: &str) -> String {
@@ -288,10 +294,9 @@ impl Params {
         Ok(())
     }
 
-    /// The parameters under HF names as `kind`, copied to host memory — a copy on CPU too, so it
-    /// stays as it is while training goes on changing the parameters.
+    /// The parameters under HF names as `kind`, copied to host memory (see [`host_copy`]).
     pub fn host_copy(&self, kind: Kind) -> Vec<(String, Tensor)> {
-        self.names.iter().zip(&self.tensors).map(|(n, t)| (n.clone(), t.detach().to_device_(Device::Cpu, kind, false, true))).collect()
+        self.names.iter().zip(&self.tensors).map(|(n, t)| (n.clone(), host_copy(&t.detach(), kind))).collect()
     }
 
     /// Saves under HF names, as `kind` (fp32, bf16 or fp16).

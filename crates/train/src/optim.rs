@@ -137,11 +137,10 @@ impl AdamW {
     /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`), copied to host
     /// memory (a copy on CPU too: later steps do not change it).
     pub fn named_state(&self, params: &model::Params) -> Vec<(String, Tensor)> {
-        let host = |t: Tensor| t.to_device_(tch::Device::Cpu, Kind::Float, false, true);
         let mut out = Vec::new();
         for (i, n) in params.names.iter().enumerate() {
-            out.push((format!("m.{n}"), host(params.view_of(&self.m, i))));
-            out.push((format!("v.{n}"), host(params.view_of(&self.v, i))));
+            out.push((format!("m.{n}"), model::params::host_copy(&params.view_of(&self.m, i), Kind::Float)));
+            out.push((format!("v.{n}"), model::params::host_copy(&params.view_of(&self.v, i), Kind::Float)));
         }
         out
     }

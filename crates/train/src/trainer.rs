@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
+use model::device::BatchError;
 use pipeline::{Metric, TrainParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -71,10 +72,10 @@ fn higher_is_better(m: Metric) -> bool {
     !matches!(m, Metric::Loss)
 }
 
-/// Validation loss, accuracy and F1.
-pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> anyhow::Result<serde_json::Value> {
-    let pred = model::infer::predict(m, split, batch, pad, device)
-        .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
+/// Loss, accuracy and F1 on `split`; the caller explains a failed batch (it knows which setting
+/// sets the batch size).
+pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> Result<serde_json::Value, BatchError> {
+    let pred = model::infer::predict(m, split, batch, pad, device)?;
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let p = pred.argmax();
     let n = m.num_labels as usize;
@@ -246,7 +247,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let mut best = false;
         let t_eval = Instant::now();
         if let Some(val) = job.val {
-            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class)?;
+            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class)
+                .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
             let m = ev[metric_key].as_f64().unwrap_or(f64::NAN);
             let better = match st.best_metric {
                 None => true,

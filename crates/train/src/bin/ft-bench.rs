@@ -90,7 +90,8 @@ fn main() -> anyhow::Result<()> {
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(cli.tokens.join("meta.json"))?)?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
-        let ev = train::trainer::evaluate(&m, &s, 256, meta["pad_id"].as_u64().unwrap_or(0) as u32, device, 1)?;
+        let ev = train::trainer::evaluate(&m, &s, 256, meta["pad_id"].as_u64().unwrap_or(0) as u32, device, 1)
+            .map_err(|e| e.explain(&format!("evaluating `{split}`"), "the batch of 256 (fixed in ft-bench) or tokenize.max_length"))?;
         let secs = t.elapsed().as_secs_f64();
         out["eval"] = ev;
         out["eval"]["split"] = serde_json::json!(split);
