@@ -45,8 +45,10 @@ pub struct Args {
     /// Dataset repo on the Hub (text/label columns, train and test splits).
     #[arg(long, default_value = "stanfordnlp/imdb")]
     dataset: String,
-    /// Train on this many reviews (test: half as many, validation: a tenth); 0 = the whole
-    /// dataset. Default: 1000 on cpu, 0 on cuda. Tokenization always uses the whole train split.
+    /// Train on the first N reviews of `datasets`' `shuffle(seed)` of train (validation: the next
+    /// N/10, at least 50; test: the first N/2 of the shuffled test split), the subset a notebook
+    /// draws; 0 = the whole dataset with a carved validation split. Default: 1000 on cpu, 0 on
+    /// cuda. Tokenization always uses the whole train split.
     #[arg(long)]
     subset: Option<usize>,
     /// Default: 128 on cpu, 256 on cuda.
@@ -250,18 +252,35 @@ fn start_hub(out: &Path) -> anyhow::Result<Hub> {
     }
 }
 
+/// Which data a benchmark pipeline downloads.
+enum Data<'a> {
+    /// The whole dataset, a validation split carved from train (as the shipped pipeline does).
+    Carved,
+    /// The source splits as they are, in source order: the input of `bench/subset.py`.
+    Source,
+    /// The `train`/`validation`/`test` parquet files `bench/subset.py` wrote to `dir`.
+    Subset { dir: &'a Path, label_names: &'a Value },
+}
+
 /// The benchmark pipeline: the shipped imdb-minilm pipeline with the run's model, dataset,
-/// subset, device and hyper-parameters.
-fn write_pipeline(a: &Args, plan: &Plan, name: &str, subset: usize) -> anyhow::Result<pipeline::Pipeline> {
+/// device and hyper-parameters.
+fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Result<pipeline::Pipeline> {
     let template = root().join("pipelines/imdb-minilm.yaml");
     let text = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
     let mut v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", template.display()))?;
     v["download"]["dataset"]["repo"] = json!(a.dataset);
     v["download"]["model"]["repo"] = json!(a.model);
-    if subset > 0 {
-        v["download"]["max_examples"] = json!({"train": subset, "validation": (subset / 10).max(50), "test": subset / 2});
-    }
     v["download"]["validation"]["seed"] = json!(a.seed);
+    match data {
+        Data::Carved => {}
+        Data::Source => v["download"]["validation"]["fraction"] = json!(0.0),
+        Data::Subset { dir, label_names } => {
+            let files: serde_json::Map<String, Value> =
+                ["train", "validation", "test"].iter().map(|s| (s.to_string(), json!(dir.join(format!("{s}.parquet"))))).collect();
+            v["download"]["dataset"] = json!({ "files": files });
+            v["download"]["label_names"] = json!(label_names);
+        }
+    }
     v["tokenize"]["max_length"] = json!(plan.max_length);
     v["train"] = json!({
         "device": plan.device(), "precision": plan.precision(), "epochs": plan.epochs,
@@ -370,7 +389,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     if plan.has(Section::Tokenize) {
         // 1. Tokenize: the whole train split.
         eprintln!("== tokenize (whole train split, {} runs per side)", plan.repeats);
-        let full = write_pipeline(&a, &plan, "bench-tokenize", 0)?;
+        let full = write_pipeline(&a, &plan, "bench-tokenize", Data::Carved)?;
         let dl = artifact_of(&run_stages(&full, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
         let mut ours = Runs::default();
         let mut tok = PathBuf::new();
@@ -408,7 +427,20 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     }
 
     // The subset pipeline, for everything after tokenize.
-    let sub = write_pipeline(&a, &plan, "bench", plan.subset)?;
+    let sub = if plan.subset > 0 {
+        let source = write_pipeline(&a, &plan, "bench-source", Data::Source)?;
+        let dl = artifact_of(&run_stages(&source, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
+        let dir = plan.out.join("subset");
+        let counts = json_of(
+            Command::new(python()).arg(root().join("bench/subset.py")).arg(dl.join("dataset")).arg(&dir).arg(plan.subset.to_string()).arg(a.seed.to_string()),
+            &logs.join("subset.log"),
+        )?;
+        eprintln!("== subset (datasets' shuffle(seed={}).select): {counts}", a.seed);
+        let labels = read_json(&dl.join("dataset/labels.json"))?;
+        write_pipeline(&a, &plan, "bench", Data::Subset { dir: &dir, label_names: &labels["names"] })?
+    } else {
+        write_pipeline(&a, &plan, "bench", Data::Carved)?
+    };
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Download), &[])?;
     let sub_dl = artifact_of(&o, Stage::Download)?;
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Tokenize), &[])?;
@@ -649,7 +681,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 fn render(ctx: &Value, rows: &[Row]) -> String {
     let s = |k: &str| ctx[k].as_str().unwrap_or("").to_string();
     let mut t = format!(
-        "Benchmark {} · commit {} · {} ({} cores){} · {}\n\n{} on {} · subset {} (seed {}) · max_length {} · batch {} · {} repeats, median (min–max)\n\n",
+        "Benchmark {} · commit {} · {} ({} cores){} · {}\n\n{} on {} · train subset {} (datasets shuffle, seed {}; 0: all) · max_length {} · batch {} · {} repeats, median (min–max)\n\n",
         s("date"),
         s("commit"),
         s("cpu"),
