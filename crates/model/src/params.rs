@@ -210,8 +210,13 @@ impl Params {
     }
 
     pub fn get(&self, name: &str) -> &Tensor {
+        &self.tensors[self.index_of(name)]
+    }
+
+    /// The index of parameter `name` in [`Params::names`].
+    pub fn index_of(&self, name: &str) -> usize {
         match self.index.get(name) {
-            Some(&i) => &self.tensors[i],
+            Some(&i) => i,
             None => panic!("no parameter {name}: the layout and the forward pass disagree"),
         }
     }
