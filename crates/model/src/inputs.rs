@@ -102,7 +102,7 @@ impl Inputs {
 /// too). The page-locked buffer comes from libtorch's pinned-memory cache, which reuses it only
 /// once the copy is done; if pinning fails, the copy goes from pageable memory.
 pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels: &[i64], device: Device) -> (Inputs, Tensor) {
-    let mask = mask.filter(|m| m.iter().any(|&x| x == 0));
+    let mask = mask.filter(|m| m.contains(&0));
     // Packable when every row starts with a real token: then [CLS] is among the packed tokens.
     let packable = mask.is_some_and(|m| (0..rows).all(|r| m[r * len] != 0));
     let mut host: Vec<i64> = Vec::with_capacity(4 * ids.len() + labels.len() + rows);

@@ -72,7 +72,7 @@ impl Model {
     /// buckets. On CPU, 8.
     pub fn length_multiple(&self, limit: usize) -> usize {
         let cuda = matches!(self.params.flat().device(), tch::Device::Cuda(_));
-        [if cuda { 64 } else { 8 }, 8, 1].into_iter().find(|m| limit % m == 0).unwrap_or(1)
+        [if cuda { 64 } else { 8 }, 8, 1].into_iter().find(|m| limit.is_multiple_of(*m)).unwrap_or(1)
     }
 
     /// A model with random weights (HF's initialization), from a config alone.
