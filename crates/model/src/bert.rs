@@ -31,8 +31,7 @@ impl<'a> Weights<'a> {
         let p = &m.params;
         let mut cast: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();
         if m.compute != Kind::Float {
-            // Everything but the embeddings and the LayerNorms goes through `linear`.
-            let used: Vec<usize> = (0..p.len()).filter(|&i| !p.names[i].starts_with("bert.embeddings.") && !p.names[i].contains("LayerNorm")).collect();
+            let used = p.linear();
             let flat: Vec<Tensor> = used.iter().map(|&i| p.tensors[i].view(-1)).collect();
             let sizes: Vec<i64> = used.iter().map(|&i| p.tensors[i].numel() as i64).collect();
             let parts = Tensor::cat(&flat, 0).to_kind(m.compute).split_with_sizes(sizes.as_slice(), 0);
@@ -217,7 +216,10 @@ mod tests {
             logits.sum(Kind::Float).backward();
             (logits.detach(), m.params.flat_grad())
         };
-        let (la, ga) = run(&Weights::new(&m));
+        let copy = Weights::new(&m);
+        // Six linear layers per encoder layer, the pooler and the classifier, weight and bias each.
+        assert_eq!(copy.cast.iter().flatten().count() as i64, 2 * (6 * m.config.num_hidden_layers + 2));
+        let (la, ga) = run(&copy);
         let (lb, gb) = run(&Weights::cast_at_use(&m));
         assert!(la.equal(&lb), "logits differ");
         assert!(ga.equal(&gb), "gradients differ");

@@ -29,6 +29,8 @@ pub struct Params {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
     index: HashMap<String, usize>,
+    /// Indices of the linear layers' weights and biases, in layout order.
+    linear: Vec<usize>,
     flat: Tensor,
     /// Offset of each parameter (by index in `names`) in `flat`.
     offsets: Vec<i64>,
@@ -41,22 +43,26 @@ pub struct Params {
     grad_reset: tch::COptimizer,
 }
 
-fn layout(c: &BertConfig, num_labels: i64) -> Vec<(String, Vec<i64>, Init)> {
+/// One parameter of the layout: name, shape, initialization, and whether it belongs to a linear
+/// layer (those run in the model's compute dtype; embeddings and LayerNorms stay fp32).
+type Slot = (String, Vec<i64>, Init, bool);
+
+fn layout(c: &BertConfig, num_labels: i64) -> Vec<Slot> {
     let (h, i) = (c.hidden_size, c.intermediate_size);
-    let mut v: Vec<(String, Vec<i64>, Init)> = vec![
-        ("bert.embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h], Init::NormalPadZero(c.pad_token_id)),
-        ("bert.embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h], Init::Normal),
-        ("bert.embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h], Init::Normal),
-        ("bert.embeddings.LayerNorm.weight".into(), vec![h], Init::Ones),
-        ("bert.embeddings.LayerNorm.bias".into(), vec![h], Init::Zeros),
+    let mut v: Vec<Slot> = vec![
+        ("bert.embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h], Init::NormalPadZero(c.pad_token_id), false),
+        ("bert.embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h], Init::Normal, false),
+        ("bert.embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h], Init::Normal, false),
+        ("bert.embeddings.LayerNorm.weight".into(), vec![h], Init::Ones, false),
+        ("bert.embeddings.LayerNorm.bias".into(), vec![h], Init::Zeros, false),
     ];
-    let linear = |v: &mut Vec<(String, Vec<i64>, Init)>, name: String, out: i64, inp: i64| {
-        v.push((format!("{name}.weight"), vec![out, inp], Init::Normal));
-        v.push((format!("{name}.bias"), vec![out], Init::Zeros));
+    let linear = |v: &mut Vec<Slot>, name: String, out: i64, inp: i64| {
+        v.push((format!("{name}.weight"), vec![out, inp], Init::Normal, true));
+        v.push((format!("{name}.bias"), vec![out], Init::Zeros, true));
     };
-    let ln = |v: &mut Vec<(String, Vec<i64>, Init)>, name: String| {
-        v.push((format!("{name}.weight"), vec![h], Init::Ones));
-        v.push((format!("{name}.bias"), vec![h], Init::Zeros));
+    let ln = |v: &mut Vec<Slot>, name: String| {
+        v.push((format!("{name}.weight"), vec![h], Init::Ones, false));
+        v.push((format!("{name}.bias"), vec![h], Init::Zeros, false));
     };
     for l in 0..c.num_hidden_layers {
         let p = format!("bert.encoder.layer.{l}");
@@ -105,8 +111,12 @@ impl Params {
         let mut names = Vec::new();
         let mut shapes = Vec::new();
         let mut values = Vec::new();
+        let mut linear = Vec::new();
         tch::no_grad(|| {
-            for (name, shape, init) in layout(c, num_labels) {
+            for (name, shape, init, in_linear) in layout(c, num_labels) {
+                if in_linear {
+                    linear.push(names.len());
+                }
                 let t = match init {
                     Init::Normal => Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * c.initializer_range,
                     Init::NormalPadZero(pad) => {
@@ -150,7 +160,7 @@ impl Params {
         for t in &tensors {
             grad_reset.add_parameters(t, 0).expect("libtorch takes a parameter");
         }
-        Params { names, tensors, index, flat, offsets, flat_order, n_decay, grad_reset }
+        Params { names, tensors, index, linear, flat, offsets, flat_order, n_decay, grad_reset }
     }
 
     /// The flat fp32 buffer every parameter is a view of.
@@ -211,6 +221,12 @@ impl Params {
 
     pub fn get(&self, name: &str) -> &Tensor {
         &self.tensors[self.index_of(name)]
+    }
+
+    /// Indices (in [`Params::names`]) of the linear layers' weights and biases: the parameters
+    /// matrix products read, which run in the model's compute dtype.
+    pub fn linear(&self) -> &[usize] {
+        &self.linear
     }
 
     /// The index of parameter `name` in [`Params::names`].
