@@ -40,10 +40,35 @@ impl AdamW {
         (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
     }
 
-    /// [`AdamW::step`] as whole-buffer tensor operations (any device).
+    /// [`AdamW::step`] as whole-buffer tensor operations (any device). A parameter without a
+    /// gradient (outside this step's graph) is left alone, as torch's AdamW and the CPU step do:
+    /// its slices of the parameters and both moments are put back after the whole-buffer update.
     fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         let (bc1, bc2) = self.next_step();
         tch::no_grad(|| {
+            let untouched: Vec<(i64, i64, [Tensor; 3])> = params
+                .grads()
+                .into_iter()
+                .zip(&params.tensors)
+                .filter(|((_, g), _)| g.is_none())
+                .map(|((off, _), t)| {
+                    let n = t.numel() as i64;
+                    (off, n, [&params.flat(), &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
+                })
+                .collect();
+            let norm = self.update(params, lr, max_grad_norm, bc1, bc2);
+            for (off, n, saved) in untouched {
+                for (b, s) in [params.flat(), &self.m, &self.v].into_iter().zip(&saved) {
+                    b.narrow(0, off, n).copy_(s);
+                }
+            }
+            norm
+        })
+    }
+
+    /// The whole-buffer update of [`AdamW::step_tensors`], every parameter included.
+    fn update(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64, bc1: f64, bc2: f64) -> Tensor {
+        {
             let mut g = params.flat_grad();
             let norm = g.norm();
             if max_grad_norm > 0.0 {
@@ -66,7 +91,7 @@ impl AdamW {
             let _ = d.g_mul_scalar_(lr / bc1);
             let _ = p.g_sub_(&d);
             norm
-        })
+        }
     }
 
     /// [`AdamW::step`] on CPU as one fused pass over the parameters, the gradients and both
@@ -241,13 +266,18 @@ mod tests {
             let params = model::Params::init(&c, 3, tch::Device::Cpu, 1);
             tch::no_grad(|| params.flat().shallow_clone().copy_(&start));
             let mut opt = AdamW::new(&params, 0.01);
+            // A decayed weight, so that skipping it tests the decay as well as the moments.
+            let skipped = params.index_of("bert.encoder.layer.0.attention.self.query.weight");
             for s in 0..3 {
                 params.zero_grad();
-                // A loss touching every parameter, with gradients large enough to be clipped.
+                // A loss touching every parameter but one after the first step (which either
+                // step must then leave alone), with gradients large enough to be clipped.
                 let loss = params
                     .tensors
                     .iter()
-                    .map(|t| {
+                    .enumerate()
+                    .filter(|&(i, _)| s == 0 || i != skipped)
+                    .map(|(_, t)| {
                         let w = Tensor::arange(t.numel() as i64, (Kind::Float, tch::Device::Cpu)).g_mul_scalar(0.37 + s as f64).sin().view(t.size().as_slice());
                         (t * w).sum(Kind::Float)
                     })
