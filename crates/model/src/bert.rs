@@ -90,7 +90,7 @@ pub fn forward(m: &Model, x: &Inputs, train: bool) -> Tensor {
     forward_with(&Weights::new(m), x, train)
 }
 
-fn forward_with(w: &Weights, x: &Inputs, train: bool) -> Tensor {
+pub(crate) fn forward_with(w: &Weights, x: &Inputs, train: bool) -> Tensor {
     let m = w.m;
     let c = &m.config;
     let p = &m.params;
@@ -227,6 +227,12 @@ mod tests {
         // Every parameter got a gradient (none is left behind the working copy).
         assert!(m.params.grads().iter().all(|(_, g)| g.is_some()));
         assert!(ga.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+        // Inference keeps one working copy for many batches (`Model::frozen`): same logits as
+        // a copy per pass.
+        let frozen = tch::no_grad(|| m.frozen().forward(&x));
+        let per_pass = tch::no_grad(|| m.forward(&x, false));
+        assert!(frozen.equal(&per_pass), "frozen logits differ");
+        assert!(matches!(m.frozen(), crate::Frozen::Bert(w) if w.cast.iter().flatten().count() == copy.cast.iter().flatten().count()));
     }
 
     #[test]

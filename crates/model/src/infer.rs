@@ -42,12 +42,14 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut tokens = 0;
     tch::no_grad(|| {
+        // Made in the first batch's guard: in bf16 it allocates the weights' working copy.
+        let mut frozen = None;
         for chunk in order.chunks(batch_size.max(1)) {
             let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
             tokens += b.tokens;
             let l = guard(b.rows, b.len, device, || {
                 let (x, labels) = to_device(&b, device);
-                let l = model.forward(&x, false);
+                let l = frozen.get_or_insert_with(|| model.frozen()).forward(&x);
                 loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
                 l
             })?;

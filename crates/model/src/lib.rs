@@ -49,6 +49,20 @@ pub struct Model {
     pub compute: Kind,
 }
 
+/// See [`Model::frozen`].
+pub enum Frozen<'a> {
+    Bert(bert::Weights<'a>),
+}
+
+impl Frozen<'_> {
+    /// Logits `(rows, num_labels)` in fp32, as [`Model::forward`] without training.
+    pub fn forward(&self, x: &Inputs) -> Tensor {
+        match self {
+            Frozen::Bert(w) => bert::forward_with(w, x, false),
+        }
+    }
+}
+
 /// What loading weights found.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -63,6 +77,15 @@ impl Model {
     pub fn forward(&self, x: &Inputs, train: bool) -> Tensor {
         match self.arch {
             Arch::Bert => bert::forward(self, x, train),
+        }
+    }
+
+    /// The model for a run of inference passes while its weights stay put (use it under
+    /// `tch::no_grad`): in bf16 the working copy of the weights is cast once for the whole run
+    /// instead of once per batch.
+    pub fn frozen(&self) -> Frozen<'_> {
+        match self.arch {
+            Arch::Bert => Frozen::Bert(bert::Weights::new(self)),
         }
     }
 
