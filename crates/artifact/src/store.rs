@@ -311,6 +311,7 @@ fn sync_tree(dir: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     fn manifest(stage: &str, key: &str) -> Manifest {

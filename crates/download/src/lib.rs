@@ -133,9 +133,13 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// Source files of each split, downloaded or local: split -> (display name, path).
-fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::Result<(BTreeMap<String, Vec<(String, PathBuf)>>, Option<Vec<String>>, serde_json::Value)> {
-    let mut out: BTreeMap<String, Vec<(String, PathBuf)>> = BTreeMap::new();
+/// Each split's source files: split -> (display name, path).
+type SplitFiles = BTreeMap<String, Vec<(String, PathBuf)>>;
+
+/// Source files of each split, downloaded or local; the class names the dataset card gives, if
+/// any; and where the files came from (for the artifact's provenance).
+fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::Result<(SplitFiles, Option<Vec<String>>, serde_json::Value)> {
+    let mut out = SplitFiles::new();
     if let Some(files) = &src.files {
         for (split, pattern) in files {
             for f in dataset::expand_local(pattern)? {

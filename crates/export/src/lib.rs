@@ -202,6 +202,7 @@ pub fn copy_to(src: &Path, dir: &Path, force: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     #[test]

@@ -101,6 +101,7 @@ pub fn bootstrap(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     #[test]

@@ -163,6 +163,7 @@ pub fn attention_math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>,
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     /// A right-padded batch runs packed; the same batch kept in its padded layout (as a

@@ -155,6 +155,7 @@ pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     fn ints(t: &Tensor) -> Vec<i64> {

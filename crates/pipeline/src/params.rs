@@ -343,6 +343,7 @@ pub struct ExportParams {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
     #[test]

@@ -1,5 +1,8 @@
 //! Round trips, and damaged files rejected without panics.
 
+// Test code: a failed unwrap is a failed test (clippy.toml allows it in #[test] functions only).
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use shards::{pad_batch, Shard, ShardWriter, Split};
 

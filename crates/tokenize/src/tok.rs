@@ -144,8 +144,11 @@ pub struct AsciiBert {
     suffix: Vec<u32>,
 }
 
+/// A thread's word cache: the id of the tokenizer that filled it, and word bytes -> token ids.
+type WordCache = (u64, std::collections::HashMap<Vec<u8>, Vec<u32>>);
+
 thread_local! {
-    static WORDS: std::cell::RefCell<(u64, std::collections::HashMap<Vec<u8>, Vec<u32>>)> = Default::default();
+    static WORDS: std::cell::RefCell<WordCache> = Default::default();
 }
 
 /// Words cached per thread before the cache is cleared (bounds memory on odd data).

@@ -53,7 +53,7 @@ impl AdamW {
                 .filter(|((_, g), _)| g.is_none())
                 .map(|((off, _), t)| {
                     let n = t.numel() as i64;
-                    (off, n, [&params.flat(), &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
+                    (off, n, [params.flat(), &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
                 })
                 .collect();
             let norm = self.update(params, lr, max_grad_norm, bc1, bc2);
