@@ -66,11 +66,25 @@ impl Inputs {
     /// positions of a packed batch are zeros.
     pub fn heads(&self, t: &Tensor, heads: i64) -> Tensor {
         let h = t.size()[1];
-        let dense = match self.packed() {
-            Some(p) => Tensor::zeros([self.rows * self.len, h], (t.kind(), t.device())).index_copy(0, &p.flat, t),
+        self.dense(t).view([self.rows, self.len, heads, h / heads]).transpose(1, 2)
+    }
+
+    /// [`Inputs::heads`] for `N` projections side by side in one `(n, N × hidden)` matrix (a
+    /// fused query/key/value product): scattered into the padded layout once, then split.
+    pub fn heads_fused<const N: usize>(&self, t: &Tensor, heads: i64) -> [Tensor; N] {
+        let h = t.size()[1] / N as i64;
+        // unbind's backward is one stack: the split costs no kernel either way.
+        let mut parts = self.dense(t).view([self.rows, self.len, N as i64, heads, h / heads]).unbind(2).into_iter();
+        std::array::from_fn(|_| parts.next().expect("unbind gives N parts").transpose(1, 2))
+    }
+
+    /// Token-wise `(n, width)` in the padded layout `(rows × len, width)`: as is when nothing is
+    /// packed, else scattered with zeros at padded positions.
+    fn dense(&self, t: &Tensor) -> Tensor {
+        match self.packed() {
+            Some(p) => Tensor::zeros([self.rows * self.len, t.size()[1]], (t.kind(), t.device())).index_copy(0, &p.flat, t),
             None => t.shallow_clone(),
-        };
-        dense.view([self.rows, self.len, heads, h / heads]).transpose(1, 2)
+        }
     }
 
     /// Attention output `(rows, heads, len, head_dim)` → token-wise `(n, hidden)`.
