@@ -216,15 +216,27 @@ mod tests {
     #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
+    /// A tiny random model without dropout, so that two passes can match exactly.
+    fn model(seed: u64) -> crate::Model {
+        let mut config = crate::BertConfig::tiny(50);
+        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
+        crate::Model::random(config, 3, Device::Cpu, seed).unwrap()
+    }
+
+    /// Logits and the flat master gradient of one training-mode pass over `x` with weights `w`.
+    fn pass(w: &Weights, x: &Inputs) -> (Tensor, Tensor) {
+        w.m.params.zero_grad();
+        let logits = forward_with(w, x, true);
+        logits.sum(Kind::Float).backward();
+        (logits.detach(), w.m.params.flat_grad())
+    }
+
     /// A right-padded batch runs packed; the same batch kept in its padded layout (as a
     /// left-padded one would be) gives the same logits and the same gradients.
     #[test]
     fn packed_and_padded_layouts_agree() {
         let _rng = crate::torch_rng();
-        let mut config = crate::BertConfig::tiny(50);
-        // No dropout, so the two runs can match exactly; gradients from a training-mode pass.
-        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
-        let m = crate::Model::random(config, 3, Device::Cpu, 7).unwrap();
+        let m = model(7);
         let (rows, len) = (3, 6);
         let ids = [2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0, 2, 16, 17, 18, 3, 0];
         let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0];
@@ -236,13 +248,7 @@ mod tests {
             ids: Tensor::from_slice(&ids),
             padding: Some(crate::inputs::Padding { mask: Tensor::from_slice(&mask).to_kind(Kind::Bool).view([3, 1, 1, 6]), packed: None }),
         };
-        let run = |x: &Inputs| {
-            m.params.zero_grad();
-            let logits = forward(&m, x, true);
-            logits.sum(Kind::Float).backward();
-            (logits.detach(), m.params.flat_grad())
-        };
-        let ((la, ga), (lb, gb)) = (run(&packed), run(&padded));
+        let ((la, ga), (lb, gb)) = (pass(&Weights::new(&m), &packed), pass(&Weights::new(&m), &padded));
         let dl = (&la - &lb).abs().max().double_value(&[]);
         let dg = (&ga - &gb).abs().max().double_value(&[]);
         assert!(dl < 1e-5 && dg < 1e-5, "logits differ by {dl}, gradients by {dg}");
@@ -254,24 +260,16 @@ mod tests {
     #[test]
     fn bf16_working_copy_equals_casting_at_each_use() {
         let _rng = crate::torch_rng();
-        let mut config = crate::BertConfig::tiny(50);
-        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
-        let mut m = crate::Model::random(config, 3, Device::Cpu, 11).unwrap();
+        let mut m = model(11);
         m.compute = Kind::BFloat16;
         let ids = [2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0];
         let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
         let (x, _) = crate::inputs::upload(2, 6, &ids, Some(&mask), &[], Device::Cpu);
-        let run = |w: &Weights| {
-            m.params.zero_grad();
-            let logits = forward_with(w, &x, true);
-            logits.sum(Kind::Float).backward();
-            (logits.detach(), m.params.flat_grad())
-        };
         let copy = Weights::new(&m);
         // Six linear layers per encoder layer, the pooler and the classifier, weight and bias each.
         assert_eq!(copy.cast.iter().flatten().count() as i64, 2 * (6 * m.config.num_hidden_layers + 2));
-        let (la, ga) = run(&copy);
-        let (lb, gb) = run(&Weights::cast_at_use(&m));
+        let (la, ga) = pass(&copy, &x);
+        let (lb, gb) = pass(&Weights::cast_at_use(&m), &x);
         assert!(la.equal(&lb), "logits differ");
         assert!(ga.equal(&gb), "gradients differ");
         assert_eq!(ga.kind(), Kind::Float);
@@ -292,24 +290,16 @@ mod tests {
     #[test]
     fn fused_qkv_equals_three_products() {
         let _rng = crate::torch_rng();
-        let mut config = crate::BertConfig::tiny(50);
-        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
-        let m = crate::Model::random(config, 3, Device::Cpu, 13).unwrap();
+        let m = model(13);
         let packed = crate::inputs::upload(2, 6, &[2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0], Some(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]), &[], Device::Cpu).0;
         let full = crate::inputs::upload(2, 4, &[2, 11, 12, 3, 2, 15, 16, 3], None, &[], Device::Cpu).0;
         assert!(packed.packed().is_some() && full.packed().is_none());
         for x in [&packed, &full] {
-            let run = |w: &Weights| {
-                m.params.zero_grad();
-                let logits = forward_with(w, x, true);
-                logits.sum(Kind::Float).backward();
-                (logits.detach(), m.params.flat_grad())
-            };
             let three = Weights::new(&m);
             assert!(three.qkv.iter().all(Option::is_none), "fp32 runs three products");
             let fused = Weights::cast_at_use(&m);
             assert!(fused.qkv.iter().all(Option::is_some));
-            let ((la, ga), (lb, gb)) = (run(&three), run(&fused));
+            let ((la, ga), (lb, gb)) = (pass(&three, x), pass(&fused, x));
             let dl = (&la - &lb).abs().max().double_value(&[]);
             let dg = (&ga - &gb).abs().max().double_value(&[]);
             assert!(dl < 1e-5 && dg < 1e-5, "logits differ by {dl}, gradients by {dg}");
