@@ -7,8 +7,8 @@
 # Prints one table (bench/gpu/table.py) with each figure for both sides and the ratio.
 #
 # FT_DRY_RUN=1 runs the same sequence on CPU (batches of 2, 4 steps, the IMDB runs for 3 steps
-# on the 128-token subset, the 256 runs on the 512-token subset): a check of the script, not a
-# measurement. Run it here before spending device time, with the project venv's python first on
+# on the 128-token subset, the 256 runs on the 512-token subset; ours in bf16 as on the GPU, so
+# the bf16 code path runs too): a check of the script, not a measurement. Run it here before spending device time, with the project venv's python first on
 # PATH: PATH=$PWD/.venv/bin:$PATH FT_DRY_RUN=1 bash bench/gpu/run.sh
 set -u
 cd "$(dirname "$0")/../.."
@@ -56,7 +56,7 @@ hf() {  # name, hf_train.py args...
   fi
 }
 if [ -n "${FT_DRY_RUN:-}" ]; then
-  DEV=cpu PREC=fp32 STEPS=4 WINDOW=1 IMDB_LEN=128 IMDB_RUN="max_steps: 3" HF_IMDB_RUN="--epochs 0.0006"
+  DEV=cpu PREC=bf16 STEPS=4 WINDOW=1 IMDB_LEN=128 IMDB_RUN="max_steps: 3" HF_IMDB_RUN="--epochs 0.0006"
   BATCH() { echo 2; }
   TOK() { [ "$1" = 256 ] && echo 512 || echo "$1"; }  # tok256's 2,500 validation reviews take CPU minutes
   LIMIT=600
