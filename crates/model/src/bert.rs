@@ -47,8 +47,7 @@ impl<'a> Weights<'a> {
         }
         // Concatenation order: each layer's query, key and value weights, then their biases,
         // then every other linear parameter in layout order.
-        let fused: Vec<[usize; 3]> = (0..layers).flat_map(|i| ["weight", "bias"].map(|what| qkv_names(i, what).map(|n| p.index_of(&n)))).collect();
-        let mut order: Vec<usize> = fused.iter().flatten().copied().collect();
+        let mut order: Vec<usize> = (0..layers).flat_map(|i| ["weight", "bias"].map(|what| qkv_names(i, what).map(|n| p.index_of(&n)))).flatten().collect();
         order.extend(p.linear().iter().filter(|i| !order.contains(i)).collect::<Vec<_>>());
         let flat: Vec<Tensor> = order.iter().map(|&i| p.tensors[i].view(-1)).collect();
         let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
@@ -56,13 +55,13 @@ impl<'a> Weights<'a> {
         for (&i, part) in order.iter().zip(copy.split_with_sizes(sizes.as_slice(), 0)) {
             w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
         }
-        // The fused projections: each triple is contiguous in `copy`, starting at its first
-        // member's offset.
+        // The fused projections: each triple is contiguous in `copy`; layer i's weights are
+        // `order[6i..6i+3]`, its biases `order[6i+3..6i+6]`.
         let offsets: Vec<i64> = sizes.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n))).collect();
         let h = m.config.hidden_size;
-        for (i, pair) in fused.chunks(2).enumerate() {
-            let at = |k: usize| offsets[order.iter().position(|&j| j == pair[k][0]).unwrap_or(0)];
-            w.qkv[i] = Some((copy.narrow(0, at(0), 3 * h * h).view([3 * h, h]), copy.narrow(0, at(1), 3 * h)));
+        for (i, slot) in w.qkv.iter_mut().enumerate() {
+            let (wt, b) = (offsets[6 * i], offsets[6 * i + 3]);
+            *slot = Some((copy.narrow(0, wt, 3 * h * h).view([3 * h, h]), copy.narrow(0, b, 3 * h)));
         }
         w
     }
