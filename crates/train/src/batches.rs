@@ -20,6 +20,9 @@ pub struct Plan {
     /// Token budget per batch (rows × padded length); overrides batch_size when set.
     pub batch_tokens: Option<usize>,
     pub max_length: usize,
+    /// What dynamic batch lengths are rounded up to (see `shards::pad_batch`): the budget counts
+    /// the rounded length, the one the batch really gets.
+    pub length_multiple: usize,
     pub seed: u64,
 }
 
@@ -52,8 +55,9 @@ impl Plan {
                 Some(budget) => {
                     let mut cur: Vec<usize> = Vec::new();
                     let mut longest = 0;
+                    let multiple = self.length_multiple.max(1);
                     for i in m {
-                        let l = len[i].max(1);
+                        let l = len[i].max(1).div_ceil(multiple) * multiple;
                         let longest_if = longest.max(l);
                         if !cur.is_empty() && longest_if * (cur.len() + 1) > budget {
                             batches.push(std::mem::take(&mut cur));
@@ -84,7 +88,7 @@ mod tests {
     use super::*;
 
     fn plan(padding: Padding, tokens: Option<usize>) -> Plan {
-        Plan { padding, batch_size: 8, batch_tokens: tokens, max_length: 64, seed: 3 }
+        Plan { padding, batch_size: 8, batch_tokens: tokens, max_length: 64, length_multiple: 1, seed: 3 }
     }
 
     #[test]
@@ -115,5 +119,14 @@ mod tests {
             let l = b.iter().map(|&i| len[i]).max().unwrap_or(0);
             assert!(b.len() == 1 || b.len() * l <= 256);
         }
+        // With lengths rounded up (to 16 here, as CUDA rounds to 64), the budget holds for the
+        // rounded length: a batch of 17-token examples gets 32 positions each.
+        let rounded = Plan { length_multiple: 16, ..plan(Padding::Dynamic, Some(256)) };
+        let batches = rounded.epoch(&pool, &len, 0);
+        for b in &batches {
+            let l = b.iter().map(|&i| len[i]).max().unwrap_or(0).div_ceil(16) * 16;
+            assert!(b.len() == 1 || b.len() * l <= 256, "{} rows × {l}", b.len());
+        }
+        assert!(batches.len() > plan(Padding::Dynamic, Some(256)).epoch(&pool, &len, 0).len());
     }
 }

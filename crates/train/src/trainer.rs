@@ -187,7 +187,14 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     if pool.is_empty() {
         bail!("the train split is empty");
     }
-    let plan = Plan { padding: p.padding, batch_size: p.batch_size, batch_tokens: p.batch_tokens, max_length: job.max_length, seed: p.seed };
+    let plan = Plan {
+        padding: p.padding,
+        batch_size: p.batch_size,
+        batch_tokens: p.batch_tokens,
+        max_length: job.max_length,
+        length_multiple: job.model.length_multiple(job.max_length),
+        seed: p.seed,
+    };
     let whole_epochs = p.epochs.ceil().max(1.0) as u64;
     let epoch_plans: Vec<usize> = (0..whole_epochs).map(|e| plan.epoch(&pool, &lengths, e).len()).collect();
     let accum = p.grad_accum.max(1);
@@ -289,7 +296,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         while st.batch < n_batches {
             let idx = &batches[st.batch];
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
-            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), job.model.length_multiple(job.max_length));
+            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), plan.length_multiple);
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
             let loss = model::device::guard(rows, len, job.device, || {
                 let (x, labels) = model::infer::to_device(&b, job.device);
