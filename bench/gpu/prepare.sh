@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares .device/ (git-ignored) for bench/gpu/run.sh on a GPU machine that has python3 with
-# torch and transformers but no Rust and no network: the ft-bench binary, all-MiniLM-L6-v2 in bf16
+# torch and transformers but no Rust and no network: the ft-bench and ft-logits binaries, all-MiniLM-L6-v2 in bf16
 # (xz), and token shards of IMDB at 256 (full) and at 128/512 (8,000 train reviews), all from the
 # offline mirror served by ../shared/hub/serve.py. Keeps the carried size under 64 MiB.
 set -euo pipefail
@@ -21,8 +21,8 @@ mk() {  # length -> a subset pipeline
   echo /tmp/bench-$1.yaml
 }
 rm -rf .device && mkdir -p .device/bin .device/minilm .device/bert-base .device/stage
-cargo build --release -p train --bin ft-bench
-cp target/release/ft-bench .device/bin/ && strip .device/bin/ft-bench
+cargo build --release -p train --bin ft-bench --bin ft-logits
+for b in ft-bench ft-logits; do cp target/release/$b .device/bin/ && strip .device/bin/$b; done
 cp "$(tok pipelines/imdb-minilm.yaml)" -r .device/stage/tok256
 cp "$(tok "$(mk 128)")" -r .device/stage/tok128
 cp "$(tok "$(mk 512)")" -r .device/stage/tok512

@@ -4,6 +4,7 @@
 # 1. ours: all-MiniLM-L6-v2 on IMDB at 256, 3 epochs, bs128, lr 1e-4, bf16, bucketed; test accuracy
 # 2. ours: bert-base shape (random init) at 128/bs128, 256/bs64, 512/bs32, fixed padding and bucketed
 # 3. HF Trainer on the same token ids: the same bert-base shapes (fixed), and the MiniLM IMDB run
+# Before them, bench/gpu/parity.py: our logits against HF's on the device, fp32 and bf16.
 # Prints one table (bench/gpu/table.py) with each figure for both sides and the ratio.
 #
 # FT_DRY_RUN=1 runs the same sequence on CPU (batches of 2, 4 steps, the IMDB runs for 3 steps
@@ -39,24 +40,17 @@ fi
 params() {  # name, then yaml lines
   local f=$W/$1.yaml; shift; printf '%s\n' "$@" > "$f"; echo "$f"
 }
-ours() {  # name, ft-bench args...
-  local name=$1; shift
-  echo "== ours $name" >&2
-  if timeout "$LIMIT" "$D/bin/ft-bench" "$@" > "$W/$name.json" 2> "$OUT/$name.err"; then
-    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["name"]=sys.argv[2]; d["side"]="ours"; print(json.dumps(d))' "$W/$name.json" "$name" >> "$R"
+record() {  # name, side, then a command whose last stdout line is one JSON object
+  local name=$1 side=$2; shift 2
+  echo "== $side $name" >&2
+  if timeout "$LIMIT" "$@" > "$W/$side-$name.out" 2> "$OUT/$side-$name.err"; then
+    tail -1 "$W/$side-$name.out" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["name"]=sys.argv[1]; d["side"]=sys.argv[2]; print(json.dumps(d))' "$name" "$side" >> "$R"
   else
-    echo "{\"name\": \"$name\", \"side\": \"ours\", \"failed\": true}" >> "$R"; tail -5 "$OUT/$name.err" >&2
+    echo "{\"name\": \"$name\", \"side\": \"$side\", \"failed\": true}" >> "$R"; tail -5 "$OUT/$side-$name.err" >&2
   fi
 }
-hf() {  # name, hf_train.py args...
-  local name=$1; shift
-  echo "== hf $name" >&2
-  if timeout "$LIMIT" python3 bench/hf_train.py "$@" --workers 2 > "$W/hf-$name.out" 2> "$OUT/hf-$name.err"; then
-    tail -1 "$W/hf-$name.out" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["name"]=sys.argv[1]; d["side"]="hf"; print(json.dumps(d))' "$name" >> "$R"
-  else
-    echo "{\"name\": \"$name\", \"side\": \"hf\", \"failed\": true}" >> "$R"; tail -5 "$OUT/hf-$name.err" >&2
-  fi
-}
+ours() { local name=$1; shift; record "$name" ours "$D/bin/ft-bench" "$@"; }
+hf() { local name=$1; shift; record "$name" hf python3 bench/hf_train.py "$@" --workers 2; }
 if [ -n "${FT_DRY_RUN:-}" ]; then
   DEV=cpu PREC=bf16 BB_PREC=fp32 STEPS=4 WINDOW=1 IMDB_LEN=128 IMDB_RUN="max_steps: 3" HF_IMDB_RUN="--epochs 0.0006"
   BATCH() { echo 2; }
@@ -68,6 +62,8 @@ else
   TOK() { echo "$1"; }
   LIMIT=150
 fi
+# First the model parity on this device (seconds): logits of ours and HF, fp32 and bf16.
+record parity both python3 bench/gpu/parity.py "$D/bin/ft-logits" "$W/minilm" tests/fixtures/parity/minilm-classifier.safetensors "$W/tok$IMDB_LEN" "$DEV"
 M=$(params minilm "device: $DEV" "precision: $PREC" "$IMDB_RUN" "learning_rate: 1.0e-4" "weight_decay: 0.01" "batch_size: $(BATCH 128)" "log_every_steps: 50")
 ours minilm-imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --params "$M" --out "$W/o-minilm" --eval-split test
 for lb in 128:128 256:64 512:32; do

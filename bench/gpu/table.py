@@ -39,6 +39,13 @@ print(f"| MiniLM IMDB test accuracy | {fmt(o and 100 * o, 2)}% | {fmt(h and 100 
 o = get("ours", "minilm-imdb", "eval", "examples_per_s")
 h = get("hf", "minilm-imdb", "eval_examples_per_s")
 print(f"| MiniLM evaluate 25k test, examples/s | {fmt(o, 0)} | {fmt(h, 0)} | {fmt(o / h if o and h else None, 2)}x |")
+p = by.get(("both", "parity"), {})
+if "ours_fp32" in p:
+    print(f"\nModel parity on {p['device']} (all-MiniLM-L6-v2, {p['rows']} rows padded to {p['len']}, {p['real_tokens']} real tokens; "
+          f"largest |logit - HF fp32 logit|, logits up to {p['logit_scale']:.3g}): ours fp32 {p['ours_fp32']:.2e}, "
+          f"ours bf16 {p['ours_bf16']:.2e}, HF bf16 autocast {p['hf_bf16']:.2e}")
+else:
+    print("\nModel parity: failed (see both-parity.err)")
 mfu = get("ours", "minilm-imdb", "train", "flop_utilisation")
 print(f"\nours MiniLM: {json.dumps(mfu)}")
 for L in [128, 256, 512]:
