@@ -107,3 +107,34 @@ fn live_comparison_with_transformers() {
         assert_close(&ours(&m, &live["minilm"]), &live["minilm"]["logits"], "minilm (live)");
     }
 }
+
+/// `ft-logits` (the GPU script's parity probe) prints the golden logits, and names the file and
+/// key of a malformed batch.
+#[test]
+fn ft_logits_prints_the_golden_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = golden();
+    let run = |batch: &serde_json::Value, precision: &str| {
+        let f = tmp.path().join("batch.json");
+        std::fs::write(&f, batch.to_string()).unwrap();
+        std::process::Command::new(tests::release_bin("ft-logits"))
+            .args(["--model".as_ref(), fixtures().join("parity/tiny-cls").as_os_str()])
+            .args(["--batch".as_ref(), f.as_os_str()])
+            .args(["--device", "cpu", "--precision", precision])
+            .output()
+            .unwrap()
+    };
+    let case = serde_json::json!({"ids": g["tiny"]["ids"], "mask": g["tiny"]["mask"]});
+    let out = run(&case, "fp32");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["precision"], "fp32");
+    let logits: Vec<Vec<f64>> = serde_json::from_value(got["logits"].clone()).unwrap();
+    assert_close(&logits, &g["tiny"]["logits"], "ft-logits");
+    let out = run(&case, "bf16");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["precision"], "bf16");
+    let out = run(&serde_json::json!({"ids": [[2, 40], [2]], "mask": [[1, 1], [1]]}), "fp32");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("batch.json: `ids` must be a list of equally long lists"), "{err}");
+}

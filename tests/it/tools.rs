@@ -6,11 +6,7 @@ use std::process::Command;
 
 use tests::repo;
 
-fn bin(name: &str) -> PathBuf {
-    let p = tests::release_dir().join(name);
-    assert!(p.exists(), "{} is not built: run the tests with `cargo xtask test`", p.display());
-    p
-}
+use tests::release_bin as bin;
 
 #[test]
 fn setup_is_idempotent_and_doctor_reports_cpu_only() {

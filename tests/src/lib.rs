@@ -28,6 +28,13 @@ pub fn release_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| repo().join("target")).join("release")
 }
 
+/// A binary of the workspace as `cargo xtask test` builds it (it builds them all first).
+pub fn release_bin(name: &str) -> std::path::PathBuf {
+    let p = release_dir().join(name);
+    assert!(p.exists(), "{} is not built: run the tests with `cargo xtask test`", p.display());
+    p
+}
+
 /// `pipelines/smoke.yaml` with absolute fixture paths and its store at `store`.
 pub fn smoke_pipeline(store: &std::path::Path) -> pipeline::Pipeline {
     let path = repo().join("pipelines/smoke.yaml");
