@@ -68,30 +68,28 @@ impl AdamW {
 
     /// The whole-buffer update of [`AdamW::step_tensors`], every parameter included.
     fn update(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64, bc1: f64, bc2: f64) -> Tensor {
-        {
-            let mut g = params.flat_grad();
-            let norm = g.norm();
-            if max_grad_norm > 0.0 {
-                let coef = (max_grad_norm / (&norm + 1e-6)).clamp_max(1.0);
-                let _ = g.g_mul_(&coef);
-            }
-            let mut p = params.flat().shallow_clone();
-            if self.weight_decay != 0.0 && params.n_decay() > 0 {
-                let _ = p.narrow(0, 0, params.n_decay()).g_mul_scalar_(1.0 - lr * self.weight_decay);
-            }
-            // As torch's AdamW: m = lerp(m, g, 1-b1); v = lerp(v, g^2, 1-b2);
-            // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
-            let _ = self.m.lerp_(&g, 1.0 - self.beta1);
-            let _ = self.v.lerp_(&g.square(), 1.0 - self.beta2);
-            let mut d = self.v.sqrt();
-            let _ = d.g_div_scalar_(bc2.sqrt());
-            let _ = d.g_add_scalar_(self.eps);
-            let _ = d.reciprocal_();
-            let _ = d.g_mul_(&self.m);
-            let _ = d.g_mul_scalar_(lr / bc1);
-            let _ = p.g_sub_(&d);
-            norm
+        let mut g = params.flat_grad();
+        let norm = g.norm();
+        if max_grad_norm > 0.0 {
+            let coef = (max_grad_norm / (&norm + 1e-6)).clamp_max(1.0);
+            let _ = g.g_mul_(&coef);
         }
+        let mut p = params.flat().shallow_clone();
+        if self.weight_decay != 0.0 && params.n_decay() > 0 {
+            let _ = p.narrow(0, 0, params.n_decay()).g_mul_scalar_(1.0 - lr * self.weight_decay);
+        }
+        // As torch's AdamW: m = lerp(m, g, 1-b1); v = lerp(v, g^2, 1-b2);
+        // p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps).
+        let _ = self.m.lerp_(&g, 1.0 - self.beta1);
+        let _ = self.v.lerp_(&g.square(), 1.0 - self.beta2);
+        let mut d = self.v.sqrt();
+        let _ = d.g_div_scalar_(bc2.sqrt());
+        let _ = d.g_add_scalar_(self.eps);
+        let _ = d.reciprocal_();
+        let _ = d.g_mul_(&self.m);
+        let _ = d.g_mul_scalar_(lr / bc1);
+        let _ = p.g_sub_(&d);
+        norm
     }
 
     /// [`AdamW::step`] on CPU as one fused pass over the parameters, the gradients and both
