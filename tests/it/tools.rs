@@ -1,12 +1,9 @@
 //! `cargo xtask setup` is idempotent and `doctor` reports what libtorch can do here; stage
 //! binaries refuse mismatched inputs and foreign export directories.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-use tests::repo;
-
-use tests::release_bin as bin;
+use tests::{release_bin as bin, repo};
 
 #[test]
 fn setup_is_idempotent_and_doctor_reports_cpu_only() {
