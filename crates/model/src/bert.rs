@@ -45,10 +45,8 @@ impl<'a> Weights<'a> {
         if m.compute == Kind::Float {
             return w;
         }
-        // Concatenation order: each layer's query, key and value weights, then their biases,
-        // then every other linear parameter in layout order.
-        let mut order: Vec<usize> = (0..layers).flat_map(|i| ["weight", "bias"].map(|what| qkv_names(i, what).map(|n| p.index_of(&n)))).flatten().collect();
-        order.extend(p.linear().iter().filter(|i| !order.contains(i)).collect::<Vec<_>>());
+        // Params keeps the linear parameters in the order this copy needs (see Params::linear).
+        let order = p.linear();
         let flat: Vec<Tensor> = order.iter().map(|&i| p.tensors[i].view(-1)).collect();
         let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
         let copy = Tensor::cat(&flat, 0).to_kind(m.compute);
@@ -56,7 +54,7 @@ impl<'a> Weights<'a> {
             w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
         }
         // The fused projections: each triple is contiguous in `copy`; layer i's weights are
-        // `order[6i..6i+3]`, its biases `order[6i+3..6i+6]`.
+        // `order[6i..6i+3]`, its biases `order[6i+3..6i+6]` (Params::linear).
         let offsets: Vec<i64> = sizes.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n))).collect();
         let h = m.config.hidden_size;
         for (i, slot) in w.qkv.iter_mut().enumerate() {

@@ -29,7 +29,7 @@ pub struct Params {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
     index: HashMap<String, usize>,
-    /// Indices of the linear layers' weights and biases, in layout order.
+    /// Indices of the linear layers' weights and biases, in the order of [`Params::linear`].
     linear: Vec<usize>,
     flat: Tensor,
     /// Offset of each parameter (by index in `names`) in `flat`.
@@ -160,6 +160,10 @@ impl Params {
         for t in &tensors {
             grad_reset.add_parameters(t, 0).expect("libtorch takes a parameter");
         }
+        // Per layer the query, key and value weights, then their biases (the layout has them as
+        // q.weight, q.bias, k.weight, k.bias, v.weight, v.bias), then the rest in layout order.
+        let (qkv, rest): (Vec<usize>, Vec<usize>) = linear.iter().partition(|&&i| names[i].contains(".attention.self."));
+        let linear = qkv.chunks(6).flat_map(|l| [l[0], l[2], l[4], l[1], l[3], l[5]]).chain(rest).collect();
         Params { names, tensors, index, linear, flat, offsets, flat_order, n_decay, grad_reset }
     }
 
@@ -224,7 +228,9 @@ impl Params {
     }
 
     /// Indices (in [`Params::names`]) of the linear layers' weights and biases: the parameters
-    /// matrix products read, which run in the model's compute dtype.
+    /// matrix products read, which run in the model's compute dtype. Ordered for the bf16
+    /// working copy (`bert::Weights`): layer `i`'s query, key and value weights at `6i..6i+3`
+    /// and their biases at `6i+3..6i+6`, so each triple is one fused projection; then the rest.
     pub fn linear(&self) -> &[usize] {
         &self.linear
     }
