@@ -33,6 +33,7 @@ pub struct Weights<'a> {
 }
 
 /// The names of layer `i`'s query, key and value parameters (`weight` or `bias`).
+#[cfg(test)]
 fn qkv_names(i: i64, what: &str) -> [String; 3] {
     ["query", "key", "value"].map(|q| format!("bert.encoder.layer.{i}.attention.self.{q}.{what}"))
 }
