@@ -29,22 +29,11 @@ struct Cli {
     num_labels: i64,
 }
 
-/// The rows of `key` in the batch file, flattened, with their count and common length.
-fn rows(batch: &serde_json::Value, key: &str, file: &std::path::Path) -> anyhow::Result<(Vec<i64>, i64, i64)> {
-    let bad = || format!("{}: `{key}` must be a list of equally long lists of integers", file.display());
-    let rows = batch[key].as_array().with_context(bad)?;
-    let mut flat = Vec::new();
-    let mut len = None;
-    for r in rows {
-        let r = r.as_array().with_context(bad)?;
-        if *len.get_or_insert(r.len()) != r.len() {
-            bail!(bad());
-        }
-        for x in r {
-            flat.push(x.as_i64().with_context(bad)?);
-        }
-    }
-    Ok((flat, rows.len() as i64, len.unwrap_or(0) as i64))
+/// The batch file: token ids and attention mask, `rows × len` each.
+#[derive(serde::Deserialize)]
+struct Batch {
+    ids: Vec<Vec<i64>>,
+    mask: Vec<Vec<i64>>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,13 +50,13 @@ fn main() -> anyhow::Result<()> {
     let precision = if cli.precision == "bf16" { pipeline::Precision::Bf16 } else { pipeline::Precision::Fp32 };
     m.compute = train::compute_kind(precision, device);
     let text = std::fs::read(&cli.batch).with_context(|| format!("reading {}", cli.batch.display()))?;
-    let batch: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("parsing {}", cli.batch.display()))?;
-    let (ids, n, len) = rows(&batch, "ids", &cli.batch)?;
-    let (mask, mn, mlen) = rows(&batch, "mask", &cli.batch)?;
-    if (n, len) != (mn, mlen) {
-        bail!("{}: `ids` is {n} × {len} but `mask` is {mn} × {mlen}", cli.batch.display());
+    let b: Batch = serde_json::from_slice(&text).with_context(|| format!("parsing {} (want {{\"ids\": [[..]], \"mask\": [[..]]}})", cli.batch.display()))?;
+    let (n, len) = (b.ids.len(), b.ids.first().map_or(0, Vec::len));
+    if n == 0 || len == 0 || b.ids.iter().chain(&b.mask).any(|r| r.len() != len) || b.mask.len() != n {
+        bail!("{}: `ids` must be a list of equally long lists of integers, and `mask` of the same shape", cli.batch.display());
     }
-    let (x, _) = model::inputs::upload(n as usize, len as usize, &ids, Some(&mask), &[], device);
+    let (ids, mask) = (b.ids.concat(), b.mask.concat());
+    let (x, _) = model::inputs::upload(n, len, &ids, Some(&mask), &[], device);
     let logits = tch::no_grad(|| m.forward(&x, false)).to_device(tch::Device::Cpu);
     let flat: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).context("reading the logits back")?;
     let out: Vec<&[f32]> = flat.chunks(cli.num_labels.max(1) as usize).collect();
