@@ -47,35 +47,40 @@ pub fn is_done() -> bool {
         || (link().join("lib").exists() && std::fs::read_to_string(stamp()).map(|s| s == stamp_text()).unwrap_or(false))
 }
 
-/// What the first install takes on disk at its peak: the wheels pip downloads (~3 GB, into the
-/// temporary folder) while the venv fills (~5.2 GB installed), with some room to spare.
-const SETUP_DISK_BYTES: u64 = 9 << 30;
+/// What the venv takes once installed (~5.2 GB), with some room to spare.
+const VENV_BYTES: u64 = 6 << 30;
+/// The wheels pip downloads into the temporary folder while it installs them (~3 GB).
+const WHEELS_BYTES: u64 = 3 << 30;
 
 /// Fails before pip starts when the disk cannot hold the install: pip would otherwise stop
 /// minutes in with "No space left on device" and a half-filled venv.
 fn check_free_space(venv: &std::path::Path) -> anyhow::Result<()> {
     let free = |p: &std::path::Path| fs4::available_space(p).with_context(|| format!("reading the free space under {}", p.display()));
     let tmp = std::env::temp_dir();
-    let (at_venv, at_tmp) = (free(venv)?, free(&tmp)?);
     let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok();
     let same_disk = dev(venv).is_some() && dev(venv) == dev(&tmp);
-    let need_venv = if same_disk { SETUP_DISK_BYTES } else { 6 << 30 };
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    if at_venv < need_venv {
+    let need = VENV_BYTES + if same_disk { WHEELS_BYTES } else { 0 };
+    let at_venv = free(venv)?;
+    if at_venv < need {
         bail!(
             "setup needs about {:.0} GiB free for {} but the disk has {:.1} GiB: free some space (old `target/` folders, \
              `cargo xtask gc`, stale bench outputs) and rerun `cargo xtask setup`",
-            gib(need_venv),
+            gib(need),
             venv.display(),
             gib(at_venv)
         );
     }
-    if !same_disk && at_tmp < (3 << 30) {
-        bail!(
-            "setup downloads about 3 GiB of wheels into {} but it has {:.1} GiB free: set TMPDIR to a folder on a disk with room and rerun `cargo xtask setup`",
-            tmp.display(),
-            gib(at_tmp)
-        );
+    if !same_disk {
+        let at_tmp = free(&tmp)?;
+        if at_tmp < WHEELS_BYTES {
+            bail!(
+                "setup downloads about {:.0} GiB of wheels into {} but it has {:.1} GiB free: set TMPDIR to a folder on a disk with room and rerun `cargo xtask setup`",
+                gib(WHEELS_BYTES),
+                tmp.display(),
+                gib(at_tmp)
+            );
+        }
     }
     Ok(())
 }
