@@ -31,6 +31,7 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     assert!(metrics["ci95"]["accuracy"].as_array().is_some_and(|a| a.len() == 2));
     let second = run(&p);
     assert!(second.iter().all(|o| o.cached), "{second:?}");
+    reports_progress_off_a_terminal(&first, tmp.path());
 
     let export = first[4].artifact.clone().unwrap();
     matches_the_golden_listing(&export);
@@ -71,6 +72,34 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     for (a, b) in ours.iter().zip(&theirs) {
         assert!((*a as f64 - b).abs() < 1e-4, "logits: ours {ours:?} vs transformers {theirs:?}");
     }
+}
+
+/// Train and evaluate run with stderr going to a pipe (as under nohup, CI or a scheduler, where
+/// no progress bar is drawn) still say how far they are: a line per log point with loss, lr,
+/// speed and ETA, the validation results, and evaluation at each tenth of the way.
+fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
+    let dir = |i: usize| first[i].artifact.clone().unwrap().display().to_string();
+    let stage = |bin: &str, params: &str, inputs: &[(&str, String)]| -> String {
+        let file = tmp.join(format!("{bin}.yaml"));
+        std::fs::write(&file, params).unwrap();
+        let mut cmd = std::process::Command::new(tests::release_bin(bin));
+        cmd.arg("--params").arg(&file).arg("--store").arg(tmp.join("progress-store"));
+        for (name, d) in inputs {
+            cmd.arg("--input").arg(format!("{name}={d}"));
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{bin}: {err}");
+        err
+    };
+    let train = stage("ft-train", "device: cpu\nepochs: 1\nbatch_size: 16\nlearning_rate: 1.0e-3\nlog_every_steps: 10\n", &[("download", dir(0)), ("tokenize", dir(1))]);
+    let steps: Vec<&str> = train.lines().filter(|l| l.contains(" steps: epoch 1/1 loss ")).collect();
+    assert!(steps.len() >= 3, "a line per log point: {train}");
+    assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" samples/s; ") && l.contains(" elapsed, ETA ")), "{train}");
+    assert!(train.lines().any(|l| l.contains(": validation loss ") && l.contains(" accuracy ")), "{train}");
+    let eval = stage("ft-evaluate", "device: cpu\nbatch_size: 32\n", &[("tokenize", dir(1)), ("train", dir(2))]);
+    let tenths: Vec<&str> = eval.lines().filter(|l| l.contains("/160 examples; ")).collect();
+    assert!(tenths.len() >= 5 && tenths.last().is_some_and(|l| l.starts_with("160/160 ")), "{eval}");
 }
 
 /// Tensor names and shapes, config and files of an export against what transformers itself writes

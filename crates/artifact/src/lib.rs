@@ -1,5 +1,5 @@
 //! Content-addressed artifact store: keys, manifests, atomic publishing, verification and the
-//! shared command line every stage binary speaks.
+//! shared command line every stage binary speaks (and the progress it shows: [`Progress`]).
 //!
 //! An artifact is a directory `STORE/<stage>/<key>/` holding the stage's files and a
 //! `manifest.json` (see [`Manifest`]). The key is computed by [`compute_key`] from the stage name,
@@ -8,11 +8,13 @@
 
 mod hash;
 mod manifest;
+mod progress;
 mod stage;
 mod store;
 
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
 pub use manifest::{FileEntry, InputRef, Manifest, FILE_INPUT};
+pub use progress::Progress;
 pub use stage::{execute, exit, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
 pub use store::{Artifact, KeyLock, Staging, Store, VerifyError};
 

@@ -108,7 +108,10 @@ pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::
         Err(e) => return Err(e.into()),
     };
     let t = std::time::Instant::now();
-    let pred = model::infer::predict(&m, &split, p.batch_size, pad, device).map_err(|e| e.explain("evaluation", "evaluate.batch_size"))?;
+    let progress = artifact::Progress::new("examples", split.len() as u64, 0);
+    let pred = model::infer::predict(&m, &split, p.batch_size, pad, device, &mut |n| progress.tick(n as u64))
+        .map_err(|e| e.explain("evaluation", "evaluate.batch_size"))?;
+    progress.finish();
     let secs = t.elapsed().as_secs_f64();
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let preds = pred.argmax();

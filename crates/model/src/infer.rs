@@ -30,8 +30,9 @@ pub fn to_device(b: &shards::Batch, device: Device) -> (Inputs, Tensor) {
 }
 
 /// Runs the model over `split` in batches of `batch_size` (sorted by length, longest first, so
-/// a batch too large for the device fails at once).
-pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device) -> Result<Predictions, BatchError> {
+/// a batch too large for the device fails at once). `done` hears how many examples have gone
+/// through after each batch (for a progress bar; on a GPU, queued).
+pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device, done: &mut dyn FnMut(usize)) -> Result<Predictions, BatchError> {
     let n = split.len();
     let lengths = split.lengths();
     let mut order: Vec<usize> = (0..n).collect();
@@ -41,6 +42,7 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
     let mut logits = Vec::new();
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut tokens = 0;
+    let mut finished = 0;
     tch::no_grad(|| {
         // Made in the first batch's guard: in bf16 it allocates the weights' working copy.
         let mut frozen = None;
@@ -54,6 +56,8 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
                 l
             })?;
             logits.push(l);
+            finished += chunk.len();
+            done(finished);
         }
         Ok::<(), BatchError>(())
     })?;

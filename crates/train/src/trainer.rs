@@ -75,7 +75,7 @@ fn higher_is_better(m: Metric) -> bool {
 /// Loss, accuracy and F1 on `split`; the caller explains a failed batch (it knows which setting
 /// sets the batch size).
 pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> Result<serde_json::Value, BatchError> {
-    let pred = model::infer::predict(m, split, batch, pad, device)?;
+    let pred = model::infer::predict(m, split, batch, pad, device, &mut |_| {})?;
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let p = pred.argmax();
     let n = m.num_labels as usize;
@@ -219,16 +219,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_file(&log_path);
     }
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("opening log.jsonl")?;
-    let bar = if job.progress {
-        let b = indicatif::ProgressBar::with_draw_target(Some(total_steps), indicatif::ProgressDrawTarget::stderr());
-        if let Ok(s) = indicatif::ProgressStyle::with_template("{msg} [{bar:25}] {pos}/{len} steps, ETA {eta}") {
-            b.set_style(s);
-        }
-        b.set_position(st.step);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let progress = if job.progress { artifact::Progress::new("steps", total_steps, st.step) } else { artifact::Progress::hidden() };
     let mut last_eval = None;
     let higher = higher_is_better(p.select_metric);
     let metric_key = match p.select_metric {
@@ -273,7 +264,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 }
             }
             writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "eval": ev, "best": better}))?;
-            bar.println(format!(
+            progress.println(&format!(
                 "step {}: validation loss {:.4}, accuracy {:.4}, f1 {:.4}{}",
                 st.step,
                 ev["loss"].as_f64().unwrap_or(0.0),
@@ -322,7 +313,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             job.model.params.zero_grad();
             st.step += 1;
             pending.push((st.step, loss));
-            bar.set_position(st.step);
+            progress.set_position(st.step);
             let at_log = st.step % p.log_every_steps.max(1) == 0 || st.step == total_steps;
             if at_log {
                 let losses: Vec<f64> = pending.iter().map(|(_, l)| l.double_value(&[])).collect();
@@ -338,7 +329,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 let (sps, tps) = (window.1 as f64 / secs, window.2 as f64 / secs);
                 let gn = norm.double_value(&[]);
                 writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "loss": mean, "lr": lr, "grad_norm": gn, "samples_per_s": sps, "tokens_per_s": tps}))?;
-                bar.set_message(format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
+                progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);
             }
@@ -369,7 +360,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             st.done = true;
         }
     }
-    bar.finish_and_clear();
+    progress.finish();
     let t_wait = Instant::now();
     writer.wait()?;
     st.eval_seconds += t_wait.elapsed().as_secs_f64();

@@ -22,7 +22,7 @@ struct Cli {
     /// Where to write the train outputs (weights, log).
     #[arg(long)]
     out: PathBuf,
-    /// Split to evaluate after training (none: skip).
+    /// Split to evaluate after training (left out: no evaluation).
     #[arg(long)]
     eval_split: Option<String>,
     /// Log windows to skip as warm-up when reporting steady-state throughput.
