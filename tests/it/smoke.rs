@@ -76,7 +76,7 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
 
 /// Train and evaluate run with stderr going to a pipe (as under nohup, CI or a scheduler, where
 /// no progress bar is drawn) still say how far they are: a line per log point with loss, lr,
-/// speed and ETA, the validation results, and evaluation at each tenth of the way.
+/// speed and ETA, the validation results, and where evaluation is.
 fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     let dir = |i: usize| first[i].artifact.clone().unwrap().display().to_string();
     let stage = |bin: &str, params: &str, inputs: &[(&str, String)]| -> String {
@@ -95,11 +95,14 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     let train = stage("ft-train", "device: cpu\nepochs: 1\nbatch_size: 16\nlearning_rate: 1.0e-3\nlog_every_steps: 10\n", &[("download", dir(0)), ("tokenize", dir(1))]);
     let steps: Vec<&str> = train.lines().filter(|l| l.contains(" steps: epoch 1/1 loss ")).collect();
     assert!(steps.len() >= 3, "a line per log point: {train}");
-    assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" samples/s; ") && l.contains(" elapsed, ETA ")), "{train}");
+    assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" samples/s; ")), "{train}");
+    let (last, before) = steps.split_last().unwrap();
+    assert!(before.iter().all(|l| l.contains(" elapsed, ETA ")) && last.contains("; done in "), "{train}");
     assert!(train.lines().any(|l| l.contains(": validation loss ") && l.contains(" accuracy ")), "{train}");
     let eval = stage("ft-evaluate", "device: cpu\nbatch_size: 32\n", &[("tokenize", dir(1)), ("train", dir(2))]);
-    let tenths: Vec<&str> = eval.lines().filter(|l| l.contains("/160 examples; ")).collect();
-    assert!(tenths.len() >= 5 && tenths.last().is_some_and(|l| l.starts_with("160/160 ")), "{eval}");
+    // Evaluation takes well under artifact::TICK_GAP here: a line for its end alone.
+    let ticks: Vec<&str> = eval.lines().filter(|l| l.contains("/160 examples; ")).collect();
+    assert!(ticks.len() == 1 && ticks[0].starts_with("160/160 examples; "), "{eval}");
 }
 
 /// Tensor names and shapes, config and files of an export against what transformers itself writes

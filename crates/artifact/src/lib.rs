@@ -14,7 +14,7 @@ mod store;
 
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
 pub use manifest::{FileEntry, InputRef, Manifest, FILE_INPUT};
-pub use progress::Progress;
+pub use progress::{Progress, TICK_GAP};
 pub use stage::{execute, exit, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
 pub use store::{Artifact, KeyLock, Staging, Store, VerifyError};
 

@@ -4,57 +4,85 @@
 //! CI, a batch scheduler, `TERM` unset — indicatif draws nothing and drops the lines printed
 //! above its bar too, so a job run under `nohup` would say nothing between "training …" and
 //! its summary. There the same facts go out as plain lines on stderr instead: one per
-//! [`Progress::report`] (with the position, the elapsed time and an ETA), one at each tenth of
-//! the way for [`Progress::tick`], and every [`Progress::println`].
+//! [`Progress::report`] (with the position, the elapsed time and an ETA), every
+//! [`Progress::println`], and for [`Progress::tick`] a line at the end and at each tenth of the
+//! way reached at least [`TICK_GAP`] after the previous line (a fast loop says only that it ended).
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use indicatif::{HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The least time between two lines of [`Progress::tick`] before the end.
+pub const TICK_GAP: Duration = Duration::from_secs(5);
 
 /// A bar on a terminal, plain lines elsewhere, or nothing (hidden).
 pub struct Progress {
     what: String,
     total: u64,
+    /// Positions are bytes (of a file named `what`), else counts of `what`.
+    bytes: bool,
     out: Out,
     /// Tenths of the way reported by [`Progress::tick`] so far.
     tenths: AtomicU64,
+    gap: Duration,
 }
 
 enum Out {
     Hidden,
     Bar(ProgressBar),
-    /// Lines written to `sink`; the ETA counts from `since`, when the position was `from`.
-    Lines { sink: std::sync::Mutex<Box<dyn std::io::Write + Send>>, since: Instant, from: u64 },
+    /// Lines written to `sink`, the last one at `last`; the ETA counts from `since`, when the
+    /// position was `from`.
+    Lines { sink: Mutex<Box<dyn std::io::Write + Send>>, since: Instant, from: u64, last: Mutex<Instant> },
 }
 
 impl Progress {
     /// Progress of `what` ("steps", "examples") from position `at` (a resumed run's start) to
     /// `total`: a bar if stderr is a terminal indicatif draws on, else lines on stderr.
     pub fn new(what: &str, total: u64, at: u64) -> Progress {
+        Progress::on_stderr(what, total, at, false)
+    }
+
+    /// Progress of the transfer of a file described by `what`, `total` bytes.
+    pub fn bytes(what: &str, total: u64) -> Progress {
+        Progress::on_stderr(what, total, 0, true)
+    }
+
+    fn on_stderr(what: &str, total: u64, at: u64, bytes: bool) -> Progress {
         let target = ProgressDrawTarget::stderr();
         if target.is_hidden() {
-            return Progress::lines(what, total, at, Box::new(std::io::stderr()));
+            return Progress::lines(what, total, at, bytes, Box::new(std::io::stderr()));
         }
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        if let Ok(s) = ProgressStyle::with_template(&format!("{{msg}} [{{bar:25}}] {{pos}}/{{len}} {what}, ETA {{eta}}")) {
+        let template = if bytes {
+            "{msg} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}".to_string()
+        } else {
+            format!("{{msg}} [{{bar:25}}] {{pos}}/{{len}} {what}, ETA {{eta}}")
+        };
+        if let Ok(s) = ProgressStyle::with_template(&template) {
             bar.set_style(s);
+        }
+        if bytes {
+            bar.set_message(what.to_string());
         }
         bar.set_position(at);
         bar.reset_eta();
-        Progress { what: what.into(), total, out: Out::Bar(bar), tenths: AtomicU64::new(0) }
+        Progress { what: what.into(), total, bytes, out: Out::Bar(bar), tenths: AtomicU64::new(0), gap: TICK_GAP }
     }
 
-    /// Progress written as plain lines to `sink` (what [`Progress::new`] does off a terminal).
-    pub fn lines(what: &str, total: u64, at: u64, sink: Box<dyn std::io::Write + Send>) -> Progress {
-        let out = Out::Lines { sink: std::sync::Mutex::new(sink), since: Instant::now(), from: at };
-        Progress { what: what.into(), total, out, tenths: AtomicU64::new(0) }
+    /// Progress written as plain lines to `sink` (what [`Progress::new`] and
+    /// [`Progress::bytes`] do off a terminal).
+    pub fn lines(what: &str, total: u64, at: u64, bytes: bool, sink: Box<dyn std::io::Write + Send>) -> Progress {
+        let now = Instant::now();
+        let out = Out::Lines { sink: Mutex::new(sink), since: now, from: at, last: Mutex::new(now) };
+        Progress { what: what.into(), total, bytes, out, tenths: AtomicU64::new(0), gap: TICK_GAP }
     }
 
     /// Shows nothing.
     pub fn hidden() -> Progress {
-        Progress { what: String::new(), total: 0, out: Out::Hidden, tenths: AtomicU64::new(0) }
+        Progress { what: String::new(), total: 0, bytes: false, out: Out::Hidden, tenths: AtomicU64::new(0), gap: TICK_GAP }
     }
 
     /// Moves the bar (lines: nothing, until the next report).
@@ -64,18 +92,22 @@ impl Progress {
         }
     }
 
-    /// Moves the bar; off a terminal, reports each tenth of the way (for loops without a
-    /// natural log point, such as evaluation batches).
+    /// Moves the bar; off a terminal, reports the end, and each tenth of the way reached at
+    /// least [`TICK_GAP`] after the previous line (for loops without a natural log point, such as
+    /// evaluation batches or a download).
     pub fn tick(&self, pos: u64) {
         self.set_position(pos);
+        let Out::Lines { last, .. } = &self.out else { return };
         let tenth = (pos * 10).checked_div(self.total).unwrap_or(10).min(10);
-        if matches!(self.out, Out::Lines { .. }) && tenth > self.tenths.fetch_max(tenth, Ordering::Relaxed) {
+        let due = pos >= self.total || last.lock().map(|l| l.elapsed() >= self.gap).unwrap_or(true);
+        if due && tenth > self.tenths.fetch_max(tenth, Ordering::Relaxed) {
             self.report(pos, "");
         }
     }
 
     /// The state at `pos`, described by `msg` (may be empty): the bar's message, or a line
-    /// `"{pos}/{total} {what}: {msg}; {elapsed} elapsed, ETA {eta}"`.
+    /// `"{pos}/{total} {what}: {msg}; {elapsed} elapsed, ETA {eta}"` (bytes: `"{what}:
+    /// {pos}/{total}; …"` in KiB, MiB, GiB), at the end `"…; done in {elapsed}"`.
     pub fn report(&self, pos: u64, msg: &str) {
         match &self.out {
             Out::Hidden => {}
@@ -83,7 +115,7 @@ impl Progress {
                 b.set_position(pos);
                 b.set_message(msg.to_string());
             }
-            Out::Lines { sink, since, from } => {
+            Out::Lines { sink, since, from, last } => {
                 let elapsed = since.elapsed();
                 let done = pos.saturating_sub(*from);
                 let eta = if done == 0 {
@@ -92,9 +124,21 @@ impl Progress {
                     let left = elapsed.as_secs_f64() * self.total.saturating_sub(pos) as f64 / done as f64;
                     HumanDuration(Duration::from_secs_f64(left)).to_string()
                 };
+                let at = if self.bytes {
+                    format!("{}: {}/{}", self.what, HumanBytes(pos), HumanBytes(self.total))
+                } else {
+                    format!("{pos}/{} {}", self.total, self.what)
+                };
                 let sep = if msg.is_empty() { "" } else { ": " };
-                let line = format!("{pos}/{} {}{sep}{msg}; {} elapsed, ETA {eta}", self.total, self.what, HumanDuration(elapsed));
+                let line = if pos >= self.total {
+                    format!("{at}{sep}{msg}; done in {}", HumanDuration(elapsed))
+                } else {
+                    format!("{at}{sep}{msg}; {} elapsed, ETA {eta}", HumanDuration(elapsed))
+                };
                 write_line(sink, &line);
+                if let Ok(mut l) = last.lock() {
+                    *l = Instant::now();
+                }
             }
         }
     }
@@ -116,7 +160,7 @@ impl Progress {
     }
 }
 
-fn write_line(sink: &std::sync::Mutex<Box<dyn std::io::Write + Send>>, line: &str) {
+fn write_line(sink: &Mutex<Box<dyn std::io::Write + Send>>, line: &str) {
     if let Ok(mut w) = sink.lock() {
         // Progress is for a person: a closed stderr must not fail the stage.
         let _ = writeln!(w, "{line}");
@@ -126,7 +170,7 @@ fn write_line(sink: &std::sync::Mutex<Box<dyn std::io::Write + Send>>, line: &st
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use super::*;
 
@@ -149,9 +193,22 @@ mod tests {
     }
 
     #[test]
-    fn ticks_report_each_tenth_once() {
+    fn a_fast_loop_of_ticks_reports_its_end_only() {
         let sink = Shared::default();
-        let p = Progress::lines("examples", 250, 0, Box::new(sink.clone()));
+        let p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()));
+        for pos in (0..=250).step_by(16).chain([250, 250]) {
+            p.tick(pos);
+        }
+        let text = text(&sink);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with("250/250 examples; "), "{text}");
+    }
+
+    #[test]
+    fn slow_ticks_report_each_tenth_once() {
+        let sink = Shared::default();
+        let mut p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()));
+        p.gap = Duration::ZERO;
         for pos in (0..=250).step_by(16).chain([250]) {
             p.tick(pos);
         }
@@ -162,9 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn byte_progress_names_the_file_and_counts_in_binary_units() {
+        let sink = Shared::default();
+        let mut p = Progress::lines("org/model/model.safetensors", 3 << 20, 0, true, Box::new(sink.clone()));
+        p.gap = Duration::ZERO;
+        p.tick(1 << 19);
+        p.tick(3 << 20);
+        let text = text(&sink);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with("org/model/model.safetensors: 512.00 KiB/3.00 MiB; "), "{text}");
+        assert!(lines[1].starts_with("org/model/model.safetensors: 3.00 MiB/3.00 MiB; "), "{text}");
+    }
+
+    #[test]
     fn off_a_terminal_reports_and_lines_are_written_out() {
         let sink = Shared::default();
-        let p = Progress::lines("steps", 100, 20, Box::new(sink.clone()));
+        let p = Progress::lines("steps", 100, 20, false, Box::new(sink.clone()));
         p.report(20, "loss 0.7");
         p.set_position(30);
         std::thread::sleep(Duration::from_millis(30));
@@ -180,6 +251,6 @@ mod tests {
         // 40 steps done, 40 left: the ETA is about the time taken so far, not a whole run's.
         assert!(lines[1].starts_with("60/100 steps: loss 0.5; ") && !lines[1].ends_with("ETA ?"), "{text}");
         assert_eq!(lines[2], "validation accuracy 0.9");
-        assert!(lines[3].starts_with("100/100 steps; ") && lines[3].ends_with("ETA 0 seconds"), "{text}");
+        assert!(lines[3].starts_with("100/100 steps; done in "), "{text}");
     }
 }

@@ -373,7 +373,7 @@ impl Hub {
     /// with Range after a broken transfer, then checks size and hash and renames it into place.
     fn download_blob(&self, agent: &ureq::Agent, meta: &Meta, blob: &Path, what: &str) -> anyhow::Result<()> {
         let part = blob.with_extension("incomplete");
-        let bar = progress_bar(self.progress, meta.size, what);
+        let bar = if self.progress { artifact::Progress::bytes(what, meta.size) } else { artifact::Progress::hidden() };
         let kind = if meta.lfs { "sha256" } else { "git sha1" };
         for round in 0..2 {
             // The hasher always covers exactly `hashed` bytes of `part`.
@@ -419,7 +419,7 @@ impl Hub {
                     .with_context(|| format!("opening {}", part.display()))?;
                 let mut reader = resp.into_body().into_reader();
                 let mut buf = vec![0u8; 1 << 20];
-                bar.set_position(hashed);
+                bar.tick(hashed);
                 loop {
                     match reader.read(&mut buf) {
                         Ok(0) => break,
@@ -427,7 +427,7 @@ impl Hub {
                             file.write_all(&buf[..n]).with_context(|| format!("writing {}", part.display()))?;
                             hasher.update(&buf[..n]);
                             hashed += n as u64;
-                            bar.set_position(hashed);
+                            bar.tick(hashed);
                         }
                         Err(e) => {
                             file.flush().with_context(|| format!("writing {}", part.display()))?;
@@ -444,14 +444,14 @@ impl Hub {
             let actual = hasher.finish();
             if got == meta.size && actual == meta.etag {
                 std::fs::rename(&part, blob).with_context(|| format!("moving {} into place", part.display()))?;
-                bar.finish_and_clear();
+                bar.finish();
                 return Ok(());
             }
             let _ = std::fs::remove_file(&part);
             if round == 0 {
                 eprintln!("warning: {what}: {kind} mismatch (expected {}, got {actual}); downloading it again", meta.etag);
             } else {
-                bar.abandon();
+                bar.finish();
                 bail!(
                     "{what}: {kind} mismatch after a second download: expected {} (from the Hub), got {actual}; the file is corrupted in transit or at the source",
                     meta.etag
@@ -525,18 +525,6 @@ fn origin_of(url: &str) -> String {
         Some(j) => url[..after + j].to_string(),
         None => url.to_string(),
     }
-}
-
-fn progress_bar(enabled: bool, size: u64, what: &str) -> indicatif::ProgressBar {
-    if !enabled {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::with_draw_target(Some(size), indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}") {
-        bar.set_style(style);
-    }
-    bar.set_message(what.to_string());
-    bar
 }
 
 fn walk_rel(base: &Path, dir: &Path, out: &mut Vec<String>) {
