@@ -143,6 +143,17 @@ impl Progress {
         }
     }
 
+    /// Runs `f` with `msg` as the bar's message ("validating 2,500 examples"), so a bar that
+    /// stops moving says why; the message before comes back afterwards. Off a terminal, `f` alone.
+    pub fn during<T>(&self, msg: &str, f: impl FnOnce() -> T) -> T {
+        let Out::Bar(b) = &self.out else { return f() };
+        let before = b.message();
+        b.set_message(msg.to_string());
+        let out = f();
+        b.set_message(before);
+        out
+    }
+
     /// A line of its own (a validation result): above the bar, or as is.
     pub fn println(&self, line: &str) {
         match &self.out {
@@ -216,6 +227,16 @@ mod tests {
         let firsts: Vec<&str> = text.lines().filter_map(|l| l.split(' ').next()).collect();
         // The first position at or past each tenth (25, 50, ...), and the end once.
         assert_eq!(firsts, ["32/250", "64/250", "80/250", "112/250", "128/250", "160/250", "176/250", "208/250", "240/250", "250/250"], "{text}");
+    }
+
+    #[test]
+    fn during_shows_its_message_on_the_bar_then_gives_the_old_one_back() {
+        let p = Progress { out: Out::Bar(ProgressBar::hidden()), ..Progress::hidden() };
+        p.report(3, "epoch 1/3 loss 0.5");
+        let Out::Bar(b) = &p.out else { unreachable!() };
+        let seen = p.during("validating 200 examples", || b.message());
+        assert_eq!(seen, "validating 200 examples");
+        assert_eq!(b.message(), "epoch 1/3 loss 0.5");
     }
 
     #[test]

@@ -245,7 +245,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let mut best = false;
         let t_eval = Instant::now();
         if let Some(val) = job.val {
-            let ev = evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class)
+            let ev = progress
+                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class))
                 .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
             let m = ev[metric_key].as_f64().unwrap_or(f64::NAN);
             let better = match st.best_metric {
