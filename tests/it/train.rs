@@ -76,6 +76,18 @@ fn tiny_bert_learns_a_separable_task() {
 
 #[test]
 fn resumed_run_is_bit_identical() {
+    resumes_bit_identically(|_| {});
+}
+
+#[test]
+fn a_run_killed_while_replacing_its_checkpoint_resumes_from_the_previous_one() {
+    // Between the two renames of save_checkpoint only `checkpoint.old` exists.
+    resumes_bit_identically(|work| std::fs::rename(work.join("checkpoint"), work.join("checkpoint.old")).unwrap());
+}
+
+/// A run interrupted after 5 steps, its work directory then changed by `cut`, and resumed in a new
+/// process ends as the uninterrupted run does: the same weights bit for bit, the same log.
+fn resumes_bit_identically(cut: impl Fn(&Path)) {
     let _rng = tests::torch_rng();
     let (tmp, train_s, val) = task(200);
     let p = params("device: cpu\nepochs: 3\nlearning_rate: 1.0e-3\nbatch_size: 16\nwarmup_ratio: 0.2\nlog_every_steps: 4\ngrad_accum: 2\n");
@@ -85,9 +97,12 @@ fn resumed_run_is_bit_identical() {
     let mut b = fresh();
     let part = train::trainer::run(job(&p, &mut b, &train_s, &val, &tmp.path().join("b"), Some(5))).unwrap();
     assert!(part.interrupted && part.state.step == 5);
+    cut(&tmp.path().join("b"));
     // A new process would start from fresh weights and find the checkpoint.
     let mut c = fresh();
     let rest = train::trainer::run(job(&p, &mut c, &train_s, &val, &tmp.path().join("b"), None)).unwrap();
+    assert_eq!(rest.resumed_from, Some(5), "a run from scratch would end with the same weights too");
+    assert_eq!(full.resumed_from, None);
     assert_eq!(rest.state.step, full.state.step);
     assert!(full.state.step > 5);
     for (x, y) in a.params.tensors.iter().zip(&c.params.tensors) {

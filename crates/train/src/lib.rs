@@ -189,6 +189,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     std::fs::write(out.join("hparams.json"), serde_json::to_vec_pretty(&hparams)?)?;
     let summary = json!({
         "steps": st.step,
+        "resumed_from_step": outcome.resumed_from,
         "epochs_completed": st.epoch,
         "samples": st.samples,
         "tokens": st.tokens,

@@ -62,6 +62,8 @@ pub struct Job<'a> {
 pub struct Outcome {
     pub state: State,
     pub interrupted: bool,
+    /// The step of the checkpoint this run resumed from.
+    pub resumed_from: Option<u64>,
     pub total_steps: u64,
     pub last_eval: Option<serde_json::Value>,
     pub samples_per_second: f64,
@@ -136,19 +138,25 @@ fn save_checkpoint(job: &Job, opt: &AdamW, st: &State, best: bool, writer: &mut 
         Tensor::write_safetensors(&weights, tmp.join("weights.safetensors")).context("writing the checkpoint weights")?;
         Tensor::write_safetensors(&moments, tmp.join("optimizer.safetensors")).context("writing the optimizer state")?;
         std::fs::write(tmp.join("state.json"), state)?;
-        let fin = dir.join("checkpoint");
-        let _ = std::fs::remove_dir_all(&fin);
+        // The previous checkpoint stays on disk until the new one is in place: a run killed
+        // between the two renames resumes from it (see load_checkpoint).
+        let (fin, old) = (dir.join("checkpoint"), dir.join("checkpoint.old"));
+        let _ = std::fs::remove_dir_all(&old);
+        if fin.exists() {
+            std::fs::rename(&fin, &old).with_context(|| format!("moving {} aside", fin.display()))?;
+        }
         std::fs::rename(&tmp, &fin).with_context(|| format!("publishing checkpoint {}", fin.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
         Ok(())
     })
 }
 
-/// Loads the checkpoint in `work`, if any.
+/// Loads the checkpoint in `work`, if any: `checkpoint/`, or the previous one, `checkpoint.old/`,
+/// when a run stopped while replacing it.
 fn load_checkpoint(job: &mut Job, opt: &mut AdamW) -> anyhow::Result<Option<State>> {
-    let dir = job.work.join("checkpoint");
-    if !dir.join("state.json").exists() {
+    let Some(dir) = ["checkpoint", "checkpoint.old"].map(|d| job.work.join(d)).into_iter().find(|d| d.join("state.json").exists()) else {
         return Ok(None);
-    }
+    };
     let st: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).context("reading checkpoint state.json")?;
     job.model.params.load_exact(&dir.join("weights.safetensors"))?;
     let named = Tensor::read_safetensors(dir.join("optimizer.safetensors")).context("reading the optimizer state")?;
@@ -211,6 +219,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let warmup = p.warmup_steps.unwrap_or_else(|| (p.warmup_ratio * total_steps as f64).ceil() as u64);
     let mut opt = AdamW::new(&job.model.params, p.weight_decay);
     let mut st = load_checkpoint(&mut job, &mut opt)?.unwrap_or_default();
+    let resumed_from = (st.step > 0).then_some(st.step);
     let log_path = job.work.join("log.jsonl");
     if st.step > 0 {
         eprintln!("resuming from the checkpoint at step {} (epoch {}, batch {})", st.step, st.epoch + 1, st.batch);
@@ -373,6 +382,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         tokens_per_second: st.tokens as f64 / secs,
         state: st,
         interrupted,
+        resumed_from,
         total_steps,
         last_eval,
     })
