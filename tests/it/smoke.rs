@@ -95,7 +95,7 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     let train = stage("ft-train", "device: cpu\nepochs: 1\nbatch_size: 16\nlearning_rate: 1.0e-3\nlog_every_steps: 10\n", &[("download", dir(0)), ("tokenize", dir(1))]);
     let steps: Vec<&str> = train.lines().filter(|l| l.contains(" steps: epoch 1/1 loss ")).collect();
     assert!(steps.len() >= 3, "a line per log point: {train}");
-    assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" samples/s; ")), "{train}");
+    assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" grad-norm ") && l.contains(" samples/s; ")), "{train}");
     let (last, before) = steps.split_last().unwrap();
     assert!(before.iter().all(|l| l.contains(" elapsed, ETA ")) && last.contains("; done in "), "{train}");
     assert!(train.lines().any(|l| l.contains(": validation loss ") && l.contains(" accuracy ")), "{train}");

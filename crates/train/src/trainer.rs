@@ -339,7 +339,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 let (sps, tps) = (window.1 as f64 / secs, window.2 as f64 / secs);
                 let gn = norm.double_value(&[]);
                 writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "loss": mean, "lr": lr, "grad_norm": gn, "samples_per_s": sps, "tokens_per_s": tps}))?;
-                progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
+                progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} grad-norm {gn:.3} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);
             }
