@@ -92,9 +92,11 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
         assert!(out.status.success(), "{bin}: {err}");
         err
     };
-    let train = stage("ft-train", "device: cpu\nepochs: 1\nbatch_size: 16\nlearning_rate: 1.0e-3\nlog_every_steps: 10\n", &[("download", dir(0)), ("tokenize", dir(1))]);
-    let steps: Vec<&str> = train.lines().filter(|l| l.contains(" steps: epoch 1/1 loss ")).collect();
-    assert!(steps.len() >= 3, "a line per log point: {train}");
+    // 420 training examples, 27 steps an epoch: max_steps 40 ends in the second epoch.
+    let train = stage("ft-train", "device: cpu\nmax_steps: 40\nbatch_size: 16\nlearning_rate: 1.0e-3\nlog_every_steps: 10\n", &[("download", dir(0)), ("tokenize", dir(1))]);
+    let steps: Vec<&str> = train.lines().filter(|l| l.contains(" steps: epoch ")).collect();
+    let at = |i: usize, epoch: &str| steps.get(i).is_some_and(|l| l.starts_with(&format!("{}/40 steps: epoch {epoch} loss ", 10 * (i + 1))));
+    assert!(steps.len() == 4 && at(0, "1/2") && at(1, "1/2") && at(2, "2/2") && at(3, "2/2"), "a line per log point: {train}");
     assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" grad-norm ") && l.contains(" samples/s; ")), "{train}");
     let (last, before) = steps.split_last().unwrap();
     assert!(before.iter().all(|l| l.contains(" elapsed, ETA ")) && last.contains("; done in "), "{train}");

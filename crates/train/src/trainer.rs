@@ -216,6 +216,11 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             (full + part).max(1)
         }
     };
+    // The epochs the run will reach, for the progress display: max_steps overrides `epochs`.
+    let shown_epochs = match p.max_steps {
+        Some(s) => s.div_ceil(steps_per_epoch[0].max(1)).max(1),
+        None => whole_epochs,
+    };
     let warmup = p.warmup_steps.unwrap_or_else(|| (p.warmup_ratio * total_steps as f64).ceil() as u64);
     let mut opt = AdamW::new(&job.model.params, p.weight_decay);
     let mut st = load_checkpoint(&mut job, &mut opt)?.unwrap_or_default();
@@ -339,7 +344,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 let (sps, tps) = (window.1 as f64 / secs, window.2 as f64 / secs);
                 let gn = norm.double_value(&[]);
                 writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "loss": mean, "lr": lr, "grad_norm": gn, "samples_per_s": sps, "tokens_per_s": tps}))?;
-                progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} grad-norm {gn:.3} {sps:.0} samples/s", st.epoch + 1, whole_epochs));
+                progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} grad-norm {gn:.3} {sps:.0} samples/s", st.epoch + 1, shown_epochs));
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);
             }
