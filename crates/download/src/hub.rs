@@ -373,9 +373,9 @@ impl Hub {
     /// with Range after a broken transfer, then checks size and hash and renames it into place.
     fn download_blob(&self, agent: &ureq::Agent, meta: &Meta, blob: &Path, what: &str) -> anyhow::Result<()> {
         let part = blob.with_extension("incomplete");
-        let bar = if self.progress { artifact::Progress::bytes(what, meta.size) } else { artifact::Progress::hidden() };
         let kind = if meta.lfs { "sha256" } else { "git sha1" };
         for round in 0..2 {
+            let bar = if self.progress { artifact::Progress::bytes(what, meta.size) } else { artifact::Progress::hidden() };
             // The hasher always covers exactly `hashed` bytes of `part`.
             let mut hasher = StreamHash::new(meta);
             let mut hashed = 0u64;
