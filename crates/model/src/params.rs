@@ -185,17 +185,17 @@ impl Params {
 
     /// The gradients, laid out like [`Params::flat`] (zeros where a parameter has none), in fp32.
     pub fn flat_grad(&self) -> Tensor {
+        self.flat_grad_of(&self.grads())
+    }
+
+    /// [`Params::flat_grad`] from gradients already read with [`Params::grads`].
+    pub fn flat_grad_of(&self, grads: &[(i64, Option<Tensor>)]) -> Tensor {
         let parts: Vec<Tensor> = self
             .flat_order
             .iter()
-            .map(|&i| {
-                let t = &self.tensors[i];
-                let g = t.grad();
-                if g.defined() {
-                    g.to_kind(Kind::Float).view(-1)
-                } else {
-                    Tensor::zeros([t.numel() as i64], (Kind::Float, t.device()))
-                }
+            .map(|&i| match &grads[i].1 {
+                Some(g) => g.to_kind(Kind::Float).view(-1),
+                None => Tensor::zeros([self.tensors[i].numel() as i64], (Kind::Float, self.tensors[i].device())),
             })
             .collect();
         Tensor::cat(&parts, 0)

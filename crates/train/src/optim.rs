@@ -46,17 +46,18 @@ impl AdamW {
     fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
         let (bc1, bc2) = self.next_step();
         tch::no_grad(|| {
-            let untouched: Vec<(i64, i64, [Tensor; 3])> = params
-                .grads()
-                .into_iter()
+            // The gradients are read once: for the parameters without one and for the update.
+            let grads = params.grads();
+            let untouched: Vec<(i64, i64, [Tensor; 3])> = grads
+                .iter()
                 .zip(&params.tensors)
                 .filter(|((_, g), _)| g.is_none())
                 .map(|((off, _), t)| {
-                    let n = t.numel() as i64;
+                    let (off, n) = (*off, t.numel() as i64);
                     (off, n, [params.flat(), &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
                 })
                 .collect();
-            let norm = self.update(params, lr, max_grad_norm, bc1, bc2);
+            let norm = self.update(params, params.flat_grad_of(&grads), lr, max_grad_norm, bc1, bc2);
             for (off, n, saved) in untouched {
                 for (b, s) in [params.flat(), &self.m, &self.v].into_iter().zip(&saved) {
                     b.narrow(0, off, n).copy_(s);
@@ -66,9 +67,9 @@ impl AdamW {
         })
     }
 
-    /// The whole-buffer update of [`AdamW::step_tensors`], every parameter included.
-    fn update(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64, bc1: f64, bc2: f64) -> Tensor {
-        let mut g = params.flat_grad();
+    /// The whole-buffer update of [`AdamW::step_tensors`] with the flat gradient `g`, every
+    /// parameter included.
+    fn update(&mut self, params: &model::Params, mut g: Tensor, lr: f64, max_grad_norm: f64, bc1: f64, bc2: f64) -> Tensor {
         let norm = g.norm();
         if max_grad_norm > 0.0 {
             let coef = (max_grad_norm / (&norm + 1e-6)).clamp_max(1.0);
