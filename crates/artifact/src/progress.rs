@@ -19,23 +19,30 @@ use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, Prog
 pub const TICK_GAP: Duration = Duration::from_secs(5);
 
 /// A bar on a terminal, plain lines elsewhere, or nothing (hidden).
-pub struct Progress {
-    what: String,
-    total: u64,
-    /// Positions are bytes (of a file named `what`), else counts of `what`.
-    bytes: bool,
-    out: Out,
-    /// Tenths of the way reported by [`Progress::tick`] so far.
-    tenths: AtomicU64,
-    gap: Duration,
-}
+pub struct Progress(Out);
 
 enum Out {
     Hidden,
     Bar(ProgressBar),
-    /// Lines written to `sink`, the last one at `last`; the ETA counts from `since`, when the
-    /// position was `from`.
-    Lines { sink: Mutex<Box<dyn std::io::Write + Send>>, since: Instant, from: u64, last: Mutex<Instant> },
+    Lines(Lines),
+}
+
+/// Progress as plain lines.
+struct Lines {
+    what: String,
+    total: u64,
+    /// Positions are bytes (of a file named `what`), else counts of `what`.
+    bytes: bool,
+    sink: Mutex<Box<dyn std::io::Write + Send>>,
+    /// The ETA counts from `since`, when the position was `from`.
+    since: Instant,
+    from: u64,
+    /// When the last line was written.
+    last: Mutex<Instant>,
+    /// Tenths of the way reported by [`Progress::tick`] so far.
+    tenths: AtomicU64,
+    /// The least time between two lines of [`Progress::tick`] before the end.
+    gap: Duration,
 }
 
 impl Progress {
@@ -53,7 +60,7 @@ impl Progress {
     fn on_stderr(what: &str, total: u64, at: u64, bytes: bool) -> Progress {
         let target = ProgressDrawTarget::stderr();
         if target.is_hidden() {
-            return Progress::lines(what, total, at, bytes, Box::new(std::io::stderr()));
+            return Progress::lines(what, total, at, bytes, Box::new(std::io::stderr()), TICK_GAP);
         }
         let bar = ProgressBar::with_draw_target(Some(total), target);
         let template = if bytes {
@@ -69,25 +76,34 @@ impl Progress {
         }
         bar.set_position(at);
         bar.reset_eta();
-        Progress { what: what.into(), total, bytes, out: Out::Bar(bar), tenths: AtomicU64::new(0), gap: TICK_GAP }
+        Progress(Out::Bar(bar))
     }
 
     /// Progress written as plain lines to `sink` (what [`Progress::new`] and
-    /// [`Progress::bytes`] do off a terminal).
-    pub fn lines(what: &str, total: u64, at: u64, bytes: bool, sink: Box<dyn std::io::Write + Send>) -> Progress {
+    /// [`Progress::bytes`] do off a terminal, with `gap` [`TICK_GAP`]).
+    fn lines(what: &str, total: u64, at: u64, bytes: bool, sink: Box<dyn std::io::Write + Send>, gap: Duration) -> Progress {
         let now = Instant::now();
-        let out = Out::Lines { sink: Mutex::new(sink), since: now, from: at, last: Mutex::new(now) };
-        Progress { what: what.into(), total, bytes, out, tenths: AtomicU64::new(0), gap: TICK_GAP }
+        Progress(Out::Lines(Lines {
+            what: what.into(),
+            total,
+            bytes,
+            sink: Mutex::new(sink),
+            since: now,
+            from: at,
+            last: Mutex::new(now),
+            tenths: AtomicU64::new(0),
+            gap,
+        }))
     }
 
     /// Shows nothing.
     pub fn hidden() -> Progress {
-        Progress { what: String::new(), total: 0, bytes: false, out: Out::Hidden, tenths: AtomicU64::new(0), gap: TICK_GAP }
+        Progress(Out::Hidden)
     }
 
     /// Moves the bar (lines: nothing, until the next report).
     pub fn set_position(&self, pos: u64) {
-        if let Out::Bar(b) = &self.out {
+        if let Out::Bar(b) = &self.0 {
             b.set_position(pos);
         }
     }
@@ -97,11 +113,11 @@ impl Progress {
     /// evaluation batches or a download).
     pub fn tick(&self, pos: u64) {
         self.set_position(pos);
-        let Out::Lines { last, .. } = &self.out else { return };
-        let tenth = (pos * 10).checked_div(self.total).unwrap_or(10).min(10);
-        let due = pos >= self.total || last.lock().map(|l| l.elapsed() >= self.gap).unwrap_or(true);
-        if due && tenth > self.tenths.fetch_max(tenth, Ordering::Relaxed) {
-            self.report(pos, "");
+        let Out::Lines(l) = &self.0 else { return };
+        let tenth = (pos * 10).checked_div(l.total).unwrap_or(10).min(10);
+        let due = pos >= l.total || l.last.lock().map(|t| t.elapsed() >= l.gap).unwrap_or(true);
+        if due && tenth > l.tenths.fetch_max(tenth, Ordering::Relaxed) {
+            l.write(pos, "");
         }
     }
 
@@ -109,44 +125,20 @@ impl Progress {
     /// `"{pos}/{total} {what}: {msg}; {elapsed} elapsed, ETA {eta}"` (bytes: `"{what}:
     /// {pos}/{total}; …"` in KiB, MiB, GiB), at the end `"…; done in {elapsed}"`.
     pub fn report(&self, pos: u64, msg: &str) {
-        match &self.out {
+        match &self.0 {
             Out::Hidden => {}
             Out::Bar(b) => {
                 b.set_position(pos);
                 b.set_message(msg.to_string());
             }
-            Out::Lines { sink, since, from, last } => {
-                let elapsed = since.elapsed();
-                let done = pos.saturating_sub(*from);
-                let eta = if done == 0 {
-                    "?".to_string()
-                } else {
-                    let left = elapsed.as_secs_f64() * self.total.saturating_sub(pos) as f64 / done as f64;
-                    HumanDuration(Duration::from_secs_f64(left)).to_string()
-                };
-                let at = if self.bytes {
-                    format!("{}: {}/{}", self.what, HumanBytes(pos), HumanBytes(self.total))
-                } else {
-                    format!("{pos}/{} {}", self.total, self.what)
-                };
-                let sep = if msg.is_empty() { "" } else { ": " };
-                let line = if pos >= self.total {
-                    format!("{at}{sep}{msg}; done in {}", HumanDuration(elapsed))
-                } else {
-                    format!("{at}{sep}{msg}; {} elapsed, ETA {eta}", HumanDuration(elapsed))
-                };
-                write_line(sink, &line);
-                if let Ok(mut l) = last.lock() {
-                    *l = Instant::now();
-                }
-            }
+            Out::Lines(l) => l.write(pos, msg),
         }
     }
 
     /// Runs `f` with `msg` as the bar's message ("validating 2,500 examples"), so a bar that
     /// stops moving says why; the message before comes back afterwards. Off a terminal, `f` alone.
     pub fn during<T>(&self, msg: &str, f: impl FnOnce() -> T) -> T {
-        let Out::Bar(b) = &self.out else { return f() };
+        let Out::Bar(b) = &self.0 else { return f() };
         let before = b.message();
         b.set_message(msg.to_string());
         let out = f();
@@ -156,26 +148,55 @@ impl Progress {
 
     /// A line of its own (a validation result): above the bar, or as is.
     pub fn println(&self, line: &str) {
-        match &self.out {
+        match &self.0 {
             Out::Hidden => {}
             Out::Bar(b) => b.println(line),
-            Out::Lines { sink, .. } => write_line(sink, line),
+            Out::Lines(l) => l.line(line),
         }
     }
 
     /// Clears the bar.
     pub fn finish(&self) {
-        if let Out::Bar(b) = &self.out {
+        if let Out::Bar(b) = &self.0 {
             b.finish_and_clear();
         }
     }
 }
 
-fn write_line(sink: &Mutex<Box<dyn std::io::Write + Send>>, line: &str) {
-    if let Ok(mut w) = sink.lock() {
-        // Progress is for a person: a closed stderr must not fail the stage.
-        let _ = writeln!(w, "{line}");
-        let _ = w.flush();
+impl Lines {
+    /// The line of [`Progress::report`].
+    fn write(&self, pos: u64, msg: &str) {
+        let elapsed = self.since.elapsed();
+        let at = if self.bytes {
+            format!("{}: {}/{}", self.what, HumanBytes(pos), HumanBytes(self.total))
+        } else {
+            format!("{pos}/{} {}", self.total, self.what)
+        };
+        let sep = if msg.is_empty() { "" } else { ": " };
+        let line = if pos >= self.total {
+            format!("{at}{sep}{msg}; done in {}", HumanDuration(elapsed))
+        } else {
+            let done = pos.saturating_sub(self.from);
+            let eta = if done == 0 {
+                "?".to_string()
+            } else {
+                let left = elapsed.as_secs_f64() * (self.total - pos) as f64 / done as f64;
+                HumanDuration(Duration::from_secs_f64(left)).to_string()
+            };
+            format!("{at}{sep}{msg}; {} elapsed, ETA {eta}", HumanDuration(elapsed))
+        };
+        self.line(&line);
+    }
+
+    fn line(&self, line: &str) {
+        if let Ok(mut w) = self.sink.lock() {
+            // Progress is for a person: a closed stderr must not fail the stage.
+            let _ = writeln!(w, "{line}");
+            let _ = w.flush();
+        }
+        if let Ok(mut t) = self.last.lock() {
+            *t = Instant::now();
+        }
     }
 }
 
@@ -206,7 +227,7 @@ mod tests {
     #[test]
     fn a_fast_loop_of_ticks_reports_its_end_only() {
         let sink = Shared::default();
-        let p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()));
+        let p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()), TICK_GAP);
         for pos in (0..=250).step_by(16).chain([250, 250]) {
             p.tick(pos);
         }
@@ -218,8 +239,7 @@ mod tests {
     #[test]
     fn slow_ticks_report_each_tenth_once() {
         let sink = Shared::default();
-        let mut p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()));
-        p.gap = Duration::ZERO;
+        let p = Progress::lines("examples", 250, 0, false, Box::new(sink.clone()), Duration::ZERO);
         for pos in (0..=250).step_by(16).chain([250]) {
             p.tick(pos);
         }
@@ -231,9 +251,9 @@ mod tests {
 
     #[test]
     fn during_shows_its_message_on_the_bar_then_gives_the_old_one_back() {
-        let p = Progress { out: Out::Bar(ProgressBar::hidden()), ..Progress::hidden() };
+        let p = Progress(Out::Bar(ProgressBar::hidden()));
         p.report(3, "epoch 1/3 loss 0.5");
-        let Out::Bar(b) = &p.out else { unreachable!() };
+        let Out::Bar(b) = &p.0 else { unreachable!() };
         let seen = p.during("validating 200 examples", || b.message());
         assert_eq!(seen, "validating 200 examples");
         assert_eq!(b.message(), "epoch 1/3 loss 0.5");
@@ -242,8 +262,7 @@ mod tests {
     #[test]
     fn byte_progress_names_the_file_and_counts_in_binary_units() {
         let sink = Shared::default();
-        let mut p = Progress::lines("org/model/model.safetensors", 3 << 20, 0, true, Box::new(sink.clone()));
-        p.gap = Duration::ZERO;
+        let p = Progress::lines("org/model/model.safetensors", 3 << 20, 0, true, Box::new(sink.clone()), Duration::ZERO);
         p.tick(1 << 19);
         p.tick(3 << 20);
         let text = text(&sink);
@@ -256,7 +275,7 @@ mod tests {
     #[test]
     fn off_a_terminal_reports_and_lines_are_written_out() {
         let sink = Shared::default();
-        let p = Progress::lines("steps", 100, 20, false, Box::new(sink.clone()));
+        let p = Progress::lines("steps", 100, 20, false, Box::new(sink.clone()), TICK_GAP);
         p.report(20, "loss 0.7");
         p.set_position(30);
         std::thread::sleep(Duration::from_millis(30));
