@@ -1,4 +1,4 @@
 //! Exports this stage's code version (see build-support).
 fn main() {
-    build_support::code_version(&[]);
+    build_support::code_version(&["pipeline"]);
 }

@@ -2,5 +2,5 @@
 //! metrics crates).
 fn main() {
     build_support::link_libtorch();
-    build_support::code_version(&["model", "shards", "metrics"]);
+    build_support::code_version(&["model", "shards", "metrics", "pipeline"]);
 }

@@ -2,5 +2,5 @@
 //! own sources plus the model and shard crates it trains with.
 fn main() {
     build_support::link_libtorch();
-    build_support::code_version(&["model", "shards", "metrics"]);
+    build_support::code_version(&["model", "shards", "metrics", "pipeline"]);
 }

@@ -253,11 +253,117 @@ fn gc_keeps_referenced_artifacts() {
     assert_eq!(keep.len(), 5);
     let store = artifact::Store::open(w.store()).unwrap();
     let dry = store.gc(&keep, true).unwrap();
-    assert_eq!(dry.len(), 3, "old train, evaluate, export: {dry:?}");
+    let kind = |rs: &[artifact::Reclaimed], k: &str| rs.iter().filter(|r| r.kind == k).count();
+    assert_eq!(kind(&dry, "artifact"), 3, "old train, evaluate, export: {dry:?}");
+    assert_eq!(kind(&dry, "memo"), 3, "their memo entries: {dry:?}");
     assert_eq!(store.all_dirs().len(), 8);
     store.gc(&keep, false).unwrap();
     assert_eq!(store.all_dirs().len(), 5);
     assert!(ran(&w.run()).is_empty());
+}
+
+#[test]
+fn gc_over_two_spellings_of_one_store_keeps_what_either_references() {
+    let w = World::new();
+    w.run();
+    // A second pipeline on the same store, spelled through a symlink and with `..`.
+    let link = w.dir.path().join("link");
+    std::os::unix::fs::symlink(w.store(), &link).unwrap();
+    let other = w.dir.path().join("q.yaml");
+    let q = PIPELINE.replace("STORE", &link.display().to_string()).replace("max_length: 64", "max_length: 128");
+    std::fs::write(&other, &q).unwrap();
+    let q = pipeline::load(&other).unwrap();
+    assert_eq!(ran(&runner::run(&q, &w.opts(), |_| {}).unwrap()), ["tokenize", "train", "evaluate", "export"]);
+    let third = w.dir.path().join("r.yaml");
+    std::fs::write(&third, PIPELINE.replace("STORE", &format!("{}/../store", link.display()))).unwrap();
+    let p = pipeline::load(&w.dir.path().join("p.yaml")).unwrap();
+    let r = pipeline::load(&third).unwrap();
+    let reports = runner::gc(&[p, q.clone(), r], &w.opts(), false).unwrap();
+    assert_eq!(reports.len(), 1, "one store, however spelled: {reports:?}");
+    assert!(reports[0].reclaimed.iter().all(|g| g.kind != "artifact"), "{:?}", reports[0].reclaimed);
+    assert!(ran(&w.run()).is_empty());
+    assert!(ran(&runner::run(&q, &w.opts(), |_| {}).unwrap()).is_empty());
+}
+
+#[test]
+fn a_forced_rerun_racing_lookups_never_leaves_the_key_without_a_valid_artifact() {
+    let w = World::new();
+    w.control("FAKE_SLEEP_MS=20\n");
+    let first = w.run();
+    let key = first[0].key.clone();
+    let params = w.dir.path().join("download.json");
+    let p = pipeline::load(&w.dir.path().join("p.yaml")).unwrap();
+    std::fs::write(&params, p.section(Stage::Download).unwrap().params.to_string()).unwrap();
+    let bin = w.dir.path().join("bin/ft-download");
+    let stage = |extra: &[&str]| {
+        std::process::Command::new(&bin).arg("--params").arg(&params).arg("--store").arg(w.store()).args(extra).output().unwrap()
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let lookups = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = stage(&["--mode", "lookup"]);
+                let err = String::from_utf8_lossy(&out.stderr).to_string();
+                assert!(out.status.success(), "lookup {n} found no artifact (exit {:?}): {err}", out.status.code());
+                assert!(!err.contains("discarding"), "lookup {n} discarded a valid artifact: {err}");
+                n += 1;
+            }
+            n
+        });
+        for _ in 0..12 {
+            let out = stage(&["--force"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(lookups >= 5, "the lookups raced only {lookups} times");
+    let store = artifact::Store::open(w.store()).unwrap();
+    assert!(store.lookup("download", &key).unwrap().is_some());
+    let versions = std::fs::read_dir(w.store().join(".versions/download").join(&key)).unwrap().flatten().filter(|e| e.path().is_dir()).count();
+    assert_eq!(versions, 1, "each replaced version was deleted once no reader held it");
+}
+
+#[test]
+fn a_changed_runtime_library_reruns_its_stage_although_the_memo_knew_the_key() {
+    let w = World::new();
+    let lib = w.dir.path().join("libtorch_cpu.so");
+    std::fs::write(&lib, "version one").unwrap();
+    let calls = w.dir.path().join("calls");
+    w.control(&format!("FAKE_RUNTIME_FILE_TRAIN={}\nFAKE_CALLS={}\n", lib.display(), calls.display()));
+    let first = w.run();
+    let _ = std::fs::remove_file(&calls);
+    assert!(ran(&w.run()).is_empty());
+    assert!(!calls.exists(), "a no-change rerun still starts no binary");
+    // Another libtorch in the same place, without a rebuild of the stage.
+    std::fs::write(&lib, "version two, longer").unwrap();
+    let third = w.run();
+    assert_eq!(ran(&third), ["train"], "the fake train's bytes do not depend on the library, so only it reruns");
+    assert_ne!(first[2].key, third[2].key);
+    let m = artifact::Artifact::open(third[2].artifact.as_ref().unwrap()).unwrap().manifest;
+    assert!(m.environment.contains_key("runtime"), "the run-time fact is recorded: {:?}", m.environment);
+}
+
+#[test]
+fn splits_and_classes_are_checked_against_a_cached_download_before_anything_else_runs() {
+    let w = World::new();
+    w.control(&format!("FAKE_LOG={}\n", w.dir.path().join("log").display()));
+    w.run();
+    let before = w.runs_logged().len();
+    for (from, to, needle) in [
+        ("split: test", "split: dev", "evaluate.split `dev`"),
+        ("epochs: 1", "epochs: 1\n  validation_split: dev", "train.validation_split `dev`"),
+        ("split: test", "split: test\n  positive_class: good", "evaluate.positive_class `good`"),
+    ] {
+        w.write_pipeline(&PIPELINE.replace(from, to));
+        let t = Instant::now();
+        let e = format!("{:#}", w.run_with(&w.opts()).unwrap_err());
+        assert!(t.elapsed().as_secs_f64() < 1.0, "took {:?}", t.elapsed());
+        assert!(e.contains(needle), "{e}");
+        assert!(e.contains("`test`, `train`, `validation`") || e.contains("[\"neg\", \"pos\"]"), "names what exists: {e}");
+        assert_eq!(w.runs_logged().len(), before, "nothing ran");
+    }
 }
 
 #[test]

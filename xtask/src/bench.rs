@@ -333,10 +333,6 @@ fn json_of(cmd: &mut Command, log: &Path) -> anyhow::Result<Value> {
 }
 
 /// A JSON file an earlier step wrote.
-fn read_json(path: &Path) -> anyhow::Result<Value> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))
-}
 
 fn python() -> PathBuf {
     root().join(".venv/bin/python")
@@ -398,8 +394,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             tok = artifact_of(&o, Stage::Tokenize)?;
             // The stage does every split; its own timing of train (read parquet, encode, write
             // shards) is the part comparable with the references, which encode train only.
-            let meta: Value = read_json(&tok.join("meta.json"))?;
-            ours.0.push(num(&meta, &["splits", "train", "seconds"])?);
+            let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&tok.join("meta.json"))?;
+            ours.0.push(meta.splits.get("train").context("the tokenize artifact has no train split")?.seconds);
         }
         let py = json_of(
             Command::new(python()).arg(root().join("bench/tokenize_bench.py")).arg(&dl).arg(&tok).arg(plan.max_length.to_string()).arg(plan.repeats.to_string()),
@@ -436,8 +432,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             &logs.join("subset.log"),
         )?;
         eprintln!("== subset (datasets' shuffle(seed={}).select): {counts}", a.seed);
-        let labels = read_json(&dl.join("dataset/labels.json"))?;
-        write_pipeline(&a, &plan, "bench", Data::Subset { dir: &dir, label_names: &labels["names"] })?
+        let labels: pipeline::files::Labels = pipeline::files::read(&dl.join("dataset/labels.json"))?;
+        write_pipeline(&a, &plan, "bench", Data::Subset { dir: &dir, label_names: &json!(labels.names) })?
     } else {
         write_pipeline(&a, &plan, "bench", Data::Carved)?
     };
@@ -454,8 +450,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         let mut hf = (Runs::default(), Runs::default(), Runs::default());
         let mut fixed = (Runs::default(), Runs::default(), Runs::default());
         let mut bucketed = (Runs::default(), Runs::default(), Runs::default());
-        let meta: Value = read_json(&sub_tok.join("meta.json"))?;
-        let mean_tokens = num(&meta, &["splits", "train", "mean_tokens"])?;
+        let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&sub_tok.join("meta.json"))?;
+        let mean_tokens = meta.splits.get("train").context("the tokenize artifact has no train split")?.mean_tokens;
         for r in 0..plan.repeats {
             for (pad, acc) in [("max_length", &mut fixed), ("dynamic", &mut bucketed)] {
                 let params = plan.out.join(format!("throughput-{pad}.yaml"));
@@ -552,11 +548,11 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         for r in 0..plan.full_runs {
             let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
             ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
-            let m: Value = read_json(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
-            ours_acc.0.push(num(&m, &["accuracy"])?);
-            ours_eval.0.push(num(&m, &["examples_per_second"])?);
-            let summary: Value = read_json(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
-            ours_rate.0.push(num(&summary, &["samples_per_second"])?);
+            let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
+            ours_acc.0.push(m.accuracy);
+            ours_eval.0.push(m.examples_per_second);
+            let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
+            ours_rate.0.push(summary.samples_per_second);
             let v = json_of(
                 Command::new(python())
                     .arg(root().join("bench/hf_train.py"))
@@ -587,8 +583,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         }
         for _ in plan.full_runs..plan.repeats {
             let o = run_stages(&sub, &plan, &bins, Some(Stage::Evaluate), &[Stage::Evaluate])?;
-            let m: Value = read_json(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
-            ours_eval.0.push(num(&m, &["examples_per_second"])?);
+            let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
+            ours_eval.0.push(m.examples_per_second);
         }
         let hf_full = format!("HF Trainer, {}, padding {}", plan.precision(), if plan.hf_dynamic() { "dynamic" } else { "max_length" });
         rows.push(Row {

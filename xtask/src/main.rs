@@ -68,7 +68,8 @@ enum Cmd {
         #[arg(long, default_value = "data")]
         store: PathBuf,
     },
-    /// Remove artifacts that no pipeline references.
+    /// Remove what no pipeline references: artifacts, replaced versions, checkpoints, memo and
+    /// lock entries, leftovers of dead runs (never what a running stage holds).
     Gc {
         /// Pipelines whose artifacts to keep (default: every file in pipelines/).
         pipelines: Vec<PathBuf>,
@@ -252,22 +253,27 @@ fn real_main() -> anyhow::Result<()> {
                     build_stages(&stages.into_iter().collect::<Vec<_>>())?
                 }
             };
-            let mut by_store: std::collections::BTreeMap<PathBuf, BTreeSet<PathBuf>> = Default::default();
-            for p in &parsed {
-                let opts = runner::RunOptions { bin_dir: bin_dir.clone(), store: store.clone(), ..Default::default() };
-                let keep = runner::referenced(p, &opts)?;
-                by_store.entry(runner::store_of(p, &opts)).or_default().extend(keep);
-            }
-            for (st, keep) in by_store {
-                let s = artifact::Store::open(&st)?;
-                let gone = s.gc(&keep, dry_run)?;
-                for g in &gone {
-                    println!("{} {}", if dry_run { "would remove" } else { "removed" }, g.display());
+            let opts = runner::RunOptions { bin_dir, store, ..Default::default() };
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for r in runner::gc(&parsed, &opts, dry_run)? {
+                let mut total = 0;
+                for g in &r.reclaimed {
+                    total += g.bytes;
+                    println!("{verb} {:<12} {:>10}  {}", g.kind, human_bytes(g.bytes), g.path.display());
                 }
-                println!("{}: kept {}, {} {}", st.display(), keep.len(), if dry_run { "would remove" } else { "removed" }, gone.len());
+                println!("{}: kept {} keys, {verb} {} entries ({})", r.store.display(), r.kept, r.reclaimed.len(), human_bytes(total));
             }
             Ok(())
         }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} B"),
     }
 }
 

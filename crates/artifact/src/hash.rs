@@ -42,11 +42,13 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// The key of an artifact: blake3 over the store format, stage name, code version, canonical
-/// parameters and the content hashes of the inputs (by input name), as 32 hex digits.
+/// The key of an artifact: blake3 over the store format, stage name, code version, toolchain
+/// (dependency versions and run-time facts such as the libtorch loaded), canonical parameters
+/// and the content hashes of the inputs (by input name), as 32 hex digits.
 pub fn compute_key(
     stage: &str,
     code_version: &str,
+    toolchain: &BTreeMap<String, String>,
     params: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
 ) -> String {
@@ -54,6 +56,7 @@ pub fn compute_key(
         "format": STORE_FORMAT,
         "stage": stage,
         "code_version": code_version,
+        "toolchain": toolchain,
         "params": params,
         "inputs": inputs,
     });
@@ -75,15 +78,23 @@ mod tests {
     #[test]
     fn key_ignores_key_order_and_changes_with_every_part() {
         let inputs: BTreeMap<String, String> = [("download".to_string(), "abc".to_string())].into();
-        let a = compute_key("tokenize", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs);
-        let b = compute_key("tokenize", "1-x", &json!({"b": {"x": 0.00001, "y": 2.5}, "a": 1}), &inputs);
+        let tc: BTreeMap<String, String> = [("tokenizers".to_string(), "0.22.1".to_string())].into();
+        let p = json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}});
+        let a = compute_key("tokenize", "1-x", &tc, &p, &inputs);
+        let b = compute_key("tokenize", "1-x", &tc, &json!({"b": {"x": 0.00001, "y": 2.5}, "a": 1}), &inputs);
         assert_eq!(a, b);
         assert_eq!(a.len(), 32);
-        assert_ne!(a, compute_key("train", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
-        assert_ne!(a, compute_key("tokenize", "1-y", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
-        assert_ne!(a, compute_key("tokenize", "1-x", &json!({"a": 2, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
+        assert_ne!(a, compute_key("train", "1-x", &tc, &p, &inputs));
+        assert_ne!(a, compute_key("tokenize", "1-y", &tc, &p, &inputs));
+        assert_ne!(a, compute_key("tokenize", "1-x", &tc, &json!({"a": 2, "b": {"y": 2.5, "x": 1e-5}}), &inputs));
         let other: BTreeMap<String, String> = [("download".to_string(), "abd".to_string())].into();
-        assert_ne!(a, compute_key("tokenize", "1-x", &json!({"a": 1, "b": {"y": 2.5, "x": 1e-5}}), &other));
+        assert_ne!(a, compute_key("tokenize", "1-x", &tc, &p, &other));
+        // A recorded dependency's version, or the libtorch loaded, changes the key.
+        let bumped: BTreeMap<String, String> = [("tokenizers".to_string(), "0.22.2".to_string())].into();
+        assert_ne!(a, compute_key("tokenize", "1-x", &bumped, &p, &inputs));
+        let mut torch = tc.clone();
+        torch.insert("libtorch".into(), "2.11.0+cpu".into());
+        assert_ne!(a, compute_key("tokenize", "1-x", &torch, &p, &inputs));
     }
 
     #[test]

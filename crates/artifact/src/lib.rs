@@ -15,12 +15,13 @@ mod store;
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
 pub use manifest::{FileEntry, InputRef, Manifest, FILE_INPUT};
 pub use progress::{Progress, TICK_GAP};
-pub use stage::{execute, exit, Ctx, Mode, Report, StageArgs, StageDef, EXIT_NOT_CACHED};
-pub use store::{Artifact, KeyLock, Staging, Store, VerifyError};
+pub use stage::{check_lineage, execute, exit, parse_dependencies, Ctx, Lineage, Mode, Report, Runtime, StageArgs, StageDef, EXIT_NOT_CACHED};
+pub use store::{Artifact, Keep, KeyLock, Reclaimed, Staging, Store, VerifyError};
 
 /// Version of the store layout and manifest format. It is part of every key: bumping it
 /// invalidates every artifact of every stage (also bump it when [`compute_key`] changes).
-pub const STORE_FORMAT: u32 = 1;
+/// 2: versioned artifact directories behind symlinks; dependency versions in the key.
+pub const STORE_FORMAT: u32 = 2;
 
 /// Errors of the store. Messages name the path at fault.
 #[derive(Debug, thiserror::Error)]

@@ -49,13 +49,95 @@ pub struct StageArgs {
     pub mode: Mode,
 }
 
-/// A stage's identity: its name and code version (schema version plus source hash).
+/// A stage's identity: its name and code version (schema version plus source hash), the versions
+/// of what it links and loads, and which of its inputs must come from one another.
 #[derive(Clone, Debug)]
 pub struct StageDef {
     pub name: &'static str,
     pub code_version: String,
     /// The stage crate's version, recorded in the manifest's environment.
     pub tool_version: &'static str,
+    /// The external crates the stage links, name -> version as resolved in Cargo.lock at build
+    /// time, plus `crates` -> a fingerprint of every crate in their dependency closure. In the
+    /// key and, readable, in the manifest's environment.
+    pub dependencies: BTreeMap<String, String>,
+    /// What the process loaded at run time that can change numbers without a rebuild.
+    pub runtime: Runtime,
+    /// Input pairs that must belong together, checked before any work.
+    pub lineage: &'static [Lineage],
+}
+
+/// Run-time facts in the key (e.g. `libtorch` -> `2.11.0+cu130`), and the files they were read
+/// from, whose identity (path, size, modification time) the runner's memo re-checks.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    pub facts: BTreeMap<String, String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// `input` must have been made from the very artifact given as input `made_from`: the content
+/// hash `input`'s manifest records for its own input `made_from` equals the given one's.
+#[derive(Clone, Copy, Debug)]
+pub struct Lineage {
+    pub input: &'static str,
+    pub made_from: &'static str,
+}
+
+impl StageDef {
+    /// A stage with no recorded dependencies, run-time facts or lineage rules.
+    pub fn new(name: &'static str, code_version: String, tool_version: &'static str) -> StageDef {
+        StageDef { name, code_version, tool_version, dependencies: BTreeMap::new(), runtime: Runtime::default(), lineage: &[] }
+    }
+
+    pub fn with_runtime(mut self, runtime: Runtime) -> StageDef {
+        self.runtime = runtime;
+        self
+    }
+
+    pub fn with_lineage(mut self, lineage: &'static [Lineage]) -> StageDef {
+        self.lineage = lineage;
+        self
+    }
+
+    /// Everything besides code, parameters and inputs that the key covers: dependencies and
+    /// run-time facts.
+    pub fn toolchain(&self) -> BTreeMap<String, String> {
+        let mut t = self.dependencies.clone();
+        t.extend(self.runtime.facts.clone());
+        t
+    }
+}
+
+/// Parses build-support's `FT_DEPS` (`name=version;...`).
+pub fn parse_dependencies(text: &str) -> BTreeMap<String, String> {
+    text.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Checks a stage's lineage rules on its inputs; the error names both artifacts and the fix.
+pub fn check_lineage(stage: &str, rules: &[Lineage], inputs: &BTreeMap<String, Artifact>) -> anyhow::Result<()> {
+    for r in rules {
+        let (Some(a), Some(b)) = (inputs.get(r.input), inputs.get(r.made_from)) else { continue };
+        let Some(recorded) = a.manifest.inputs.get(r.made_from) else {
+            bail!("{stage}: input `{}` ({}) is not a {} artifact: it records no `{}` input", r.input, a.path.display(), r.input, r.made_from);
+        };
+        if recorded.content_hash != b.manifest.content_hash {
+            bail!(
+                "{stage}: the inputs do not belong together: the {} artifact {} was made from {} artifact {} (content {}), \
+                 but the {} input given is {} (key {}, content {}). Give the {} artifact it was made from, or rerun the pipeline so both come from one run",
+                r.input,
+                a.path.display(),
+                r.made_from,
+                short(&recorded.key),
+                short(&recorded.content_hash),
+                r.made_from,
+                b.path.display(),
+                short(&b.manifest.key),
+                short(&b.manifest.content_hash),
+                r.made_from,
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What one invocation did; printed as one JSON line.
@@ -73,6 +155,10 @@ pub struct Report {
     pub would_run: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
+    /// Files the stage loaded at run time whose change must invalidate the runner's memo
+    /// ([`Runtime::files`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_files: Vec<PathBuf>,
 }
 
 /// What a stage body gets: where to write, its inputs, and places to report into.
@@ -133,6 +219,7 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, Strin
 /// Differences between what this invocation would key on and an existing manifest.
 fn differences(
     code_version: &str,
+    toolchain: &BTreeMap<String, String>,
     params: &serde_json::Value,
     inputs: &BTreeMap<String, String>,
     m: &Manifest,
@@ -140,6 +227,12 @@ fn differences(
     let mut out = Vec::new();
     if m.code_version != code_version {
         out.push(format!("code version {} -> {}", m.code_version, code_version));
+    }
+    for (k, v) in toolchain {
+        let old = m.environment.get(k);
+        if old != Some(v) {
+            out.push(format!("dependency {k}: {} -> {v}", old.map(String::as_str).unwrap_or("(absent)")));
+        }
     }
     let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
     flatten("", &m.params, &mut a);
@@ -180,6 +273,7 @@ pub fn execute<P: Serialize>(
     let start = Instant::now();
     let params = serde_json::to_value(params).context("serializing parameters")?;
     let inputs = parse_inputs(&args.inputs)?;
+    check_lineage(def.name, def.lineage, &inputs)?;
     let mut refs: BTreeMap<String, InputRef> = inputs
         .iter()
         .map(|(n, a)| {
@@ -195,9 +289,10 @@ pub fn execute<P: Serialize>(
         refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: crate::manifest::FILE_INPUT.into() });
     }
     let hashes: BTreeMap<String, String> = refs.iter().map(|(n, r)| (n.clone(), r.content_hash.clone())).collect();
-    let key = compute_key(def.name, &def.code_version, &params, &hashes);
+    let toolchain = def.toolchain();
+    let key = compute_key(def.name, &def.code_version, &toolchain, &params, &hashes);
     let store = Store::open(&args.store)?;
-    let mut report = Report { stage: def.name.to_string(), key: key.clone(), ..Default::default() };
+    let mut report = Report { stage: def.name.to_string(), key: key.clone(), runtime_files: def.runtime.files.clone(), ..Default::default() };
 
     let finish = |mut report: Report| -> anyhow::Result<Report> {
         report.seconds = start.elapsed().as_secs_f64();
@@ -217,7 +312,7 @@ pub fn execute<P: Serialize>(
                 report.cached = true;
                 report.would_run = Some(false);
                 report.content_hash = Some(a.manifest.content_hash.clone());
-                report.artifact = Some(a.dir);
+                report.artifact = Some(a.path);
             } else {
                 report.would_run = Some(true);
                 if args.force {
@@ -226,7 +321,7 @@ pub fn execute<P: Serialize>(
                 let nearest = store
                     .list(def.name)
                     .into_iter()
-                    .map(|a| differences(&def.code_version, &params, &hashes, &a.manifest))
+                    .map(|a| differences(&def.code_version, &toolchain, &params, &hashes, &a.manifest))
                     .min_by_key(|d| d.len());
                 match nearest {
                     Some(d) if d.is_empty() => report.reasons.push("its artifact is missing or failed verification".into()),
@@ -240,7 +335,7 @@ pub fn execute<P: Serialize>(
             if let Some(a) = store.lookup(def.name, &key)? {
                 report.cached = true;
                 report.content_hash = Some(a.manifest.content_hash.clone());
-                report.artifact = Some(a.dir);
+                report.artifact = Some(a.path);
             }
             return finish(report);
         }
@@ -251,17 +346,17 @@ pub fn execute<P: Serialize>(
         if let Some(a) = store.lookup(def.name, &key)? {
             report.cached = true;
             report.content_hash = Some(a.manifest.content_hash.clone());
-            report.artifact = Some(a.dir);
+            report.artifact = Some(a.path);
             return finish(report);
         }
     }
-    let _lock = store.lock(def.name, &key)?;
+    let lock = store.lock(def.name, &key)?;
     if !args.force {
         // Another process may have published it while we waited for the lock.
-        if let Some(a) = store.lookup(def.name, &key)? {
+        if let Some(a) = store.lookup_locked(def.name, &key, &lock)? {
             report.cached = true;
             report.content_hash = Some(a.manifest.content_hash.clone());
-            report.artifact = Some(a.dir);
+            report.artifact = Some(a.path);
             return finish(report);
         }
     }
@@ -272,6 +367,7 @@ pub fn execute<P: Serialize>(
     let mut environment = BTreeMap::new();
     environment.insert(format!("ft-{}", def.name), def.tool_version.to_string());
     environment.insert("os".into(), format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
+    environment.extend(toolchain);
     let mut ctx = Ctx {
         out: staging.dir.clone(),
         inputs,
@@ -290,20 +386,21 @@ pub fn execute<P: Serialize>(
         ..Manifest::new(def.name, &key, &def.code_version, params, refs)
     };
     let art = store.publish(staging, manifest)?;
+    drop(lock);
     report.content_hash = Some(art.manifest.content_hash.clone());
-    report.artifact = Some(art.dir);
+    report.artifact = Some(art.path);
     finish(report)
 }
 
-/// A stage's [`StageDef`], from the calling crate's `FT_CODE_HASH` (set by its build script through
-/// `build_support::code_version`) and version: `stage_def!("train", SCHEMA_VERSION)`.
+/// A stage's [`StageDef`], from the calling crate's `FT_CODE_HASH` and `FT_DEPS` (set by its
+/// build script through `build_support::code_version`) and version:
+/// `stage_def!("train", SCHEMA_VERSION)`.
 #[macro_export]
 macro_rules! stage_def {
     ($name:expr, $schema:expr) => {
         $crate::StageDef {
-            name: $name,
-            code_version: format!("{}-{}", $schema, env!("FT_CODE_HASH")),
-            tool_version: env!("CARGO_PKG_VERSION"),
+            dependencies: $crate::parse_dependencies(env!("FT_DEPS")),
+            ..$crate::StageDef::new($name, format!("{}-{}", $schema, env!("FT_CODE_HASH")), env!("CARGO_PKG_VERSION"))
         }
     };
 }

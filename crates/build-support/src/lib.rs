@@ -2,8 +2,11 @@
 //!
 //! * [`code_version`]: hashes the sources that decide a stage's output (its own `src/` and
 //!   `Cargo.toml`, plus those of the shared crates it names) and exports the hash to the crate as
-//!   `FT_CODE_HASH`. Tests, benches, docs and other stages are not hashed, so changing them
-//!   never invalidates this stage's artifacts.
+//!   `FT_CODE_HASH`. Tests, benches, docs, other stages and the crate's other binaries
+//!   (`src/bin/` files other than `ft-<crate>.rs`: ft-bench, ft-logits, ft-doctor) are not
+//!   hashed, so changing them never invalidates this stage's artifacts. It also exports
+//!   `FT_DEPS`: the versions, resolved in `Cargo.lock`, of the external crates the stage and
+//!   those shared crates depend on, plus a fingerprint of their whole dependency closure.
 //! * [`link_libtorch`]: makes binaries that use tch link `libtorch_cuda` despite the linker's
 //!   `--as-needed` (otherwise CUDA is silently unavailable) and find libtorch at run time (rpath).
 
@@ -22,10 +25,15 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The files whose content defines a crate's code version: `Cargo.toml` and everything under
-/// `src/`, in a stable order.
+/// `src/` except the binaries in `src/bin/` other than the stage's own `ft-<crate>.rs` (tools
+/// such as ft-bench cannot change an artifact), in a stable order.
 pub fn source_files(crate_dir: &Path) -> Vec<PathBuf> {
     let mut files = vec![crate_dir.join("Cargo.toml")];
     walk(&crate_dir.join("src"), &mut files);
+    let name = crate_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let bin = crate_dir.join("src").join("bin");
+    let own = bin.join(format!("ft-{name}.rs"));
+    files.retain(|f| !f.starts_with(&bin) || *f == own);
     files.sort();
     files
 }
@@ -60,6 +68,96 @@ pub fn code_version(shared: &[&str]) {
         println!("cargo:rerun-if-changed={}", d.join("Cargo.toml").display());
     }
     println!("cargo:rustc-env=FT_CODE_HASH={}", hash_crates(&dirs));
+    let root = own.ancestors().find(|a| a.join("Cargo.lock").is_file()).map(Path::to_path_buf).unwrap_or_else(|| own.join("../.."));
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
+    match deps::dependencies(&root, &dirs) {
+        Ok(d) => println!("cargo:rustc-env=FT_DEPS={}", deps::render(&d)),
+        Err(e) => panic!("code_version: reading the dependency versions: {e}"),
+    }
+}
+
+pub mod deps {
+    //! The external crates a stage depends on, read from the manifests and `Cargo.lock`.
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::{Path, PathBuf};
+
+    /// Name -> version of the direct external dependencies (several versions joined by `,`), and
+    /// `crates` -> blake3 over (name, version, checksum) of every package in their closure.
+    pub fn dependencies(root: &Path, crate_dirs: &[PathBuf]) -> Result<BTreeMap<String, String>, String> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        let toml_of = |p: &Path| -> Result<toml::Table, String> { read(p)?.parse::<toml::Table>().map_err(|e| format!("{}: {e}", p.display())) };
+        let workspace = toml_of(&root.join("Cargo.toml"))?;
+        let ws_deps = workspace.get("workspace").and_then(|w| w.get("dependencies")).and_then(|d| d.as_table()).cloned().unwrap_or_default();
+        let is_path = |name: &str, spec: &toml::Value| {
+            spec.get("path").is_some() || (spec.get("workspace").is_some() && ws_deps.get(name).is_some_and(|w| w.get("path").is_some()))
+        };
+        let mut direct = BTreeSet::new();
+        for dir in crate_dirs {
+            let manifest = toml_of(&dir.join("Cargo.toml"))?;
+            if let Some(deps) = manifest.get("dependencies").and_then(|d| d.as_table()) {
+                for (name, spec) in deps {
+                    if !is_path(name, spec) {
+                        let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(name);
+                        direct.insert(package.to_string());
+                    }
+                }
+            }
+        }
+        let lock = toml_of(&root.join("Cargo.lock"))?;
+        closure(&lock, &direct)
+    }
+
+    /// The map [`dependencies`] returns, for a lock file and the direct dependencies' names.
+    pub fn closure(lock: &toml::Table, direct: &BTreeSet<String>) -> Result<BTreeMap<String, String>, String> {
+        let packages = lock.get("package").and_then(|p| p.as_array()).ok_or("Cargo.lock has no [[package]] entries")?;
+        let field = |p: &toml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        // (name, version) -> (checksum, dependency specs "name" or "name version ...").
+        let mut by_id: BTreeMap<(String, String), (String, Vec<String>)> = BTreeMap::new();
+        for p in packages {
+            let deps = p.get("dependencies").and_then(|d| d.as_array()).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+            by_id.insert((field(p, "name"), field(p, "version")), (field(p, "checksum"), deps));
+        }
+        let resolve = |spec: &str| -> Vec<(String, String)> {
+            let mut parts = spec.split_whitespace();
+            let name = parts.next().unwrap_or_default();
+            let version = parts.next();
+            by_id.keys().filter(|(n, v)| n == name && version.is_none_or(|want| want == v)).cloned().collect()
+        };
+        let mut out = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<(String, String)> = Vec::new();
+        for name in direct {
+            let found = resolve(name);
+            if found.is_empty() {
+                return Err(format!("dependency `{name}` is not in Cargo.lock; run `cargo update -p {name}`"));
+            }
+            out.insert(name.clone(), found.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","));
+            todo.extend(found);
+        }
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some((_, deps)) = by_id.get(&id) {
+                for d in deps {
+                    todo.extend(resolve(d));
+                }
+            }
+        }
+        let mut h = blake3::Hasher::new();
+        for id in &seen {
+            let sum = by_id.get(id).map(|(c, _)| c.as_str()).unwrap_or_default();
+            h.update(format!("{} {} {sum}\n", id.0, id.1).as_bytes());
+        }
+        out.insert("crates".into(), format!("{} ({} crates)", &h.finalize().to_hex()[..16], seen.len()));
+        Ok(out)
+    }
+
+    /// `name=version;...`, as the stage reads it back with `artifact::parse_dependencies`.
+    pub fn render(d: &BTreeMap<String, String>) -> String {
+        d.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
+    }
 }
 
 /// The `lib` folder of the libtorch tch builds against: `$LIBTORCH/lib`, or torch's from the
@@ -140,6 +238,101 @@ mod tests {
         // A shared crate named by the stage counts.
         let v2 = hash_crates(&[c.clone(), other.clone()]);
         std::fs::write(other.join("src/lib.rs"), "z").unwrap();
-        assert_ne!(v2, hash_crates(&[c, other]));
+        assert_ne!(v2, hash_crates(&[c.clone(), other]));
+        // The stage's own binary counts; its other binaries (ft-bench and the like) do not.
+        std::fs::create_dir_all(c.join("src/bin")).unwrap();
+        std::fs::write(c.join("src/bin/ft-stage.rs"), "fn main() {}\n").unwrap();
+        std::fs::write(c.join("src/bin/ft-bench.rs"), "fn main() {}\n").unwrap();
+        let v3 = hash_crates(std::slice::from_ref(&c));
+        std::fs::write(c.join("src/bin/ft-bench.rs"), "fn main() { println!(); }\n").unwrap();
+        assert_eq!(v3, hash_crates(std::slice::from_ref(&c)));
+        std::fs::write(c.join("src/bin/ft-stage.rs"), "fn main() { println!(); }\n").unwrap();
+        assert_ne!(v3, hash_crates(std::slice::from_ref(&c)));
+    }
+
+    const LOCK: &str = r#"
+version = 4
+
+[[package]]
+name = "stage"
+version = "0.1.0"
+dependencies = ["shared", "tokenizers", "tempfile"]
+
+[[package]]
+name = "shared"
+version = "0.1.0"
+dependencies = ["serde"]
+
+[[package]]
+name = "tokenizers"
+version = "0.22.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "aa"
+dependencies = ["onig"]
+
+[[package]]
+name = "onig"
+version = "6.5.1"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "bb"
+
+[[package]]
+name = "serde"
+version = "1.0.228"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "cc"
+
+[[package]]
+name = "tempfile"
+version = "3.20.0"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "dd"
+
+[[package]]
+name = "plotters"
+version = "0.3.7"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "ee"
+"#;
+
+    /// A workspace with a stage (tokenizers; tempfile only for tests), a shared crate (serde)
+    /// and an unrelated crate (plotters) in the lock.
+    fn workspace(lock: &str) -> (tempfile::TempDir, Vec<PathBuf>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"crates/*\"]\n[workspace.dependencies]\nshared = { path = \"crates/shared\" }\nserde = \"1\"\n").unwrap();
+        std::fs::write(root.join("Cargo.lock"), lock).unwrap();
+        for (name, deps) in [("stage", "shared.workspace = true\ntokenizers = \"0.22\"\n[dev-dependencies]\ntempfile = \"3\"\n"), ("shared", "serde.workspace = true\n")] {
+            let d = root.join("crates").join(name);
+            std::fs::create_dir_all(d.join("src")).unwrap();
+            std::fs::write(d.join("Cargo.toml"), format!("[package]\nname = \"{name}\"\n[dependencies]\n{deps}")).unwrap();
+        }
+        let dirs = vec![root.join("crates/stage"), root.join("crates/shared")];
+        (tmp, dirs)
+    }
+
+    #[test]
+    fn dependency_versions_follow_the_lock_file_for_linked_crates_only() {
+        let (tmp, dirs) = workspace(LOCK);
+        let d = deps::dependencies(tmp.path(), &dirs).unwrap();
+        assert_eq!(d["tokenizers"], "0.22.1");
+        assert_eq!(d["serde"], "1.0.228", "a shared crate's dependencies count");
+        assert!(!d.contains_key("tempfile") && !d.contains_key("shared"), "{d:?}");
+        assert!(d["crates"].ends_with("(3 crates)"), "tokenizers, onig (transitive), serde: {d:?}");
+        // A linked crate's version (direct or transitive) changes the record.
+        for (from, to) in [("0.22.1", "0.22.2"), ("6.5.1", "6.5.2")] {
+            let (tmp2, dirs2) = workspace(&LOCK.replace(from, to));
+            assert_ne!(deps::dependencies(tmp2.path(), &dirs2).unwrap(), d, "{from} -> {to}");
+        }
+        // Neither an unrelated crate's nor a dev-dependency's does.
+        for (from, to) in [("0.3.7", "0.3.8"), ("3.20.0", "3.21.0")] {
+            let (tmp2, dirs2) = workspace(&LOCK.replace(from, to));
+            assert_eq!(deps::dependencies(tmp2.path(), &dirs2).unwrap(), d, "{from} -> {to}");
+        }
+        assert_eq!(artifact_style_parse(&deps::render(&d)), d);
+    }
+
+    fn artifact_style_parse(text: &str) -> std::collections::BTreeMap<String, String> {
+        text.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 }

@@ -99,7 +99,7 @@ pub fn guess_data_files(files: &[String]) -> BTreeMap<String, Vec<String>> {
 }
 
 fn is_data_file(name: &str) -> bool {
-    [".parquet", ".csv", ".jsonl", ".json"].iter().any(|e| name.ends_with(e))
+    [".parquet", ".csv", ".tsv", ".jsonl", ".json"].iter().any(|e| name.ends_with(e))
 }
 
 /// Repo files matching a card's glob patterns.
@@ -127,8 +127,9 @@ pub fn expand_local(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Reads a parquet, CSV or JSON Lines file into a DataFrame; the error names the file.
-pub fn read_table(path: &Path) -> anyhow::Result<DataFrame> {
+/// Reads a parquet, CSV (`delimiter`, default `,`), TSV or JSON Lines file into a DataFrame; the
+/// error names the file.
+pub fn read_table(path: &Path, delimiter: Option<char>) -> anyhow::Result<DataFrame> {
     let name = path.display().to_string();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     let df = match ext.as_str() {
@@ -136,16 +137,27 @@ pub fn read_table(path: &Path) -> anyhow::Result<DataFrame> {
             let f = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
             ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{name}: not a readable parquet file: {e}"))?
         }
-        "csv" => CsvReadOptions::default()
+        "csv" => {
+            let sep = delimiter.unwrap_or(',');
+            CsvReadOptions::default()
+                .with_has_header(true)
+                .map_parse_options(|o| o.with_separator(sep as u8))
+                .try_into_reader_with_file_path(Some(path.to_path_buf()))
+                .and_then(|r| r.finish())
+                .map_err(|e| anyhow::anyhow!("{name}: not a readable CSV file (UTF-8, a header row, fields separated by {sep:?}; set download.dataset.delimiter for another): {e}"))?
+        }
+        // GLUE's format: a header row, tabs, and no quoting (a `"` is an ordinary character).
+        "tsv" => CsvReadOptions::default()
             .with_has_header(true)
+            .map_parse_options(|o| o.with_separator(b'\t').with_quote_char(None))
             .try_into_reader_with_file_path(Some(path.to_path_buf()))
             .and_then(|r| r.finish())
-            .map_err(|e| anyhow::anyhow!("{name}: not a readable CSV file (UTF-8 with a header row): {e}"))?,
+            .map_err(|e| anyhow::anyhow!("{name}: not a readable TSV file (UTF-8, a header row, tab-separated, no quoting): {e}"))?,
         "jsonl" | "json" => {
             let f = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
             JsonLineReader::new(f).finish().map_err(|e| anyhow::anyhow!("{name}: not readable JSON Lines: {e}"))?
         }
-        other => bail!("{name}: unsupported extension `.{other}`; use .parquet, .csv or .jsonl"),
+        other => bail!("{name}: unsupported extension `.{other}`; use .parquet, .csv, .tsv or .jsonl"),
     };
     Ok(df)
 }

@@ -4,7 +4,8 @@
 //! ```text
 //! dataset/<split>.parquet   text (utf8), label (int64, 0..n_classes-1)
 //! dataset/labels.json       {"names": [...]}
-//! dataset/info.json         source, commit, files (sha256), split sizes and class counts
+//! dataset/info.json         source, commit, files (sha256), split sizes and class counts, the
+//!                           splits carved from train (pipeline::files::DatasetInfo)
 //! model/                    config.json, model.safetensors, tokenizer files (as on the Hub)
 //! model-source.json         repo, revision, commit, sha256 of every model file
 //! ```
@@ -17,6 +18,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
+use pipeline::files::{Carved, DatasetInfo, Labels, Origin, SplitInfo};
 use pipeline::{DatasetSource, DownloadParams, ModelSource};
 use serde_json::json;
 use sha2::Digest;
@@ -31,20 +33,9 @@ pub fn stage_def() -> artifact::StageDef {
     artifact::stage_def!("download", SCHEMA_VERSION)
 }
 
-/// Checks the parameters before anything runs.
+/// Checks the parameters before anything runs (the pipeline's own checks).
 pub fn validate(p: &DownloadParams) -> anyhow::Result<()> {
-    match (&p.dataset.repo, &p.dataset.files) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => bail!("download.dataset: give exactly one of `repo` (a Hub dataset such as stanfordnlp/imdb) or `files` (split -> local path or glob)"),
-    }
-    match (&p.model.repo, &p.model.path) {
-        (Some(_), None) | (None, Some(_)) => {}
-        _ => bail!("download.model: give exactly one of `repo` (a Hub model such as google-bert/bert-base-uncased) or `path` (a local directory in Hub layout)"),
-    }
-    if !(0.0..1.0).contains(&p.validation.fraction) {
-        bail!("download.validation.fraction must be in [0, 1), got {}", p.validation.fraction);
-    }
-    Ok(())
+    p.validate().map_err(anyhow::Error::msg)
 }
 
 /// Content the key must cover beyond parameters: the bytes of local source files.
@@ -138,7 +129,7 @@ type SplitFiles = BTreeMap<String, Vec<(String, PathBuf)>>;
 
 /// Source files of each split, downloaded or local; the class names the dataset card gives, if
 /// any; and where the files came from (for the artifact's provenance).
-fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::Result<(SplitFiles, Option<Vec<String>>, serde_json::Value)> {
+fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::Result<(SplitFiles, Option<Vec<String>>, Origin)> {
     let mut out = SplitFiles::new();
     if let Some(files) = &src.files {
         for (split, pattern) in files {
@@ -146,7 +137,7 @@ fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::
                 out.entry(split.clone()).or_default().push((f.display().to_string(), f));
             }
         }
-        return Ok((out, None, json!({"local": files})));
+        return Ok((out, None, Origin { local: Some(files.clone()), ..Default::default() }));
     }
     let repo = src.repo.as_deref().unwrap_or_default();
     let info = hub.resolve(RepoType::Dataset, repo, &src.revision)?;
@@ -175,7 +166,14 @@ fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::
             out.entry(split.clone()).or_default().push((f, path));
         }
     }
-    let source = json!({"repo": repo, "revision": src.revision, "commit": info.sha, "files_sha256": sha256, "from_cache": info.from_cache});
+    let source = Origin {
+        repo: Some(repo.to_string()),
+        revision: Some(src.revision.clone()),
+        commit: Some(info.sha.clone()),
+        from_cache: Some(info.from_cache),
+        files_sha256: sha256,
+        ..Default::default()
+    };
     Ok((out, card.class_names, source))
 }
 
@@ -187,7 +185,7 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     let model_dir = out.join("model");
     std::fs::create_dir_all(&model_dir).with_context(|| format!("creating {}", model_dir.display()))?;
     let model_source = fetch_model(hub, &p.model, &model_dir)?;
-    std::fs::write(out.join("model-source.json"), serde_json::to_vec_pretty(&model_source)?)?;
+    pipeline::files::write(&out.join("model-source.json"), &model_source)?;
     let t_model = t0.elapsed().as_secs_f64();
 
     let (files, card_names, source) = dataset_files(hub, &p.dataset, &p.columns.label)?;
@@ -209,7 +207,7 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
         let mut texts = Vec::new();
         let mut labels = Vec::new();
         for (name, path) in list {
-            let df = dataset::read_table(path).with_context(|| format!("split `{src_split}`"))?;
+            let df = dataset::read_table(path, p.dataset.delimiter).with_context(|| format!("split `{src_split}`"))?;
             let (t, l) = dataset::extract(&df, name, p)?;
             texts.extend(t);
             labels.push(l);
@@ -229,16 +227,16 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
         }
         splits.insert(split, SplitData { text, label });
     }
-    let mut carved = serde_json::Value::Null;
-    if !splits.contains_key("validation") && p.validation.fraction > 0.0 {
-        if let Some(train) = splits.get("train") {
-            let (kept, val) = dataset::stratified_split(&train.label, p.validation.fraction, p.validation.seed);
-            let (t, v) = (train.take(&kept), train.take(&val));
-            carved = json!({"from": "train", "fraction": p.validation.fraction, "seed": p.validation.seed, "stratified": true, "rows": v.len()});
-            splits.insert("train".into(), t);
-            splits.insert("validation".into(), v);
-        }
-    }
+    let test_carved = match &p.test {
+        Some(t) => carve(&mut splits, "test", t.fraction, t.seed)?,
+        None => None,
+    };
+    // As before `download.test` existed: no train split, no validation carved (an
+    // evaluation-only dataset).
+    let validation_carved = match p.validation.fraction > 0.0 && splits.contains_key("train") {
+        true => carve(&mut splits, "validation", p.validation.fraction, p.validation.seed)?,
+        false => None,
+    };
     for (split, n) in &p.max_examples {
         let Some(data) = splits.get(split) else {
             bail!("download.max_examples.{split}: no such split (splits: {:?})", splits.keys().collect::<Vec<_>>());
@@ -251,21 +249,21 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     }
     let ds_dir = out.join("dataset");
     std::fs::create_dir_all(&ds_dir).with_context(|| format!("creating {}", ds_dir.display()))?;
-    let mut split_info = serde_json::Map::new();
+    let mut split_info = BTreeMap::new();
     for (split, data) in &splits {
         if data.is_empty() {
             bail!("split `{split}` is empty after subsetting");
         }
         data.write_parquet(&ds_dir.join(format!("{split}.parquet")))?;
-        let mut counts = vec![0usize; names.len()];
+        let mut class_counts = vec![0usize; names.len()];
         for &l in &data.label {
-            counts[l as usize] += 1;
+            class_counts[l as usize] += 1;
         }
-        split_info.insert(split.clone(), json!({"rows": data.len(), "class_counts": counts}));
+        split_info.insert(split.clone(), SplitInfo { rows: data.len(), class_counts });
     }
-    std::fs::write(ds_dir.join("labels.json"), serde_json::to_vec_pretty(&json!({"names": names}))?)?;
-    let info = json!({"source": source, "splits": split_info, "validation_carved": carved, "columns": p.columns, "split_map": mapping});
-    std::fs::write(ds_dir.join("info.json"), serde_json::to_vec_pretty(&info)?)?;
+    pipeline::files::write(&ds_dir.join("labels.json"), &Labels { names: names.clone() })?;
+    let info = DatasetInfo { source, splits: split_info, validation_carved, test_carved, columns: p.columns.clone(), split_map: mapping };
+    pipeline::files::write(&ds_dir.join("info.json"), &info)?;
     let t_total = t0.elapsed().as_secs_f64();
     Ok(json!({
         "dataset": info,
@@ -275,14 +273,33 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     }))
 }
 
-fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<serde_json::Value> {
+/// Moves a stratified `fraction` of train into a new split `name`, when the source has none.
+fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, seed: u64) -> anyhow::Result<Option<Carved>> {
+    if splits.contains_key(name) {
+        return Ok(None);
+    }
+    let Some(train) = splits.get("train") else {
+        bail!("download: carving a `{name}` split needs a `train` split to carve it from; the splits are {:?}", splits.keys().collect::<Vec<_>>());
+    };
+    let (kept, part) = dataset::stratified_split(&train.label, fraction, seed);
+    if part.is_empty() || kept.is_empty() {
+        bail!("download: a `{name}` fraction of {fraction} of {} train rows leaves one side empty; change the fraction", train.len());
+    }
+    let (t, v) = (train.take(&kept), train.take(&part));
+    let rows = v.len();
+    splits.insert("train".into(), t);
+    splits.insert(name.into(), v);
+    Ok(Some(Carved { from: "train".into(), fraction, seed, stratified: true, rows }))
+}
+
+fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<Origin> {
     let mut sha256 = BTreeMap::new();
     if let Some(local) = &src.path {
         let listing = local_listing(Path::new(local))?;
         for f in model_files(&listing, local)? {
             sha256.insert(f.clone(), copy_hashed(&Path::new(local).join(&f), &dir.join(&f))?);
         }
-        return Ok(json!({"path": local, "files_sha256": sha256}));
+        return Ok(Origin { path: Some(local.clone()), files_sha256: sha256, ..Default::default() });
     }
     let repo = src.repo.as_deref().unwrap_or_default();
     let info = hub.resolve(RepoType::Model, repo, &src.revision)?;
@@ -294,5 +311,12 @@ fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<serde
         let path = hub.file(RepoType::Model, repo, &info.sha, &f)?;
         sha256.insert(f.clone(), copy_hashed(&path, &dir.join(&f))?);
     }
-    Ok(json!({"repo": repo, "revision": src.revision, "commit": info.sha, "files_sha256": sha256, "from_cache": info.from_cache}))
+    Ok(Origin {
+        repo: Some(repo.to_string()),
+        revision: Some(src.revision.clone()),
+        commit: Some(info.sha),
+        from_cache: Some(info.from_cache),
+        files_sha256: sha256,
+        ..Default::default()
+    })
 }

@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use pipeline::files::{LengthBucket, LogLine};
 use plotters::prelude::*;
-use serde_json::json;
 
 static FONT: Once = Once::new();
 
@@ -20,10 +20,9 @@ fn err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> anyhow::Error + '_ {
 }
 
 /// A heat map of the confusion matrix with counts.
-pub fn confusion(path: &Path, conf: &serde_json::Value, names: &[String]) -> anyhow::Result<()> {
+pub fn confusion(path: &Path, cells: &[Vec<u64>], names: &[String]) -> anyhow::Result<()> {
     font();
     let n = names.len();
-    let cells: Vec<Vec<u64>> = conf.as_array().map(|r| r.iter().map(|row| row.as_array().map(|c| c.iter().map(|x| x.as_u64().unwrap_or(0)).collect()).unwrap_or_default()).collect()).unwrap_or_default();
     let max = cells.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
     let root = BitMapBackend::new(path, (520, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
@@ -74,20 +73,18 @@ fn label_at(names: &[String], v: f64) -> String {
 }
 
 /// Training loss and validation accuracy/F1 against the step, from the train log.
-pub fn curves(path: &Path, log: &str) -> anyhow::Result<()> {
+pub fn curves(path: &Path, log: &[LogLine]) -> anyhow::Result<()> {
     font();
     let mut loss = Vec::new();
     let mut acc = Vec::new();
     let mut f1 = Vec::new();
-    for line in log.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let step = v["step"].as_f64().unwrap_or(0.0);
-        if let Some(l) = v["loss"].as_f64() {
-            loss.push((step, l));
-        }
-        if let Some(a) = v["eval"]["accuracy"].as_f64() {
-            acc.push((step, a));
-            f1.push((step, v["eval"]["f1"].as_f64().unwrap_or(0.0)));
+    for line in log {
+        match line {
+            LogLine::Train { step, loss: l, .. } => loss.push((*step as f64, *l)),
+            LogLine::Eval { step, eval, .. } => {
+                acc.push((*step as f64, eval.accuracy));
+                f1.push((*step as f64, eval.f1));
+            }
         }
     }
     let root = BitMapBackend::new(path, (960, 400)).into_drawing_area();
@@ -121,8 +118,8 @@ pub fn curves(path: &Path, log: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Accuracy in length deciles (untruncated token length); returns the buckets as JSON.
-pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u32]) -> anyhow::Result<serde_json::Value> {
+/// Accuracy in text-length deciles (untruncated token length); returns the buckets.
+pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u32]) -> anyhow::Result<Vec<LengthBucket>> {
     font();
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_by_key(|&i| full[i]);
@@ -142,7 +139,7 @@ pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u3
     root.fill(&WHITE).map_err(err(path))?;
     let lo = rows.iter().map(|r| r.2).fold(1.0, f64::min).min(0.5);
     let mut c = ChartBuilder::on(&root)
-        .caption("Accuracy by length decile", ("sans-serif", 20))
+        .caption("Accuracy by text length decile", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -159,5 +156,5 @@ pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u3
     c.draw_series(rows.iter().enumerate().map(|(i, r)| Rectangle::new([(i as f64 + 0.1, 0.0), (i as f64 + 0.9, r.2)], BLUE.mix(0.6).filled())))
         .map_err(err(path))?;
     root.present().map_err(err(path))?;
-    Ok(json!(rows.iter().map(|r| json!({"min_tokens": r.0, "max_tokens": r.1, "accuracy": r.2, "n": r.3})).collect::<Vec<_>>()))
+    Ok(rows.iter().map(|r| LengthBucket { min_tokens: r.0, max_tokens: r.1, accuracy: r.2, examples: r.3 }).collect())
 }

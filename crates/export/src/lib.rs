@@ -13,6 +13,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use pipeline::files::{DatasetInfo, Hparams, Origin, TokenizeMeta, TrainSummary};
 use pipeline::{Dtype, ExportParams, Weights};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::json;
@@ -20,8 +21,14 @@ use serde_json::json;
 /// Bump when the exported layout changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The stage's identity, with the rules that its three inputs are one lineage: the weights were
+/// trained on the tokenize input, whose tokenizer came from the download input.
 pub fn stage_def() -> artifact::StageDef {
-    artifact::stage_def!("export", SCHEMA_VERSION)
+    artifact::stage_def!("export", SCHEMA_VERSION).with_lineage(&[
+        artifact::Lineage { input: "train", made_from: "tokenize" },
+        artifact::Lineage { input: "tokenize", made_from: "download" },
+        artifact::Lineage { input: "train", made_from: "download" },
+    ])
 }
 
 fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
@@ -63,10 +70,6 @@ fn convert(data: &[u8], f: impl Fn(f32) -> [u8; 2]) -> Vec<u8> {
 
 /// Runs the stage.
 pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact::Artifact, train: &artifact::Artifact, out: &Path) -> anyhow::Result<serde_json::Value> {
-    match train.manifest.inputs.get("tokenize") {
-        Some(r) if r.content_hash == tokenize.manifest.content_hash => {}
-        _ => bail!("the train artifact {} was not trained on the given tokenize artifact; rerun the pipeline", train.dir.display()),
-    }
     let weights = match p.weights {
         Weights::Best => train.dir.join("best.safetensors"),
         Weights::Final => train.dir.join("final.safetensors"),
@@ -80,8 +83,8 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
     };
     config["dtype"] = json!(dtype_name);
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    let meta = read_json(&tokenize.dir.join("meta.json"))?;
-    let max_length = meta["max_length"].as_u64().unwrap_or(512);
+    let meta: TokenizeMeta = pipeline::files::read(&tokenize.dir.join("meta.json"))?;
+    let max_length = meta.max_length;
     std::fs::copy(tokenize.dir.join("tokenizer.json"), out.join("tokenizer.json")).context("copying tokenizer.json")?;
     let model_dir = download.dir.join("model");
     let mut tok_cfg = read_json(&model_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
@@ -99,79 +102,70 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
             std::fs::copy(&src, out.join(extra)).with_context(|| format!("copying {extra}"))?;
         }
     }
-    let card = model_card(p, download, tokenize, train, &config, dtype_name, max_length)?;
+    let card = model_card(p, download, tokenize, train, dtype_name, &meta)?;
     std::fs::write(out.join("README.md"), card)?;
     eprintln!("exported {n} tensors ({dtype_name}) with config and tokenizer");
     Ok(json!({"tensors": n, "dtype": dtype_name, "max_length": max_length}))
 }
 
-fn model_card(
-    p: &ExportParams,
-    download: &artifact::Artifact,
-    tokenize: &artifact::Artifact,
-    train: &artifact::Artifact,
-    config: &serde_json::Value,
-    dtype: &str,
-    max_length: u64,
-) -> anyhow::Result<String> {
-    let dsum = &download.manifest.summary;
-    let model_src = &dsum["model"];
-    let data_src = &dsum["dataset"]["source"];
-    let base = model_src["repo"].as_str().or(model_src["path"].as_str()).unwrap_or("?");
-    let dataset = data_src["repo"].as_str().unwrap_or("local files");
-    let tsum = &train.manifest.summary;
-    let val = &tsum["last_validation"];
-    let hp = read_json(&train.dir.join("hparams.json")).unwrap_or_default();
-    let labels: Vec<String> = (0..config["num_labels"].as_u64().unwrap_or(0))
-        .map(|i| config["id2label"][i.to_string()].as_str().unwrap_or("?").to_string())
-        .collect();
+fn model_card(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact::Artifact, train: &artifact::Artifact, dtype: &str, meta: &TokenizeMeta) -> anyhow::Result<String> {
+    let model_src: Origin = pipeline::files::read(&download.dir.join("model-source.json"))?;
+    let info: DatasetInfo = pipeline::files::read(&download.dir.join("dataset/info.json"))?;
+    let data_src = &info.source;
+    let base = model_src.name();
+    let dataset = data_src.name();
+    let tsum: TrainSummary = pipeline::files::read(&train.dir.join("summary.json"))?;
+    let hp: Hparams = pipeline::files::read(&train.dir.join("hparams.json"))?;
+    let labels = pipeline::files::ClassifierLabels::read_names(&train.dir.join("config.json")).map_err(anyhow::Error::msg)?;
+    let max_length = meta.max_length;
     let mut s = String::new();
     s.push_str(&format!("---\nlibrary_name: transformers\npipeline_tag: text-classification\nbase_model: {base}\n"));
-    if data_src["repo"].is_string() {
+    if data_src.repo.is_some() {
         s.push_str(&format!("datasets:\n- {dataset}\n"));
     }
     s.push_str("---\n\n");
     s.push_str(&format!("# {base} fine-tuned on {dataset}\n\n"));
-    s.push_str(&format!(
-        "Sequence classification ({} classes: {}), fine-tuned from [{base}] on {dataset}.\n\n",
-        labels.len(),
-        labels.join(", ")
-    ));
+    s.push_str(&format!("Sequence classification ({} classes: {}), fine-tuned from [{base}] on {dataset}.\n\n", labels.len(), labels.join(", ")));
     s.push_str("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n");
     s.push_str("tok = AutoTokenizer.from_pretrained(\"path/to/this/dir\")\nmodel = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/dir\")\n");
     s.push_str(&format!("logits = model(**tok([\"a great film\"], truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n```\n\n"));
-    s.push_str(&format!(
-        "## Validation metrics (split `{}`, the selected weights: `{:?}`)\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| F1 | {:.4} |\n| loss | {:.4} |\n| examples | {} |\n\n",
-        hp["params"]["validation_split"].as_str().unwrap_or("validation"),
-        p.weights,
-        val["accuracy"].as_f64().unwrap_or(f64::NAN),
-        val["f1"].as_f64().unwrap_or(f64::NAN),
-        val["loss"].as_f64().unwrap_or(f64::NAN),
-        val["examples"]
-    ));
+    s.push_str(&validation_section(p.weights, &tsum, &hp));
     s.push_str("Test-set metrics are in the pipeline's evaluate artifact (`metrics.json`, `report.md`).\n\n");
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     s.push_str(&format!(
         "## Sources\n\n| | |\n|---|---|\n| base model | `{base}` revision `{}` commit `{}` |\n| dataset | `{dataset}` revision `{}` commit `{}` |\n| max_length | {max_length} ({}) |\n| weights dtype | {dtype} |\n\n",
-        model_src["revision"].as_str().unwrap_or("-"),
-        model_src["commit"].as_str().unwrap_or("-"),
-        data_src["revision"].as_str().unwrap_or("-"),
-        data_src["commit"].as_str().unwrap_or("-"),
-        tokenize.manifest.params["truncation"].as_str().unwrap_or("head"),
+        or_dash(&model_src.revision),
+        or_dash(&model_src.commit),
+        or_dash(&data_src.revision),
+        or_dash(&data_src.commit),
+        serde_json::to_value(meta.truncation).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
     ));
-    s.push_str(&format!("## Hyper-parameters\n\n```json\n{}\n```\n\n", serde_json::to_string_pretty(&hp["params"])?));
+    s.push_str(&format!("## Hyper-parameters\n\n```json\n{}\n```\n\n", serde_json::to_string_pretty(&hp.params)?));
     s.push_str(&format!(
         "Training: {} steps, {:.1} s, {:.1} samples/s on {} ({}).\n\n",
-        tsum["steps"],
-        tsum["train_seconds"].as_f64().unwrap_or(0.0),
-        tsum["samples_per_second"].as_f64().unwrap_or(0.0),
-        hp["device"].as_str().unwrap_or("?"),
-        hp["precision"].as_str().unwrap_or("?")
+        tsum.steps, tsum.train_seconds, tsum.samples_per_second, hp.device, hp.precision
     ));
     s.push_str(&format!(
         "## Lineage (artifact keys)\n\n- download `{}`\n- tokenize `{}`\n- train `{}`\n",
         download.manifest.key, tokenize.manifest.key, train.manifest.key
     ));
     Ok(s)
+}
+
+/// The model card's validation table: the metrics of the weights exported (`best`: the selected
+/// checkpoint's; `final`: the last validation's, which ran at the end of training).
+fn validation_section(weights: Weights, tsum: &TrainSummary, hp: &Hparams) -> String {
+    let (what, val) = match weights {
+        Weights::Best => (format!("the selected weights (`best`, step {})", tsum.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())), &tsum.best_validation),
+        Weights::Final => (format!("the final weights (step {})", tsum.steps), &tsum.last_validation),
+    };
+    let Some(v) = val else {
+        return format!("## Validation metrics\n\nNo validation ran for {what}.\n\n");
+    };
+    format!(
+        "## Validation metrics (split `{}`, {what})\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| F1 (positive class `{}`) | {:.4} |\n| loss | {:.4} |\n| examples | {} |\n\n",
+        hp.params.validation_split, v.accuracy, v.positive_class, v.f1, v.loss, v.examples
+    )
 }
 
 /// Marks a directory as written by ft-export, so a later export may replace its files.

@@ -43,9 +43,60 @@ pub fn describe(device: Device) -> String {
     }
 }
 
+/// The libtorch this process loaded.
+#[derive(Clone, Debug, Default)]
+pub struct Libtorch {
+    /// `libtorch_cpu.so` as mapped into the process (from `/proc/self/maps`).
+    pub library: Option<std::path::PathBuf>,
+    /// `2.11.0+cu130`: torch's `version.py` beside a wheel's `lib/`, or the `build-version` file
+    /// of a libtorch archive; `unknown` when neither is there.
+    pub version: String,
+    /// The CUDA version libtorch was built with (`13.0`), when it was built with one.
+    pub cuda: Option<String>,
+}
+
+impl Libtorch {
+    /// What enters a stage's key (`libtorch` -> version), and the file the runner's memo
+    /// re-checks.
+    pub fn key_facts(&self) -> (std::collections::BTreeMap<String, String>, Vec<std::path::PathBuf>) {
+        ([("libtorch".to_string(), self.version.clone())].into(), self.library.iter().cloned().collect())
+    }
+}
+
+/// Finds the loaded libtorch and reads its version. Train and evaluate key their artifacts on
+/// it: another torch can change the numbers without a rebuild of ours.
+pub fn libtorch() -> Libtorch {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let library = maps
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .map(std::path::PathBuf::from);
+    let root = library.as_deref().and_then(|l| l.parent()).and_then(|lib| lib.parent()).map(std::path::Path::to_path_buf);
+    let mut out = Libtorch { library, version: "unknown".into(), cuda: None };
+    let Some(root) = root else { return out };
+    if let Ok(py) = std::fs::read_to_string(root.join("version.py")) {
+        let quoted = |key: &str| {
+            py.lines()
+                .find(|l| l.starts_with(key) && l[key.len()..].trim_start().starts_with([':', '=']))
+                .and_then(|l| l.split(['\'', '"']).nth(1))
+                .map(String::from)
+        };
+        out.version = quoted("__version__").unwrap_or(out.version);
+        out.cuda = quoted("cuda");
+    } else if let Ok(v) = std::fs::read_to_string(root.join("build-version")) {
+        out.version = v.trim().to_string();
+    }
+    out
+}
+
 /// What `cargo xtask doctor` prints.
 pub fn doctor() -> serde_json::Value {
+    let lt = libtorch();
     serde_json::json!({
+        "libtorch_version": lt.version,
+        "libtorch_loaded": lt.library.map(|p| p.display().to_string()),
+        "libtorch_cuda_build": lt.cuda,
         "libtorch_lib": option_env!("FT_LIBTORCH_LIB").unwrap_or("(unknown)"),
         "cuda_available": tch::Cuda::is_available(),
         "cudnn_available": tch::Cuda::cudnn_is_available(),

@@ -2,6 +2,8 @@
 //! order download → tokenize → train → evaluate → export. Every struct a user writes denies
 //! unknown fields; errors name the file, the line and the valid keys.
 
+mod check;
+pub mod files;
 mod params;
 
 use std::fmt;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, MapAccess, Visitor};
 use serde::Deserialize;
 
+pub use check::{did_you_mean, positive_index, split_exists};
 pub use params::*;
 
 /// The stages, in pipeline order.
@@ -106,12 +109,34 @@ pub enum Error {
 
 const TOP_KEYS: &[&str] = &["name", "store", "download", "tokenize", "train", "evaluate", "export"];
 
-/// Parses one stage's parameters (typed, defaults applied) into canonical JSON.
+/// A stage's typed parameters: what a section must satisfy before anything runs.
+pub trait Params: serde::de::DeserializeOwned + serde::Serialize {
+    /// Ranges and combinations; the message names the key, the value and the fix.
+    fn validate(&self) -> Result<(), String>;
+}
+
+macro_rules! params_validated_by {
+    ($($t:ty),*) => {$(
+        impl Params for $t {
+            fn validate(&self) -> Result<(), String> {
+                <$t>::validate(self)
+            }
+        }
+    )*};
+}
+params_validated_by!(DownloadParams, TokenizeParams, TrainParams, EvaluateParams);
+
+impl Params for ExportParams {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Parses one stage's parameters (typed, defaults applied, validated) into canonical JSON.
 fn typed_section<'de, A: MapAccess<'de>>(stage: Stage, map: &mut A) -> Result<serde_json::Value, A::Error> {
-    fn go<'de, A: MapAccess<'de>, T: serde::de::DeserializeOwned + serde::Serialize>(
-        map: &mut A,
-    ) -> Result<serde_json::Value, A::Error> {
+    fn go<'de, A: MapAccess<'de>, T: Params>(map: &mut A) -> Result<serde_json::Value, A::Error> {
         let v: T = map.next_value()?;
+        v.validate().map_err(de::Error::custom)?;
         serde_json::to_value(&v).map_err(de::Error::custom)
     }
     match stage {
@@ -152,8 +177,9 @@ impl<'de> Visitor<'de> for PipelineVisitor {
                 }
                 other => {
                     let Some(stage) = Stage::parse(other) else {
+                        let hint = did_you_mean(other, TOP_KEYS.iter().copied()).map(|k| format!("; did you mean `{k}`?")).unwrap_or_default();
                         return Err(de::Error::custom(format!(
-                            "unknown stage or key `{other}`, expected one of {}",
+                            "unknown stage or key `{other}`, expected one of {}{hint}",
                             TOP_KEYS.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                         )));
                     };
@@ -191,9 +217,27 @@ impl<'de> Deserialize<'de> for Pipeline {
     }
 }
 
+/// serde's "unknown field `x`, expected one of `a`, `b`" gets "; did you mean `a`?" for a near
+/// miss.
+fn suggest(text: String) -> String {
+    let Some(rest) = text.split("unknown field `").nth(1) else { return text };
+    let Some((field, tail)) = rest.split_once('`') else { return text };
+    let valid: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    match did_you_mean(field, valid.iter().copied()) {
+        Some(k) => {
+            // serde_yaml_ng appends the location after the list; the hint goes before it.
+            match text.find(" at line ") {
+                Some(at) => format!("{}; did you mean `{k}`?{}", &text[..at], &text[at..]),
+                None => format!("{text}; did you mean `{k}`?"),
+            }
+        }
+        None => text,
+    }
+}
+
 /// Formats a YAML error as `LINE:COLUMN: message` (the path is prepended by the caller).
 fn yaml_message(e: &serde_yaml_ng::Error) -> String {
-    let text = e.to_string();
+    let text = suggest(e.to_string());
     match e.location() {
         // serde_yaml_ng appends " at line L column C" to messages; keep one location, in front.
         Some(loc) => {
@@ -213,8 +257,60 @@ fn top_level_line(text: &str, key: &str) -> Option<usize> {
         .last()
 }
 
+/// What the sections of a pipeline must agree on, knowable from the file alone: the splits that
+/// train and evaluate read among those download will produce (when its parameters tell), and a
+/// positive class among the class names it was given. Also passes `evaluate.positive_class` to
+/// `train` for `select_metric: f1` when train has none, so both pick the same class.
+fn cross_check(p: &mut Pipeline) -> Result<(), (Stage, String)> {
+    let evaluate: Option<EvaluateParams> = p.typed(Stage::Evaluate).transpose().map_err(|e| (Stage::Evaluate, e))?;
+    let download: Option<DownloadParams> = p.typed(Stage::Download).transpose().map_err(|e| (Stage::Download, e))?;
+    if let Some(train) = p.stages.iter_mut().find(|s| s.stage == Stage::Train) {
+        let f1 = train.params.get("select_metric").and_then(|v| v.as_str()) == Some("f1");
+        let unset = train.params.get("positive_class").is_none_or(|v| v.is_null());
+        if let (true, true, Some(pc)) = (f1, unset, evaluate.as_ref().and_then(|e| e.positive_class.clone())) {
+            train.params["positive_class"] = serde_json::json!(pc);
+        }
+    }
+    let Some(download) = download else { return Ok(()) };
+    if let Some(splits) = download.planned_splits() {
+        let source = if download.splits.is_empty() { "download.dataset.files" } else { "download.splits" };
+        let source = format!("{source} (with the splits carved from train)");
+        if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
+            split_exists("train.validation_split", &t.validation_split, &splits, &source).map_err(|e| (Stage::Train, e))?;
+        }
+        if let Some(e) = &evaluate {
+            split_exists("evaluate.split", &e.split, &splits, &source).map_err(|e| (Stage::Evaluate, e))?;
+        }
+    }
+    if let Some(names) = &download.label_names {
+        if let Some(e) = &evaluate {
+            positive_index("evaluate.positive_class", e.positive_class.as_deref(), names).map_err(|e| (Stage::Evaluate, e))?;
+        }
+        if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
+            positive_index("train.positive_class", t.positive_class.as_deref(), names).map_err(|e| (Stage::Train, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl Pipeline {
+    /// A section's typed parameters (`None` when the pipeline has no such section).
+    pub fn typed<T: serde::de::DeserializeOwned>(&self, stage: Stage) -> Option<Result<T, String>> {
+        self.section(stage).map(|s| serde_json::from_value(s.params.clone()).map_err(|e| format!("{stage}: {e}")))
+    }
+}
+
 /// Parses a pipeline from text; `path` is only used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<Pipeline, Error> {
+    let mut p = parse_sections(path, text)?;
+    cross_check(&mut p).map_err(|(stage, message)| {
+        let line = top_level_line(text, stage.name()).unwrap_or(1);
+        Error::Parse { path: path.to_path_buf(), message: format!("{line}:1: {message}") }
+    })?;
+    Ok(p)
+}
+
+fn parse_sections(path: &Path, text: &str) -> Result<Pipeline, Error> {
     serde_yaml_ng::from_str::<Pipeline>(text).map_err(|e| {
         let mut message = yaml_message(&e);
         // Errors raised about whole stage sections (order, duplicates, unknown stages) carry the
@@ -240,4 +336,89 @@ pub fn load(path: &Path) -> Result<Pipeline, Error> {
 pub fn load_params<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
     serde_yaml_ng::from_str::<T>(&text).map_err(|e| Error::Parse { path: path.to_path_buf(), message: yaml_message(&e) })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
+    use super::*;
+
+    const ONE_FILE: &str = "name: p
+download:
+  dataset:
+    files:
+      train: all.csv
+  model: {path: m}
+tokenize:
+  max_length: 64
+train:
+  epochs: 1
+evaluate:
+  split: test
+";
+
+    fn err(text: &str) -> String {
+        parse(Path::new("p.yaml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_split_no_stage_will_make_is_refused_at_once_naming_the_splits() {
+        let e = err(ONE_FILE);
+        assert!(e.starts_with("p.yaml:11:1: evaluate.split `test` will not exist"), "{e}");
+        assert!(e.contains("`train`, `validation`") && e.contains("download.test"), "{e}");
+        // Carving a test split from train makes it exist.
+        let with_test = ONE_FILE.replace("  model: {path: m}", "  model: {path: m}\n  test: {fraction: 0.2}");
+        parse(Path::new("p.yaml"), &with_test).unwrap();
+        let e = err(&ONE_FILE.replace("epochs: 1", "epochs: 1\n  validation_split: dev").replace("split: test", "split: validation"));
+        assert!(e.contains("train.validation_split `dev`"), "{e}");
+        // No validation carved (fraction 0): validation does not exist either.
+        let e = err(&ONE_FILE.replace("  model: {path: m}", "  model: {path: m}\n  validation: {fraction: 0}").replace("split: test", "split: train"));
+        assert!(e.contains("train.validation_split `validation`") && e.contains("gives the splits `train`;"), "{e}");
+    }
+
+    #[test]
+    fn ranges_and_positive_classes_are_checked_when_the_file_is_read() {
+        for (from, to, needle) in [
+            ("epochs: 1", "epochs: 1\n  batch_size: 0", "train.batch_size must be positive"),
+            ("epochs: 1", "epochs: 1\n  warmup_ratio: 1.5", "train.warmup_ratio must be in [0, 1)"),
+            ("epochs: 1", "epochs: -1", "train.epochs must be positive"),
+            ("max_length: 64", "max_length: 2", "tokenize.max_length must be at least 3"),
+            ("  model: {path: m}", "  model: {path: m}\n  validation: {fraction: 1.0}", "download.validation.fraction must be in [0, 1)"),
+            ("  model: {path: m}", "  model: {path: m}\n  test: {fraction: 0}", "download.test.fraction must be a fraction in (0, 1)"),
+            ("  model: {path: m}", "  model: {path: m}\n  test: {fraction: 0.5}\n  validation: {fraction: 0.5}", "leave nothing to train on"),
+            ("split: test", "split: train\n  batch_size: 0", "evaluate.batch_size must be positive"),
+            ("  model: {path: m}", "  model: {path: m}\n  label_names: [neg, pos]", "evaluate.split `test`"),
+        ] {
+            let e = err(&ONE_FILE.replace(from, to));
+            assert!(e.contains(needle), "{to}: {e}");
+        }
+        let named = ONE_FILE.replace("  model: {path: m}", "  model: {path: m}\n  label_names: [neg, pos]").replace("split: test", "split: validation");
+        parse(Path::new("p.yaml"), &named).unwrap();
+        let e = err(&named.replace("split: validation", "split: validation\n  positive_class: good"));
+        assert!(e.contains("evaluate.positive_class `good`") && e.contains("neg"), "{e}");
+    }
+
+    #[test]
+    fn a_near_miss_key_gets_a_suggestion() {
+        let e = err(&ONE_FILE.replace("epochs: 1", "epochs: 1\n  learnig_rate: 1.0e-4"));
+        assert!(e.contains("unknown field `learnig_rate`") && e.contains("did you mean `learning_rate`?"), "{e}");
+        assert!(e.contains("p.yaml:"), "{e}");
+        let e = err(&ONE_FILE.replace("train:", "trian:"));
+        assert!(e.contains("did you mean `train`?"), "{e}");
+        // Nothing near: no suggestion.
+        let e = err(&ONE_FILE.replace("epochs: 1", "epochs: 1\n  zzzzzzzz: 1"));
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn train_selects_by_f1_of_the_class_evaluate_reports() {
+        let text = ONE_FILE.replace("epochs: 1", "epochs: 1\n  select_metric: f1").replace("split: test", "split: validation\n  positive_class: neg");
+        let p = parse(Path::new("p.yaml"), &text).unwrap();
+        let t: TrainParams = p.typed(Stage::Train).unwrap().unwrap();
+        assert_eq!(t.positive_class.as_deref(), Some("neg"));
+        // Selecting by accuracy, the class does not matter to train: its key stays as it was.
+        let p = parse(Path::new("p.yaml"), &text.replace("select_metric: f1", "select_metric: accuracy")).unwrap();
+        let t: TrainParams = p.typed(Stage::Train).unwrap().unwrap();
+        assert_eq!(t.positive_class, None);
+    }
 }

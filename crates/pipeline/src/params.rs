@@ -33,9 +33,13 @@ pub struct DownloadParams {
     /// String label -> class id, for datasets whose labels are strings.
     #[serde(default)]
     pub label_map: Option<BTreeMap<String, i64>>,
-    /// How to carve a validation split from train when the source has none.
+    /// How to carve a validation split from train when the source has none (from what remains
+    /// after `test` is carved).
     #[serde(default)]
     pub validation: ValidationSplit,
+    /// Carve a stratified test split from train when the source has none (off unless given).
+    #[serde(default)]
+    pub test: Option<CarveSplit>,
     /// Keep at most this many examples of a split (a seeded shuffle, then the first N), for
     /// quick runs on a subset.
     #[serde(default)]
@@ -50,9 +54,14 @@ pub struct DatasetSource {
     pub repo: Option<String>,
     #[serde(default = "main_rev")]
     pub revision: String,
-    /// Local files per split: paths or globs of parquet, CSV or JSON Lines files.
+    /// Local files per split: paths or globs of parquet, CSV (`.csv`), TSV (`.tsv`) or JSON
+    /// Lines files.
     #[serde(default)]
     pub files: Option<BTreeMap<String, String>>,
+    /// The field separator of `.csv` files (one character; default `,`). `.tsv` files are always
+    /// tab-separated with no quoting, as GLUE writes them.
+    #[serde(default)]
+    pub delimiter: Option<char>,
 }
 
 /// A model on the Hub (`repo`) or a local directory in Hub layout (`path`).
@@ -105,6 +114,16 @@ impl ValidationSplit {
     fn fraction_default() -> f64 {
         0.1
     }
+}
+
+/// A split carved from train by a seeded, stratified draw (`download.test`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarveSplit {
+    /// Fraction of train moved to the new split, in (0, 1).
+    pub fraction: f64,
+    #[serde(default = "seed_42")]
+    pub seed: u64,
 }
 
 impl Default for ValidationSplit {
@@ -243,6 +262,11 @@ pub struct TrainParams {
     /// Log a line every N steps.
     #[serde(default = "TrainParams::log_default")]
     pub log_every_steps: u64,
+    /// For two classes and `select_metric: f1`: the class whose F1 selects the weights (name or
+    /// id; default 1). A pipeline that sets `evaluate.positive_class` passes it here when this
+    /// is not set, so selection and the report agree.
+    #[serde(default)]
+    pub positive_class: Option<String>,
 }
 
 impl TrainParams {

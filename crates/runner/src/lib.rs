@@ -194,7 +194,7 @@ pub fn run(
             None => {
                 let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
                 if let (Some(id), Some(dir)) = (&memo, &r.artifact) {
-                    memo::remember(&store, stage, id, dir);
+                    memo::remember(&store, stage, id, dir, &r.runtime_files);
                 }
                 r
             }
@@ -217,6 +217,11 @@ pub fn run(
             reasons: r.reasons.clone(),
         };
         on_stage(&o);
+        if stage == Stage::Download {
+            if let Some(dir) = &r.artifact {
+                check_against_download(p, dir)?;
+            }
+        }
         match &r.artifact {
             Some(dir) => {
                 artifacts.insert(stage, dir.clone());
@@ -231,19 +236,68 @@ pub fn run(
     Ok(out)
 }
 
-/// The artifact directories a pipeline currently references (the stages found cached in order;
-/// the chain stops at the first stage without an artifact).
-pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<BTreeSet<PathBuf>> {
+/// The keys a pipeline currently references, as (stage, key): the stages found cached in
+/// order, and the key of the first one that is not (its checkpoints may be resuming). The chain
+/// stops there: later keys depend on bytes not made yet.
+pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<artifact::Keep> {
     let store = store_of(p, opts);
     let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
-    let mut keep = BTreeSet::new();
+    let mut keep = artifact::Keep::new();
     for sec in &p.stages {
         let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, Mode::Lookup, false)?;
+        keep.insert((sec.stage.name().to_string(), r.key.clone()));
         let Some(dir) = r.artifact else { break };
-        keep.insert(dir.clone());
         artifacts.insert(sec.stage, dir);
     }
     Ok(keep)
+}
+
+/// What gc did (or would do) to one store.
+#[derive(Debug)]
+pub struct GcReport {
+    /// The store, canonicalised: two spellings of one directory (`data`, `./data`, a symlink)
+    /// are one store.
+    pub store: PathBuf,
+    pub kept: usize,
+    pub reclaimed: Vec<artifact::Reclaimed>,
+}
+
+/// Garbage-collects the stores of these pipelines, keeping what any of them references.
+pub fn gc(pipelines: &[Pipeline], opts: &RunOptions, dry_run: bool) -> anyhow::Result<Vec<GcReport>> {
+    let mut by_store: BTreeMap<PathBuf, artifact::Keep> = BTreeMap::new();
+    for p in pipelines {
+        let store = store_of(p, opts);
+        let Ok(canonical) = std::fs::canonicalize(&store) else { continue };
+        let keep = referenced(p, opts)?;
+        by_store.entry(canonical).or_default().extend(keep);
+    }
+    let mut out = Vec::new();
+    for (store, keep) in by_store {
+        let s = artifact::Store::open(&store)?;
+        let reclaimed = s.gc(&keep, dry_run)?;
+        out.push(GcReport { store, kept: keep.len(), reclaimed });
+    }
+    Ok(out)
+}
+
+/// Checks, once the download artifact exists (cached or just made) and before any later stage
+/// runs, what the pipeline file alone could not: the splits train and evaluate read exist, and
+/// the positive classes name classes of the dataset.
+fn check_against_download(p: &Pipeline, download: &Path) -> anyhow::Result<()> {
+    let info: pipeline::files::DatasetInfo = pipeline::files::read(&download.join("dataset/info.json"))?;
+    let labels: pipeline::files::Labels = pipeline::files::read(&download.join("dataset/labels.json"))?;
+    let splits: BTreeSet<String> = info.splits.keys().cloned().collect();
+    let source = format!("the download artifact {}", download.display());
+    let fail = |e: String| anyhow::anyhow!("pipeline `{}`: {e}", p.name);
+    if let Some(t) = p.typed::<pipeline::TrainParams>(Stage::Train).transpose().map_err(fail)? {
+        pipeline::split_exists("train.validation_split", &t.validation_split, &splits, &source).map_err(fail)?;
+        pipeline::positive_index("train.positive_class", t.positive_class.as_deref(), &labels.names).map_err(fail)?;
+    }
+    if let Some(e) = p.typed::<pipeline::EvaluateParams>(Stage::Evaluate).transpose().map_err(fail)? {
+        pipeline::split_exists("evaluate.split", &e.split, &splits, &source).map_err(fail)?;
+        pipeline::positive_index("evaluate.positive_class", e.positive_class.as_deref(), &labels.names).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// The binaries a run of this pipeline needs.
@@ -280,6 +334,12 @@ mod memo {
         field(bin.as_os_str().as_encoded_bytes());
         field(format!("{} {mtime}", meta.len()).as_bytes());
         field(serde_json::to_string(params).ok()?.as_bytes());
+        // Which libtorch (or other library) a binary loads can change without a rebuild: the
+        // loader's search path is part of the id, and the files a stage reported loading are
+        // re-checked on recall.
+        for var in ["LD_LIBRARY_PATH", "LD_PRELOAD"] {
+            field(std::env::var_os(var).unwrap_or_default().as_encoded_bytes());
+        }
         for up in stage.inputs() {
             field(up.name().as_bytes());
             field(inputs.get(up)?.as_bytes());
@@ -295,9 +355,25 @@ mod memo {
         a.manifest.inputs.values().any(artifact::InputRef::is_file)
     }
 
-    /// The cached artifact the memo points to, if it is still there and valid.
+    /// A file's identity: path, size and modification time.
+    fn identity(p: &Path) -> Option<String> {
+        let m = std::fs::metadata(p).ok()?;
+        let mtime = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos();
+        Some(format!("{}\t{}\t{mtime}", p.display(), m.len()))
+    }
+
+    /// The cached artifact the memo points to, if it is still there and valid and the run-time
+    /// files the stage loaded (libtorch) are the same files.
     pub fn recall(store: &Store, stage: Stage, id: &str) -> Option<Report> {
-        let key = std::fs::read_to_string(path(&store.root, stage, id)).ok()?;
+        let text = std::fs::read_to_string(path(&store.root, stage, id)).ok()?;
+        let mut lines = text.lines();
+        let key = lines.next()?;
+        for recorded in lines {
+            let file = recorded.split('\t').next().unwrap_or_default();
+            if identity(Path::new(file)).as_deref() != Some(recorded) {
+                return None;
+            }
+        }
         let a = store.lookup(stage.name(), key.trim()).ok()??;
         if has_file_inputs(&a) {
             return None;
@@ -307,21 +383,27 @@ mod memo {
             key: a.manifest.key.clone(),
             cached: true,
             content_hash: Some(a.manifest.content_hash.clone()),
-            artifact: Some(a.dir),
+            artifact: Some(a.path),
             ..Default::default()
         })
     }
 
     /// Records the key of a stage's artifact (best effort: a memo that cannot be written only
     /// costs a process start next time).
-    pub fn remember(store: &Path, stage: Stage, id: &str, dir: &Path) {
+    pub fn remember(store: &Path, stage: Stage, id: &str, dir: &Path, runtime_files: &[PathBuf]) {
         let Ok(a) = Artifact::open(dir) else { return };
         if has_file_inputs(&a) {
             return;
         }
+        let mut text = a.manifest.key.clone();
+        for f in runtime_files {
+            let Some(line) = identity(f) else { return };
+            text.push('\n');
+            text.push_str(&line);
+        }
         let p = path(store, stage, id);
         let tmp = p.with_extension(format!("tmp{}", std::process::id()));
-        let ok = p.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) && std::fs::write(&tmp, &a.manifest.key).is_ok();
+        let ok = p.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) && std::fs::write(&tmp, text).is_ok();
         if !ok || std::fs::rename(&tmp, &p).is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

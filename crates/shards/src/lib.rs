@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `FTSHARD\0` |
 //! | 8 | 4 | format version ([`VERSION`]) |
-//! | 12 | 4 | id width in bytes: 2 (u16, vocabularies up to 65,536) or 4 (u32) |
+//! | 12 | 4 | id width in bytes: 2 (u16, every id below 65,536) or 4 (u32) |
 //! | 16 | 8 | number of examples `n` |
 //! | 24 | 8 | number of tokens `t` |
 //! | 32 | 16 | checksum: the first 16 bytes of blake3 over everything after the header |
@@ -39,6 +39,8 @@ pub enum Error {
     Io { path: std::path::PathBuf, source: std::io::Error },
     #[error("{path}: not a token shard or damaged: {why} (rerun the tokenize stage)")]
     Invalid { path: std::path::PathBuf, why: String },
+    #[error("token id {id} does not fit the shard's {width}-byte ids: the writer was told the largest id is {max_id} (pass the tokenizer's largest id, added tokens included)")]
+    IdTooLarge { id: u32, max_id: u32, width: usize },
     #[error("split `{split}` not found in {dir}; splits present: {present:?}")]
     NoSplit { split: String, dir: std::path::PathBuf, present: Vec<String> },
 }

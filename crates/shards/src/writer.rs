@@ -10,6 +10,7 @@ pub struct ShardWriter {
     dir: PathBuf,
     split: String,
     width: usize,
+    max_id: u32,
     max_bytes: u64,
     offsets: Vec<u64>,
     labels: Vec<i32>,
@@ -19,13 +20,15 @@ pub struct ShardWriter {
 }
 
 impl ShardWriter {
-    /// `vocab_size` picks the id width; `max_bytes` caps each shard file (at least one example
-    /// goes in every shard).
-    pub fn new(dir: &Path, split: &str, vocab_size: usize, max_bytes: u64) -> ShardWriter {
+    /// `max_id`, the largest id the tokenizer can produce (added tokens included, which may lie
+    /// far beyond the vocabulary's size), picks the id width; an id above it is refused, never
+    /// truncated. `max_bytes` caps each shard file (at least one example goes in every shard).
+    pub fn new(dir: &Path, split: &str, max_id: u32, max_bytes: u64) -> ShardWriter {
         ShardWriter {
             dir: dir.to_path_buf(),
             split: split.to_string(),
-            width: if vocab_size <= 1 << 16 { 2 } else { 4 },
+            width: if max_id <= u32::from(u16::MAX) { 2 } else { 4 },
+            max_id,
             max_bytes,
             offsets: vec![0],
             labels: Vec::new(),
@@ -41,12 +44,16 @@ impl ShardWriter {
 
     /// Appends an example: its (truncated) ids, label and untruncated length.
     pub fn push(&mut self, ids: &[u32], label: i32, full_length: u32) -> Result<()> {
+        if let Some(&id) = ids.iter().find(|&&id| id > self.max_id) {
+            return Err(Error::IdTooLarge { id, max_id: self.max_id, width: self.width });
+        }
         let add = (ids.len() * self.width + 16) as u64;
         if !self.labels.is_empty() && self.pending_bytes() + add > self.max_bytes {
             self.flush()?;
         }
         for &id in ids {
             if self.width == 2 {
+                // Checked above: every id is at most max_id, which fits.
                 self.ids.extend_from_slice(&(id as u16).to_le_bytes());
             } else {
                 self.ids.extend_from_slice(&id.to_le_bytes());

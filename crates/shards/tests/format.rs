@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use shards::{pad_batch, Shard, ShardWriter, Split};
 
 fn write(dir: &std::path::Path, examples: &[(Vec<u32>, i32)], vocab: usize, cap: u64) -> Vec<std::path::PathBuf> {
-    let mut w = ShardWriter::new(dir, "train", vocab, cap);
+    let mut w = ShardWriter::new(dir, "train", vocab as u32 - 1, cap);
     for (ids, l) in examples {
         w.push(ids, *l, ids.len() as u32 + 1).unwrap();
     }
@@ -69,6 +69,104 @@ fn every_truncation_and_byte_flip_is_rejected() {
         b[i] ^= 0x41;
         std::fs::write(&p, &b).unwrap();
         assert!(Shard::open(&p).is_err(), "flip at byte {i} accepted");
+    }
+}
+
+#[test]
+fn ids_beyond_u16_widen_the_shard_and_are_never_truncated() {
+    // A small vocabulary whose added token has id 70,000: the width follows the largest id.
+    let tmp = tempfile::tempdir().unwrap();
+    let ex = vec![(vec![5, 70_000, 7], 1)];
+    let mut w = ShardWriter::new(tmp.path(), "train", 70_000, 1 << 20);
+    w.push(&ex[0].0, 1, 3).unwrap();
+    w.finish().unwrap();
+    let s = Split::open(tmp.path(), "train").unwrap();
+    assert_eq!(s.ids(0), vec![5, 70_000, 7]);
+    // A writer told a smaller largest id refuses the id instead of wrapping it to 4,464.
+    let mut w = ShardWriter::new(tmp.path(), "small", 30_521, 1 << 20);
+    let e = w.push(&[5, 70_000], 0, 2).unwrap_err().to_string();
+    assert!(e.contains("70000") && e.contains("largest id"), "{e}");
+}
+
+/// Replaces a shard's checksum with the right one for its (modified) body.
+fn reseal(b: &mut [u8]) {
+    if b.len() >= shards::HEADER_LEN {
+        let sum = blake3::hash(&b[shards::HEADER_LEN..]);
+        b[32..48].copy_from_slice(&sum.as_bytes()[..16]);
+    }
+}
+
+#[test]
+fn corrupt_offsets_and_counts_behind_a_valid_checksum_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write(tmp.path(), &[(vec![1, 2, 3], 0), (vec![4], 1), (vec![], 1)], 100, 1 << 20);
+    let good = std::fs::read(&files[0]).unwrap();
+    let p = tmp.path().join("resealed.shard");
+    let n = 3usize;
+    // The example count, the token count and each offset, made larger than the data.
+    let fields: Vec<std::ops::Range<usize>> = [16..24, 24..32].into_iter().chain((0..=n).map(|i| 64 + 8 * i..72 + 8 * i)).collect();
+    for f in fields {
+        for v in [u64::MAX, 1 << 40, 9] {
+            let mut b = good.clone();
+            b[f.clone()].copy_from_slice(&v.to_le_bytes());
+            reseal(&mut b);
+            std::fs::write(&p, &b).unwrap();
+            assert!(Shard::open(&p).is_err(), "field at {f:?} = {v} accepted behind a valid checksum");
+        }
+    }
+    // Offsets that go backwards.
+    let mut b = good.clone();
+    b[72..80].copy_from_slice(&3u64.to_le_bytes());
+    b[80..88].copy_from_slice(&1u64.to_le_bytes());
+    reseal(&mut b);
+    std::fs::write(&p, &b).unwrap();
+    assert!(Shard::open(&p).is_err(), "decreasing offsets accepted");
+}
+
+proptest! {
+    /// Random bodies behind a valid header and checksum: the offset, count and length checks
+    /// run (a random checksum would stop every case before them).
+    #[test]
+    fn resealed_random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..400), n in 0u64..6, t in 0u64..40, width in prop_oneof![Just(2u32), Just(4u32), any::<u32>()]) {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("x.shard");
+        let mut b = vec![0u8; shards::HEADER_LEN];
+        b[..8].copy_from_slice(shards::MAGIC);
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[12..16].copy_from_slice(&width.to_le_bytes());
+        b[16..24].copy_from_slice(&n.to_le_bytes());
+        b[24..32].copy_from_slice(&t.to_le_bytes());
+        b.extend_from_slice(&body);
+        reseal(&mut b);
+        std::fs::write(&p, &b).unwrap();
+        if let Ok(s) = Shard::open(&p) {
+            for i in 0..s.len() {
+                let ids = s.ids(i);
+                prop_assert!(ids.len() as u64 <= t);
+                let _ = s.label(i);
+                let _ = s.full_length(i);
+            }
+        }
+    }
+
+    /// A valid shard with one byte of its body changed and the checksum recomputed: a reader
+    /// either refuses it or reads in bounds.
+    #[test]
+    fn resealed_byte_flips_never_panic(at in 64usize..200, x in 1u8..=255) {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = write(tmp.path(), &[(vec![1, 2, 3], 0), (vec![4], 1), (vec![], 1), (vec![9, 9, 9, 9], 0)], 100, 1 << 20);
+        let mut b = std::fs::read(&files[0]).unwrap();
+        let at = at % b.len();
+        b[at] ^= x;
+        reseal(&mut b);
+        let p = tmp.path().join("flip.shard");
+        std::fs::write(&p, &b).unwrap();
+        if let Ok(s) = Shard::open(&p) {
+            for i in 0..s.len() {
+                let _ = s.ids(i);
+                let _ = s.label(i);
+            }
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! <split>-NNNNN.shard   token ids, labels, untruncated lengths
 //! tokenizer.json        the tokenizer used, with our truncation (none) and padding (none)
 //! labels.json           class names, copied from the dataset
-//! meta.json             max_length, truncation, special ids, vocabulary size, per-split stats
+//! meta.json             max_length, truncation, special ids, vocabulary size and largest id,
+//!                       per-split stats (pipeline::files::TokenizeMeta)
 //! ```
 
 pub mod stats;
@@ -14,10 +15,10 @@ pub mod tok;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use pipeline::{TokenizeParams, Truncation};
+use pipeline::TokenizeParams;
 use polars::prelude::*;
 use rayon::prelude::*;
-use serde_json::json;
+use pipeline::files::TokenizeMeta;
 
 /// Bump when the shard contents or meta.json change meaning.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -27,20 +28,7 @@ pub fn stage_def() -> artifact::StageDef {
 }
 
 pub fn validate(p: &TokenizeParams) -> anyhow::Result<()> {
-    if p.max_length < 3 {
-        bail!("tokenize.max_length must be at least 3 (room for [CLS], a token and [SEP]), got {}", p.max_length);
-    }
-    if p.truncation == Truncation::HeadTail && p.head_tokens + 2 >= p.max_length {
-        bail!(
-            "tokenize.head_tokens ({}) leaves no room for a tail within max_length {}; lower head_tokens",
-            p.head_tokens,
-            p.max_length
-        );
-    }
-    if p.shard_mib == 0 {
-        bail!("tokenize.shard_mib must be positive");
-    }
-    Ok(())
+    p.validate().map_err(anyhow::Error::msg)
 }
 
 /// Reads `text` and `label` from a normalized split file.
@@ -56,7 +44,7 @@ pub fn read_split(path: &Path) -> anyhow::Result<(Vec<String>, Vec<i64>)> {
 }
 
 /// Runs the stage: `download` is the download artifact's directory.
-pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<serde_json::Value> {
+pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<TokenizeMeta> {
     validate(p)?;
     let model_dir = download.join("model");
     let tk = tok::load(&model_dir)?;
@@ -66,10 +54,13 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<se
     )
     .with_context(|| format!("{}: not JSON", config_path.display()))?;
     let vocab = tk.tokenizer.get_vocab_size(true);
+    // Added tokens may have ids far beyond the vocabulary's size: the shards' id width and the
+    // model's embedding table must hold the largest.
+    let max_id = tk.tokenizer.get_vocab(true).values().copied().max().unwrap_or(0).max(vocab.saturating_sub(1) as u32);
     if let Some(model_vocab) = config["vocab_size"].as_u64() {
-        if vocab as u64 > model_vocab {
+        if u64::from(max_id) >= model_vocab {
             bail!(
-                "the tokenizer in {} has {vocab} tokens but the model's config.json says vocab_size {model_vocab}: they do not belong together",
+                "the tokenizer in {} produces ids up to {max_id} but the model's config.json says vocab_size {model_vocab}: they do not belong together",
                 model_dir.display()
             );
         }
@@ -89,13 +80,13 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<se
     if splits.is_empty() {
         bail!("{}: the dataset has no splits", ds.display());
     }
-    let mut split_stats = serde_json::Map::new();
+    let mut split_stats = std::collections::BTreeMap::new();
     for split in &splits {
         let t = std::time::Instant::now();
         let (texts, labels) = read_split(&ds.join(format!("{split}.parquet")))?;
         let encoded: Vec<anyhow::Result<(Vec<u32>, u32)>> =
             texts.par_iter().map(|text| tk.encode(text, p)).collect();
-        let mut writer = shards::ShardWriter::new(out, split, vocab, p.shard_mib << 20);
+        let mut writer = shards::ShardWriter::new(out, split, max_id, p.shard_mib << 20);
         let mut st = stats::Stats::new(tk.unk_id);
         for (i, (e, label)) in encoded.into_iter().zip(&labels).enumerate() {
             let (ids, full) = e.with_context(|| format!("split `{split}`, row {i}"))?;
@@ -103,9 +94,7 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<se
             writer.push(&ids, *label as i32, full)?;
         }
         let files = writer.finish()?;
-        let mut s = st.summary();
-        s["shards"] = json!(files.len());
-        s["seconds"] = json!(t.elapsed().as_secs_f64());
+        let s = st.summary(files.len(), t.elapsed().as_secs_f64());
         eprintln!("tokenize {split}: {}", stats::describe(&s));
         split_stats.insert(split.clone(), s);
     }
@@ -113,18 +102,19 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<se
         .save(out.join("tokenizer.json"), false)
         .map_err(|e| anyhow::anyhow!("saving tokenizer.json: {e}"))?;
     std::fs::copy(ds.join("labels.json"), out.join("labels.json")).context("copying labels.json")?;
-    let meta = json!({
-        "max_length": p.max_length,
-        "truncation": p.truncation,
-        "head_tokens": p.head_tokens,
-        "vocab_size": vocab,
-        "pad_id": tk.pad_id,
-        "cls_id": tk.cls_id,
-        "sep_id": tk.sep_id,
-        "unk_id": tk.unk_id,
-        "tokenizer_source": tk.source,
-        "splits": split_stats,
-    });
-    std::fs::write(out.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    let meta = TokenizeMeta {
+        max_length: p.max_length,
+        truncation: p.truncation,
+        head_tokens: p.head_tokens,
+        vocab_size: vocab,
+        max_id,
+        pad_id: tk.pad_id,
+        cls_id: tk.cls_id,
+        sep_id: tk.sep_id,
+        unk_id: tk.unk_id,
+        tokenizer_source: tk.source.clone(),
+        splits: split_stats,
+    };
+    pipeline::files::write(&out.join("meta.json"), &meta)?;
     Ok(meta)
 }

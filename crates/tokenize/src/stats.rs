@@ -1,6 +1,6 @@
 //! Per-split token statistics: length percentiles, truncation, unknown-token rate.
 
-use serde_json::json;
+use pipeline::files::{Percentiles, SplitStats};
 
 pub struct Stats {
     unk: Option<u32>,
@@ -26,34 +26,37 @@ impl Stats {
         }
     }
 
-    pub fn summary(&self) -> serde_json::Value {
+    /// The split's statistics, with the shard count and time its caller measured.
+    pub fn summary(&self, shards: usize, seconds: f64) -> SplitStats {
         let mut v = self.full.clone();
         v.sort_unstable();
         let n = v.len();
         let pct = |q: f64| if n == 0 { 0 } else { v[((n - 1) as f64 * q).round() as usize] };
-        json!({
-            "examples": n,
-            "tokens": self.kept_tokens,
-            "mean_tokens": if n == 0 { 0.0 } else { self.kept_tokens as f64 / n as f64 },
-            "untruncated_length": {"p50": pct(0.5), "p90": pct(0.9), "p95": pct(0.95), "p99": pct(0.99), "max": v.last().copied().unwrap_or(0)},
-            "fraction_truncated": if n == 0 { 0.0 } else { self.truncated as f64 / n as f64 },
-            "unk_rate": if self.kept_tokens == 0 { 0.0 } else { self.unk_tokens as f64 / self.kept_tokens as f64 },
-        })
+        SplitStats {
+            examples: n,
+            tokens: self.kept_tokens,
+            mean_tokens: if n == 0 { 0.0 } else { self.kept_tokens as f64 / n as f64 },
+            untruncated_length: Percentiles { p50: pct(0.5), p90: pct(0.9), p95: pct(0.95), p99: pct(0.99), max: v.last().copied().unwrap_or(0) },
+            fraction_truncated: if n == 0 { 0.0 } else { self.truncated as f64 / n as f64 },
+            unk_rate: if self.kept_tokens == 0 { 0.0 } else { self.unk_tokens as f64 / self.kept_tokens as f64 },
+            shards,
+            seconds,
+        }
     }
 }
 
 /// One line for people.
-pub fn describe(s: &serde_json::Value) -> String {
-    let l = &s["untruncated_length"];
+pub fn describe(s: &SplitStats) -> String {
+    let l = &s.untruncated_length;
     format!(
         "{} examples, mean {:.0} tokens kept; untruncated p50 {} p90 {} p99 {} max {}; {:.1}% truncated; unk {:.3}%",
-        s["examples"],
-        s["mean_tokens"].as_f64().unwrap_or(0.0),
-        l["p50"],
-        l["p90"],
-        l["p99"],
-        l["max"],
-        100.0 * s["fraction_truncated"].as_f64().unwrap_or(0.0),
-        100.0 * s["unk_rate"].as_f64().unwrap_or(0.0)
+        s.examples,
+        s.mean_tokens,
+        l.p50,
+        l.p90,
+        l.p99,
+        l.max,
+        100.0 * s.fraction_truncated,
+        100.0 * s.unk_rate
     )
 }

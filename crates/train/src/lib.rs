@@ -20,6 +20,7 @@ pub mod trainer;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
+use pipeline::files::{Hparams, Labels, Mfu, TokenizeMeta, TrainSummary};
 use pipeline::{Precision, TrainParams};
 use serde_json::json;
 use tch::Kind;
@@ -27,24 +28,17 @@ use tch::Kind;
 /// Bump when the artifact's layout or the training algorithm's meaning changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The stage's identity: code, dependencies, the libtorch loaded, and the rule that the tokenize
+/// input was made from the download input (the model it trains).
 pub fn stage_def() -> artifact::StageDef {
+    let (facts, files) = model::device::libtorch().key_facts();
     artifact::stage_def!("train", SCHEMA_VERSION)
+        .with_runtime(artifact::Runtime { facts, files })
+        .with_lineage(&[artifact::Lineage { input: "tokenize", made_from: "download" }])
 }
 
 pub fn validate(p: &TrainParams) -> anyhow::Result<()> {
-    if p.batch_size == 0 {
-        bail!("train.batch_size must be positive");
-    }
-    if !(p.learning_rate > 0.0 && p.learning_rate.is_finite()) {
-        bail!("train.learning_rate must be a positive number, got {}", p.learning_rate);
-    }
-    if p.epochs <= 0.0 && p.max_steps.is_none() {
-        bail!("train.epochs must be positive (or set max_steps)");
-    }
-    if !(0.0..1.0).contains(&p.warmup_ratio) {
-        bail!("train.warmup_ratio must be in [0, 1), got {}", p.warmup_ratio);
-    }
-    Ok(())
+    p.validate().map_err(anyhow::Error::msg)
 }
 
 /// The compute dtype for a precision setting on a device.
@@ -60,8 +54,7 @@ pub fn compute_kind(p: Precision, device: tch::Device) -> Kind {
 /// Class names from a tokenize artifact.
 pub fn label_names(tokenize: &Path) -> anyhow::Result<Vec<String>> {
     let path = tokenize.join("labels.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)?;
-    let names: Vec<String> = v["names"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default();
+    let names = pipeline::files::read::<Labels>(&path)?.names;
     if names.len() < 2 {
         bail!("{}: needs at least two classes, found {names:?}", path.display());
     }
@@ -104,17 +97,19 @@ fn peak_flops() -> Option<(String, f64)> {
 
 /// Runs the stage: `model_dir` holds config.json and model.safetensors (the download artifact's
 /// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory.
-pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<serde_json::Value> {
+pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<TrainSummary> {
     validate(p)?;
-    let meta_path = tokenize.join("meta.json");
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta_path).with_context(|| format!("reading {}", meta_path.display()))?)?;
-    let pad_id = meta["pad_id"].as_u64().unwrap_or(0) as u32;
-    let max_length = meta["max_length"].as_u64().context("meta.json lacks max_length")? as usize;
+    let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
+    let (pad_id, max_length) = (meta.pad_id, meta.max_length);
     let names = label_names(tokenize)?;
+    let positive = pipeline::positive_index("train.positive_class", p.positive_class.as_deref(), &names).map_err(anyhow::Error::msg)?;
     let config = model::BertConfig::from_file(&model_dir.join("config.json"))?;
-    let tok_vocab = meta["vocab_size"].as_i64().unwrap_or(0);
-    if tok_vocab > config.vocab_size {
-        bail!("the tokenizer has {tok_vocab} tokens but the model's vocab_size is {}: tokenize and model do not match", config.vocab_size);
+    if i64::from(meta.max_id) >= config.vocab_size {
+        bail!(
+            "the tokenizer produces ids up to {} but the model's vocab_size is {}: tokenize and model do not match",
+            meta.max_id,
+            config.vocab_size
+        );
     }
     let device = model::device::resolve(&p.device)?;
     let kind = compute_kind(p.precision, device);
@@ -156,7 +151,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         device,
         work: work.to_path_buf(),
         stop_after: None,
-        positive_class: 1,
+        positive_class: positive,
+        names: names.clone(),
         progress: true,
     };
     let outcome = trainer::run(job)?;
@@ -174,43 +170,45 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let flops = 3.0 * st.tokens as f64 * config.encoder_flops_per_token(avg_len as i64);
     let loop_secs = (st.train_seconds - st.eval_seconds).max(1e-9);
     let mfu = match device {
-        tch::Device::Cuda(_) => peak_flops().map(|(name, peak)| json!({"gpu": name, "model_tflops_per_s": flops / loop_secs / 1e12, "mfu": flops / loop_secs / peak})),
+        tch::Device::Cuda(_) => peak_flops().map(|(gpu, peak)| Mfu { gpu, model_tflops_per_s: flops / loop_secs / 1e12, mfu: flops / loop_secs / peak }),
         _ => None,
     };
-    let hparams = json!({
-        "params": p,
-        "total_steps": outcome.total_steps,
-        "device": model::device::describe(device),
-        "precision": if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
-        "max_length": max_length,
-        "labels": names,
-        "initialized": report.initialized,
-    });
-    std::fs::write(out.join("hparams.json"), serde_json::to_vec_pretty(&hparams)?)?;
-    let summary = json!({
-        "steps": st.step,
-        "resumed_from_step": outcome.resumed_from,
-        "epochs_completed": st.epoch,
-        "samples": st.samples,
-        "tokens": st.tokens,
-        "train_seconds": st.train_seconds,
-        "eval_and_checkpoint_seconds": st.eval_seconds,
-        "samples_per_second": outcome.samples_per_second,
-        "tokens_per_second": outcome.tokens_per_second,
-        "best_step": st.best_step,
-        "best_metric": st.best_metric,
-        "select_metric": p.select_metric,
-        "last_validation": outcome.last_eval,
-        "flop_utilisation": mfu,
-    });
-    std::fs::write(out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    let hparams = Hparams {
+        params: p.clone(),
+        total_steps: outcome.total_steps,
+        device: model::device::describe(device),
+        precision: if kind == Kind::BFloat16 { "bf16" } else { "fp32" }.into(),
+        max_length,
+        labels: names.clone(),
+        positive_class: names[positive].clone(),
+        initialized: report.initialized.clone(),
+    };
+    pipeline::files::write(&out.join("hparams.json"), &hparams)?;
+    let summary = TrainSummary {
+        steps: st.step,
+        resumed_from_step: outcome.resumed_from,
+        epochs_completed: st.epoch,
+        samples: st.samples,
+        tokens: st.tokens,
+        train_seconds: st.train_seconds,
+        eval_and_checkpoint_seconds: st.eval_seconds,
+        samples_per_second: outcome.samples_per_second,
+        tokens_per_second: outcome.tokens_per_second,
+        best_step: st.best_step,
+        best_metric: st.best_metric,
+        select_metric: p.select_metric,
+        best_validation: st.best_eval.clone(),
+        last_validation: outcome.last_eval.clone(),
+        flop_utilisation: mfu,
+    };
+    pipeline::files::write(&out.join("summary.json"), &summary)?;
     eprintln!(
         "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best validation {} {} at step {}",
         st.step,
         st.train_seconds,
         outcome.samples_per_second,
         outcome.tokens_per_second,
-        mfu.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m["mfu"].as_f64().unwrap_or(f64::NAN))).unwrap_or_default(),
+        summary.flop_utilisation.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m.mfu)).unwrap_or_default(),
         serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
         st.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
         st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())

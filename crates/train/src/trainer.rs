@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use model::device::BatchError;
+use pipeline::files::{LogLine, Validation};
 use pipeline::{Metric, TrainParams};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::batches::Plan;
@@ -32,6 +32,9 @@ pub struct State {
     pub best_metric: Option<f64>,
     pub best_step: Option<u64>,
     pub evals_without_improvement: u32,
+    /// The validation of the best weights so far.
+    #[serde(default)]
+    pub best_eval: Option<Validation>,
     pub samples: u64,
     pub tokens: u64,
     pub train_seconds: f64,
@@ -54,6 +57,8 @@ pub struct Job<'a> {
     /// Stop (after checkpointing) once this many optimizer steps are done; for interruption tests.
     pub stop_after: Option<u64>,
     pub positive_class: usize,
+    /// Class names, in id order.
+    pub names: Vec<String>,
     pub progress: bool,
 }
 
@@ -65,7 +70,7 @@ pub struct Outcome {
     /// The step of the checkpoint this run resumed from.
     pub resumed_from: Option<u64>,
     pub total_steps: u64,
-    pub last_eval: Option<serde_json::Value>,
+    pub last_eval: Option<Validation>,
     pub samples_per_second: f64,
     pub tokens_per_second: f64,
 }
@@ -74,19 +79,21 @@ fn higher_is_better(m: Metric) -> bool {
     !matches!(m, Metric::Loss)
 }
 
-/// Loss, accuracy and F1 on `split`; the caller explains a failed batch (it knows which setting
-/// sets the batch size).
-pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize) -> Result<serde_json::Value, BatchError> {
+/// Loss, accuracy and F1 (of class `positive` of `names` for two classes, macro otherwise) on
+/// `split`; the caller explains a failed batch (it knows which setting sets the batch size).
+pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize, names: &[String]) -> Result<Validation, BatchError> {
     let pred = model::infer::predict(m, split, batch, pad, device, &mut |_| {})?;
     let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
     let p = pred.argmax();
     let n = m.num_labels as usize;
-    Ok(json!({
-        "loss": pred.loss,
-        "accuracy": metrics::accuracy(&labels, &p),
-        "f1": metrics::f1(&labels, &p, n, positive.min(n.saturating_sub(1))),
-        "examples": labels.len(),
-    }))
+    let positive = positive.min(n.saturating_sub(1));
+    Ok(Validation {
+        loss: pred.loss,
+        accuracy: metrics::accuracy(&labels, &p),
+        f1: metrics::f1(&labels, &p, n, positive),
+        examples: labels.len(),
+        positive_class: names.get(positive).cloned().unwrap_or_else(|| positive.to_string()),
+    })
 }
 
 /// Writes checkpoints and best weights on a background thread, one write at a time. The tensors
@@ -169,7 +176,7 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .filter(|l| serde_json::from_str::<LogLine>(l).is_ok_and(|v| v.step() <= step))
         .collect();
     let mut out = kept.join("\n");
     if !out.is_empty() {
@@ -236,11 +243,6 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let progress = if job.progress { artifact::Progress::new("steps", total_steps, st.step) } else { artifact::Progress::hidden() };
     let mut last_eval = None;
     let higher = higher_is_better(p.select_metric);
-    let metric_key = match p.select_metric {
-        Metric::Accuracy => "accuracy",
-        Metric::F1 => "f1",
-        Metric::Loss => "loss",
-    };
     // Pending per-step losses (device scalars), checked for NaN at each log point.
     let mut pending: Vec<(u64, Tensor)> = Vec::new();
     let mut window = (Instant::now(), 0u64, 0u64, st.step);
@@ -252,7 +254,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                                    st: &mut State,
                                    opt: &AdamW,
                                    log: &mut std::fs::File,
-                                   last_eval: &mut Option<serde_json::Value>,
+                                   last_eval: &mut Option<Validation>,
                                    writer: &mut Writer|
      -> anyhow::Result<bool> {
         let mut stop = false;
@@ -260,9 +262,13 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let t_eval = Instant::now();
         if let Some(val) = job.val {
             let ev = progress
-                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class))
+                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class, &job.names))
                 .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
-            let m = ev[metric_key].as_f64().unwrap_or(f64::NAN);
+            let m = match p.select_metric {
+                Metric::Accuracy => ev.accuracy,
+                Metric::F1 => ev.f1,
+                Metric::Loss => ev.loss,
+            };
             let better = match st.best_metric {
                 None => true,
                 Some(b) => (higher && m > b) || (!higher && m < b),
@@ -270,6 +276,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             if better {
                 st.best_metric = Some(m);
                 st.best_step = Some(st.step);
+                st.best_eval = Some(ev.clone());
                 st.evals_without_improvement = 0;
                 best = true;
             } else {
@@ -278,13 +285,14 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                     stop = true;
                 }
             }
-            writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "eval": ev, "best": better}))?;
+            let line = LogLine::Eval { step: st.step, epoch: st.epoch, eval: ev.clone(), best: better };
+            writeln!(log, "{}", serde_json::to_string(&line)?)?;
             progress.println(&format!(
                 "step {}: validation loss {:.4}, accuracy {:.4}, f1 {:.4}{}",
                 st.step,
-                ev["loss"].as_f64().unwrap_or(0.0),
-                ev["accuracy"].as_f64().unwrap_or(0.0),
-                ev["f1"].as_f64().unwrap_or(0.0),
+                ev.loss,
+                ev.accuracy,
+                ev.f1,
                 if better { " (best)" } else { "" }
             ));
             *last_eval = Some(ev);
@@ -343,7 +351,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
                 let (sps, tps) = (window.1 as f64 / secs, window.2 as f64 / secs);
                 let gn = norm.double_value(&[]);
-                writeln!(log, "{}", json!({"step": st.step, "epoch": st.epoch, "loss": mean, "lr": lr, "grad_norm": gn, "samples_per_s": sps, "tokens_per_s": tps}))?;
+                let line = LogLine::Train { step: st.step, epoch: st.epoch, loss: mean, lr, grad_norm: gn, samples: window.1, samples_per_s: sps, tokens_per_s: tps };
+                writeln!(log, "{}", serde_json::to_string(&line)?)?;
                 progress.report(st.step, &format!("epoch {}/{} loss {mean:.4} lr {lr:.2e} grad-norm {gn:.3} {sps:.0} samples/s", st.epoch + 1, shown_epochs));
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);

@@ -10,7 +10,11 @@
 //! * `FAKE_SLEEP_MS`: sleep while writing (for concurrency tests);
 //! * `FAKE_LOG=FILE`: append `<stage>` to FILE each time the stage really runs;
 //! * `FAKE_CALLS=FILE`: append `<stage>` to FILE each time the binary starts (any mode);
-//! * `FAKE_FILE_INPUT_<STAGE>=PATH`: key on PATH's bytes too, as download does with local files.
+//! * `FAKE_FILE_INPUT_<STAGE>=PATH`: key on PATH's bytes too, as download does with local files;
+//! * `FAKE_RUNTIME_FILE_<STAGE>=PATH`: a file "loaded at run time" (as train loads libtorch):
+//!   its bytes enter the key as a run-time fact and the runner's memo re-checks it;
+//! * `FAKE_SPLITS=a,b`: the splits the download stage's `dataset/info.json` lists (default
+//!   train,validation,test; classes `neg`, `pos`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -43,11 +47,12 @@ fn main() -> anyhow::Result<()> {
     let c = controls(&cli.args.store);
     let env = |name: &str, stage: &str| c.get(&format!("{name}_{}", stage.to_uppercase())).cloned();
     let params: serde_json::Value = pipeline::load_params(&cli.args.params)?;
-    let def = artifact::StageDef {
-        name: stage.name(),
-        code_version: env("FAKE_CODE_VERSION", stage.name()).unwrap_or_else(|| "1".into()),
-        tool_version: env!("CARGO_PKG_VERSION"),
-    };
+    let mut def = artifact::StageDef::new(stage.name(), env("FAKE_CODE_VERSION", stage.name()).unwrap_or_else(|| "1".into()), env!("CARGO_PKG_VERSION"));
+    if let Some(path) = env("FAKE_RUNTIME_FILE", stage.name()) {
+        let path = std::path::PathBuf::from(path);
+        let facts = [("runtime".to_string(), artifact::hash_file(&path)?.1)].into();
+        def = def.with_runtime(artifact::Runtime { facts, files: vec![path] });
+    }
     if let Some(log) = c.get("FAKE_CALLS") {
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
         writeln!(f, "{stage}")?;
@@ -84,8 +89,30 @@ fn main() -> anyhow::Result<()> {
             std::process::abort();
         }
         f.write_all(b)?;
+        if stage == pipeline::Stage::Download {
+            write_dataset_files(&ctx.out, c.get("FAKE_SPLITS").map(String::as_str).unwrap_or("train,validation,test"))?;
+        }
         ctx.summary = serde_json::json!({"bytes": text.len()});
         Ok(())
     });
     artifact::exit(&cli.args, report)
+}
+
+/// The typed files a download artifact holds that the runner reads (splits and class names).
+fn write_dataset_files(out: &std::path::Path, splits: &str) -> anyhow::Result<()> {
+    use pipeline::files::{DatasetInfo, Labels, Origin, SplitInfo};
+    let dir = out.join("dataset");
+    std::fs::create_dir_all(&dir)?;
+    let splits = splits.split(',').map(|s| (s.to_string(), SplitInfo { rows: 1, class_counts: vec![1, 0] })).collect();
+    let info = DatasetInfo {
+        source: Origin::default(),
+        splits,
+        validation_carved: None,
+        test_carved: None,
+        columns: serde_json::from_str("{}")?,
+        split_map: BTreeMap::new(),
+    };
+    pipeline::files::write(&dir.join("info.json"), &info)?;
+    pipeline::files::write(&dir.join("labels.json"), &Labels { names: vec!["neg".into(), "pos".into()] })?;
+    Ok(())
 }

@@ -16,10 +16,11 @@ fn main() {
 
 fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::EvaluateParams = pipeline::load_params(&args.params)?;
+    params.validate().map_err(anyhow::Error::msg)?;
     artifact::execute(&evaluate::stage_def(), args, &params, Default::default(), |ctx| {
         let tokenize = ctx.input("tokenize")?.clone();
         let train = ctx.input("train")?.clone();
-        ctx.summary = evaluate::run(&params, &tokenize, &train, &ctx.out)?;
+        ctx.summary = serde_json::to_value(evaluate::run(&params, &tokenize, &train, &ctx.out)?)?;
         Ok(())
     })
 }

@@ -49,13 +49,12 @@ fn stage(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     tokenize::validate(&params)?;
     artifact::execute(&tokenize::stage_def(), args, &params, Default::default(), |ctx| {
         let download = ctx.input("download")?.dir.clone();
-        ctx.summary = tokenize::run(&params, &download, &ctx.out)?;
+        ctx.summary = serde_json::to_value(tokenize::run(&params, &download, &ctx.out)?)?;
         Ok(())
     })
 }
 
 fn inspect(dir: &std::path::Path, split: &str, index: Option<usize>, head: usize) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let s = shards::Split::open(dir, split)?;
     let tk = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("tokenizer.json").display()))?;
@@ -69,7 +68,7 @@ fn inspect(dir: &std::path::Path, split: &str, index: Option<usize>, head: usize
         let tokens: Vec<String> = ids.iter().map(|&id| tk.id_to_token(id).unwrap_or_else(|| format!("<{id}>"))).collect();
         println!("{}", serde_json::json!({"index": i, "label": s.label(i), "ids": ids, "tokens": tokens}));
     }
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).context("reading meta.json")?)?;
-    println!("{}", serde_json::json!({"split": split, "stats": meta["splits"][split]}));
+    let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&dir.join("meta.json"))?;
+    println!("{}", serde_json::json!({"split": split, "stats": meta.splits.get(split)}));
     Ok(())
 }

@@ -30,17 +30,17 @@ struct Cli {
     warmup_windows: usize,
 }
 
-/// Steady-state rates over the log windows after the warm-up ones: total samples (tokens) over
-/// total time, so that every step weighs the same (as in the Python reference's figure).
-fn steady(log: &str, batch_size: usize, warmup_windows: usize) -> (Option<f64>, Option<f64>) {
-    let mut prev_step = 0.0;
+/// Steady-state rates over the log windows after the warm-up ones: total real samples (tokens)
+/// over total time, so that every step weighs the same (as in the Python reference's figure).
+/// Samples are counted as the log records them, so a `batch_tokens` run counts the examples its
+/// batches really held.
+fn steady(path: &std::path::Path, log: &str, warmup_windows: usize) -> anyhow::Result<(Option<f64>, Option<f64>)> {
     let (mut samples, mut tokens, mut secs) = (0.0, 0.0, 0.0);
-    let windows = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| {
-        Some((v["step"].as_f64()?, v["samples_per_s"].as_f64()?, v["tokens_per_s"].as_f64()?))
+    let windows = pipeline::files::LogLine::parse_all(path, log)?.into_iter().filter_map(|l| match l {
+        pipeline::files::LogLine::Train { samples, samples_per_s, tokens_per_s, .. } => Some((samples as f64, samples_per_s, tokens_per_s)),
+        pipeline::files::LogLine::Eval { .. } => None,
     });
-    for (i, (step, sps, tps)) in windows.enumerate() {
-        let n = (step - prev_step) * batch_size as f64;
-        prev_step = step;
+    for (i, (n, sps, tps)) in windows.enumerate() {
         if i >= warmup_windows && sps > 0.0 {
             let t = n / sps;
             samples += n;
@@ -48,11 +48,7 @@ fn steady(log: &str, batch_size: usize, warmup_windows: usize) -> (Option<f64>, 
             secs += t;
         }
     }
-    if secs > 0.0 {
-        (Some(samples / secs), Some(tokens / secs))
-    } else {
-        (None, None)
-    }
+    Ok(if secs > 0.0 { (Some(samples / secs), Some(tokens / secs)) } else { (None, None) })
 }
 
 /// The process's peak resident memory in MiB (Linux: VmHWM), for the benchmark table.
@@ -66,14 +62,16 @@ fn peak_rss_mb() -> Option<f64> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let params: pipeline::TrainParams = pipeline::load_params(&cli.params)?;
+    train::validate(&params)?;
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let work = cli.out.join("work");
     let _ = std::fs::remove_dir_all(&work);
     let t = std::time::Instant::now();
     let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work)?;
     let wall = t.elapsed().as_secs_f64();
-    let log = std::fs::read_to_string(cli.out.join("log.jsonl")).unwrap_or_default();
-    let (samples_per_s, tokens_per_s) = steady(&log, params.batch_size * params.grad_accum, cli.warmup_windows);
+    let log_path = cli.out.join("log.jsonl");
+    let log = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
+    let (samples_per_s, tokens_per_s) = steady(&log_path, &log, cli.warmup_windows)?;
     let mut out = serde_json::json!({
         "train": summary,
         "wall_seconds": wall,
@@ -87,13 +85,14 @@ fn main() -> anyhow::Result<()> {
         let mut m = model::Model::random(config, names.len() as i64, device, 0)?;
         m.compute = train::compute_kind(params.precision, device);
         m.params.load_exact(&cli.out.join("best.safetensors"))?;
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(cli.tokens.join("meta.json"))?)?;
+        let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
-        let ev = train::trainer::evaluate(&m, &s, 256, meta["pad_id"].as_u64().unwrap_or(0) as u32, device, 1)
+        let positive = pipeline::positive_index("train.positive_class", params.positive_class.as_deref(), &names).map_err(anyhow::Error::msg)?;
+        let ev = train::trainer::evaluate(&m, &s, 256, meta.pad_id, device, positive, &names)
             .map_err(|e| e.explain(&format!("evaluating `{split}`"), "the batch of 256 (fixed in ft-bench) or tokenize.max_length"))?;
         let secs = t.elapsed().as_secs_f64();
-        out["eval"] = ev;
+        out["eval"] = serde_json::to_value(&ev)?;
         out["eval"]["split"] = serde_json::json!(split);
         out["eval"]["seconds"] = serde_json::json!(secs);
         out["eval"]["examples_per_s"] = serde_json::json!(s.len() as f64 / secs);

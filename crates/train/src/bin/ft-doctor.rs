@@ -3,10 +3,17 @@
 
 fn main() {
     let d = model::device::doctor();
-    println!("libtorch:       {}", d["libtorch_lib"].as_str().unwrap_or("?"));
+    let deps = artifact::parse_dependencies(env!("FT_DEPS"));
+    let s = |k: &str| d[k].as_str().unwrap_or("?").to_string();
+    println!("libtorch:       {} ({})", s("libtorch_version"), s("libtorch_loaded"));
+    println!("built against:  {}", s("libtorch_lib"));
+    println!("tch:            {}", deps.get("tch").map(String::as_str).unwrap_or("?"));
     println!("CUDA available: {}", d["cuda_available"]);
-    println!("cuDNN:          {}", d["cudnn_available"]);
-    println!("CUDA devices:   {}", d["cuda_devices"]);
+    if d["cuda_available"].as_bool() == Some(true) {
+        println!("CUDA runtime:   {} (the version libtorch was built with and ships)", s("libtorch_cuda_build"));
+        println!("cuDNN:          {}", d["cudnn_available"]);
+        println!("CUDA devices:   {}", d["cuda_devices"]);
+    }
     println!("CPU threads:    {}", d["cpu_threads"]);
     if d["cuda_available"].as_bool() == Some(true) {
         let t = tch::Tensor::ones([2, 2], (tch::Kind::Float, tch::Device::Cuda(0)));

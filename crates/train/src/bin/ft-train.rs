@@ -21,8 +21,8 @@ fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
         let download = ctx.input("download")?.dir.clone();
         let tokenize = ctx.input("tokenize")?.dir.clone();
         let work = ctx.store.join(".checkpoints").join(format!("train-{}", ctx.key));
-        ctx.environment.insert("libtorch".into(), option_env!("FT_LIBTORCH_LIB").unwrap_or("?").into());
-        ctx.summary = train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work)?;
+        ctx.environment.insert("libtorch_lib".into(), option_env!("FT_LIBTORCH_LIB").unwrap_or("?").into());
+        ctx.summary = serde_json::to_value(train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work)?)?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
     })

@@ -1,0 +1,326 @@
+//! The files stages exchange through artifacts, one struct each, shared by the writer and every
+//! reader, so the two cannot drift apart. Reading checks every required field: a missing or
+//! ill-typed one is an error naming the file and the field ([`read`]); nothing silently takes a
+//! default. Optional fields are `Option`s because they are optional in meaning (a local model
+//! has no Hub commit), never to paper over an old writer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::params::{Columns, Metric, TrainParams, Truncation};
+
+/// A typed artifact file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: cannot read: {source} (rerun the stage that wrote it)")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source} (the file does not match what this version of the stage writes; rerun the stage that wrote it)")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: cannot write: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads a typed JSON file. serde's message names the field (`missing field `pad_id``,
+/// `invalid type: string "x", expected u32`) and the line; the path is added here.
+pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let bytes = std::fs::read(path).map_err(|source| FileError::Read { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| FileError::Parse { path: path.to_path_buf(), source })
+}
+
+/// Writes a typed JSON file (pretty-printed).
+pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
+    let text = serde_json::to_vec_pretty(value).map_err(|source| FileError::Parse { path: path.to_path_buf(), source })?;
+    std::fs::write(path, text).map_err(|source| FileError::Write { path: path.to_path_buf(), source })
+}
+
+/// `labels.json` (download's `dataset/`, tokenize): class names in id order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Labels {
+    pub names: Vec<String>,
+}
+
+/// Where a dataset or model came from: a Hub repository at a commit, or local files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Hub repository (absent for local sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_cache: Option<bool>,
+    /// A local model directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Local dataset files, split -> pattern.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<BTreeMap<String, String>>,
+    /// sha256 of every file taken.
+    pub files_sha256: BTreeMap<String, String>,
+}
+
+impl Origin {
+    /// The repository or local path, for people.
+    pub fn name(&self) -> String {
+        match (&self.repo, &self.path, &self.local) {
+            (Some(r), _, _) => r.clone(),
+            (None, Some(p), _) => p.clone(),
+            _ => "local files".into(),
+        }
+    }
+}
+
+/// Rows and class counts of one split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitInfo {
+    pub rows: usize,
+    pub class_counts: Vec<usize>,
+}
+
+/// A split carved from train.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Carved {
+    pub from: String,
+    pub fraction: f64,
+    pub seed: u64,
+    pub stratified: bool,
+    pub rows: usize,
+}
+
+/// Download's `dataset/info.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetInfo {
+    pub source: Origin,
+    pub splits: BTreeMap<String, SplitInfo>,
+    pub validation_carved: Option<Carved>,
+    pub test_carved: Option<Carved>,
+    pub columns: Columns,
+    /// Output split -> source split.
+    pub split_map: BTreeMap<String, String>,
+}
+
+/// Token statistics of one split (tokenize's `meta.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitStats {
+    pub examples: usize,
+    pub tokens: usize,
+    pub mean_tokens: f64,
+    pub untruncated_length: Percentiles,
+    pub fraction_truncated: f64,
+    pub unk_rate: f64,
+    pub shards: usize,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Percentiles {
+    pub p50: usize,
+    pub p90: usize,
+    pub p95: usize,
+    pub p99: usize,
+    pub max: usize,
+}
+
+/// Tokenize's `meta.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeMeta {
+    pub max_length: usize,
+    pub truncation: Truncation,
+    pub head_tokens: usize,
+    /// The tokenizer's vocabulary, added tokens included.
+    pub vocab_size: usize,
+    /// The largest id the tokenizer can produce (added tokens may lie beyond `vocab_size`).
+    pub max_id: u32,
+    pub pad_id: u32,
+    pub cls_id: Option<u32>,
+    pub sep_id: Option<u32>,
+    pub unk_id: Option<u32>,
+    pub tokenizer_source: String,
+    pub splits: BTreeMap<String, SplitStats>,
+}
+
+/// Loss, accuracy and F1 on a validation split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub f1: f64,
+    pub examples: usize,
+    /// The class F1 is taken for (two classes), by name.
+    pub positive_class: String,
+}
+
+/// Train's `hparams.json`: every resolved setting.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hparams {
+    pub params: TrainParams,
+    pub total_steps: u64,
+    pub device: String,
+    pub precision: String,
+    pub max_length: usize,
+    pub labels: Vec<String>,
+    pub positive_class: String,
+    pub initialized: Vec<String>,
+}
+
+/// Model FLOP utilisation on a GPU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mfu {
+    pub gpu: String,
+    pub model_tflops_per_s: f64,
+    pub mfu: f64,
+}
+
+/// Train's `summary.json` (also the manifest's summary).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub resumed_from_step: Option<u64>,
+    pub epochs_completed: u64,
+    pub samples: u64,
+    pub tokens: u64,
+    pub train_seconds: f64,
+    pub eval_and_checkpoint_seconds: f64,
+    pub samples_per_second: f64,
+    pub tokens_per_second: f64,
+    pub best_step: Option<u64>,
+    pub best_metric: Option<f64>,
+    pub select_metric: Metric,
+    /// The validation of the weights in `best.safetensors`.
+    pub best_validation: Option<Validation>,
+    /// The last validation (of `final.safetensors` when it ran at the end).
+    pub last_validation: Option<Validation>,
+    pub flop_utilisation: Option<Mfu>,
+}
+
+/// One line of train's `log.jsonl`: a training window or a validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LogLine {
+    /// `samples`: the real examples of the window since the previous line (with
+    /// `batch_tokens`, batches hold varying counts).
+    Train { step: u64, epoch: u64, loss: f64, lr: f64, grad_norm: f64, samples: u64, samples_per_s: f64, tokens_per_s: f64 },
+    Eval { step: u64, epoch: u64, eval: Validation, best: bool },
+}
+
+impl LogLine {
+    pub fn step(&self) -> u64 {
+        match self {
+            LogLine::Train { step, .. } | LogLine::Eval { step, .. } => *step,
+        }
+    }
+
+    /// Every line of a log; a line that is not a [`LogLine`] is an error naming its number.
+    pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LogLine>, FileError> {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|source| FileError::Parse { path: path.to_path_buf(), source }))
+            .collect()
+    }
+}
+
+/// Precision, recall and F1 of one class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassScores {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Averages {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// Bootstrap 95% intervals.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intervals {
+    pub accuracy: Option<(f64, f64)>,
+    pub f1: Option<(f64, f64)>,
+    pub bootstrap_resamples: u32,
+}
+
+/// Accuracy over one bucket of untruncated text lengths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LengthBucket {
+    pub min_tokens: u32,
+    pub max_tokens: u32,
+    pub examples: usize,
+    pub accuracy: f64,
+}
+
+/// Evaluate's `metrics.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalMetrics {
+    pub n: usize,
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// `binary (positive class `pos`)` or `macro`.
+    pub averaging: String,
+    pub log_loss: f64,
+    pub confusion_matrix: Vec<Vec<u64>>,
+    pub labels: Vec<String>,
+    pub per_class: BTreeMap<String, ClassScores>,
+    #[serde(rename = "macro")]
+    pub macro_avg: Averages,
+    pub weighted: Averages,
+    pub ci95: Intervals,
+    pub split: String,
+    /// `best` or `final`, and the file those weights came from.
+    pub weights: crate::params::Weights,
+    pub weights_file: String,
+    pub positive_class: String,
+    pub examples_per_second: f64,
+    pub seconds: f64,
+    pub device: String,
+    pub accuracy_by_length: Vec<LengthBucket>,
+}
+
+/// The classification head's labels in a trained model's `config.json` (the rest of the file is
+/// the model's own configuration, read by the model crate).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassifierLabels {
+    pub num_labels: usize,
+    /// Class id (as a string, as transformers writes it) -> name.
+    pub id2label: BTreeMap<String, String>,
+}
+
+impl ClassifierLabels {
+    /// Reads the labels of `config.json`; every id below `num_labels` must have a name.
+    pub fn read_names(path: &Path) -> Result<Vec<String>, String> {
+        let c: ClassifierLabels = read(path).map_err(|e| e.to_string())?;
+        (0..c.num_labels)
+            .map(|i| {
+                c.id2label.get(&i.to_string()).cloned().ok_or_else(|| {
+                    format!("{}: id2label has no name for class {i} of num_labels {} (rerun the train stage)", path.display(), c.num_labels)
+                })
+            })
+            .collect()
+    }
+}
