@@ -610,7 +610,7 @@ mod tests {
         assert!(store.lookup("s", "k1").unwrap().is_some());
         // Flip a byte: detected, discarded, reported absent.
         fs::write(art_path.join("sub/a.txt"), b"hellp").unwrap();
-        assert!(matches!(Artifact::open(&art.dir).unwrap().verify(), Err(VerifyError::Hash { .. })));
+        assert!(matches!(Artifact::open(&art_path).unwrap().verify(), Err(VerifyError::Hash { .. })));
         assert!(store.lookup("s", "k1").unwrap().is_none());
         assert!(fs::symlink_metadata(store.artifact_dir("s", "k1")).is_err(), "the key's path is gone");
         // `art` still holds its version (a reader); once it is dropped the version can go.
