@@ -255,6 +255,51 @@ fn local_csv_jsonl_parquet_with_mapping() {
 }
 
 #[test]
+fn tsv_as_glue_writes_it_and_csv_with_a_delimiter() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    // GLUE's SST-2 format: header, tabs, no quoting; a `"` is part of the text.
+    let tsv = write(d, "train.tsv", "sentence\tlabel\nit 's a \"charming\" film , really\t1\na dull , lifeless mess\t0\n\"unquoted start\t1\n");
+    let p = json!({"dataset": {"files": {"train": tsv}}, "model": {"path": fixtures().join("tiny-bert").display().to_string()}, "columns": {"text": "sentence", "label": "label"}, "validation": {"fraction": 0.0}});
+    let out = e.out("tsv");
+    let s = download::run(&params(p), &e.hub(), &out).unwrap();
+    assert_eq!(s["dataset"]["splits"]["train"]["rows"], 3);
+    assert_eq!(s["labels"], json!(["LABEL_0", "LABEL_1"]), "numeric labels are class ids, as in CSV and JSON Lines");
+    let (texts, labels) = tokenize::read_split(&out.join("dataset/train.parquet")).unwrap();
+    assert_eq!(texts, ["it 's a \"charming\" film , really", "a dull , lifeless mess", "\"unquoted start"]);
+    assert_eq!(labels, [1, 0, 1]);
+    let csv = write(d, "semi.csv", "text;label\n\"a; quoted\";1\nplain;0\n");
+    let p = json!({"dataset": {"files": {"train": csv}, "delimiter": ";"}, "model": {"path": fixtures().join("tiny-bert").display().to_string()}, "validation": {"fraction": 0.0}});
+    let s = download::run(&params(p), &e.hub(), &e.out("semi")).unwrap();
+    assert_eq!(s["dataset"]["splits"]["train"]["class_counts"], json!([1, 1]));
+    // Without the delimiter, the file has one column and the error names it and the setting.
+    let msg = format!("{:#}", local(&e, json!({"train": csv}), json!({})).unwrap_err());
+    assert!(msg.contains("text;label") && msg.contains("semi.csv"), "{msg}");
+}
+
+#[test]
+fn one_labelled_file_gets_test_and_validation_splits_carved_from_it() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    let rows: String = (0..100).map(|i| format!("{{\"text\": \"row {i}\", \"label\": {}}}\n", usize::from(i % 4 == 0))).collect();
+    let f = write(d, "all.jsonl", &rows);
+    let carve = json!({"test": {"fraction": 0.2, "seed": 3}, "validation": {"fraction": 0.1, "seed": 3}});
+    let s = local(&e, json!({"train": f}), carve.clone()).unwrap();
+    let splits = &s["dataset"]["splits"];
+    assert_eq!(splits["test"]["rows"], 20);
+    assert_eq!(splits["test"]["class_counts"], json!([15, 5]), "stratified: a quarter are class 1");
+    assert_eq!(splits["validation"]["rows"], 8, "a tenth of what the test split left");
+    assert_eq!(splits["train"]["rows"], 72);
+    assert_eq!(s["dataset"]["test_carved"]["fraction"], json!(0.2));
+    // Seeded: the same rows again; a source that has a test split keeps its own.
+    assert_eq!(local(&e, json!({"train": f}), carve.clone()).unwrap()["dataset"], s["dataset"]);
+    let t = write(d, "t.jsonl", "{\"text\": \"x\", \"label\": 0}\n{\"text\": \"y\", \"label\": 1}\n");
+    let s = local(&e, json!({"train": f, "test": t}), carve).unwrap();
+    assert_eq!(s["dataset"]["splits"]["test"]["rows"], 2);
+    assert!(s["dataset"]["test_carved"].is_null());
+}
+
+#[test]
 fn bad_data_is_named() {
     let e = Env::new();
     let d = e.tmp.path();

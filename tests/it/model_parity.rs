@@ -43,7 +43,7 @@ fn tiny() -> model::Model {
 
 fn minilm() -> Option<model::Model> {
     if !mirror().exists() {
-        eprintln!("skipping the all-MiniLM-L6-v2 parity check: {} is absent", mirror().display());
+        tests::skip("the all-MiniLM-L6-v2 parity check", &format!("{} is absent", mirror().display()), false);
         return None;
     }
     let config = model::BertConfig::from_file(&mirror().join("config.json")).unwrap();
@@ -89,12 +89,9 @@ fn padding_does_not_change_real_rows() {
 #[test]
 fn live_comparison_with_transformers() {
     let _rng = tests::torch_rng();
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok {
-        eprintln!("skipping the live comparison: {} cannot import transformers (run cargo xtask setup)", python.display());
-        return;
-    }
+    let Some(python) = tests::venv_python_with("transformers") else {
+        return tests::skip("live_comparison_with_transformers", "the venv cannot import transformers", true);
+    };
     let out = std::process::Command::new(&python)
         .arg(fixtures().join("parity/make_golden.py"))
         .arg("--check")

@@ -21,14 +21,17 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     let first = run(&p);
     assert!(first.iter().all(|o| !o.cached));
     let eval_dir = first[3].artifact.clone().unwrap();
-    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(eval_dir.join("metrics.json")).unwrap()).unwrap();
-    let acc = metrics["accuracy"].as_f64().unwrap();
+    let metrics: pipeline::files::EvalMetrics = pipeline::files::read(&eval_dir.join("metrics.json")).unwrap();
+    let acc = metrics.accuracy;
     assert!(acc >= 0.85, "held-out accuracy {acc} is not well above chance (0.5)");
     for f in ["report.md", "confusion.png", "curves.png", "length.png", "predictions.parquet"] {
         assert!(eval_dir.join(f).exists(), "{f}");
     }
-    assert_eq!(metrics["n"], 160);
-    assert!(metrics["ci95"]["accuracy"].as_array().is_some_and(|a| a.len() == 2));
+    assert_eq!(metrics.n, 160);
+    assert!(metrics.ci95.accuracy.is_some());
+    let report = std::fs::read_to_string(eval_dir.join("report.md")).unwrap();
+    assert!(report.contains("`best.safetensors` of train artifact") && report.contains("Accuracy by text length"), "{report}");
+    model_card_shows_the_selected_weights(&first);
     let second = run(&p);
     assert!(second.iter().all(|o| o.cached), "{second:?}");
     reports_progress_off_a_terminal(&first, tmp.path());
@@ -37,12 +40,9 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     matches_the_golden_listing(&export);
 
     // The export loads in transformers with no warning about weights, and agrees with us.
-    let python = repo().join(".venv/bin/python");
-    let ok = std::process::Command::new(&python).args(["-c", "import transformers"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok {
-        eprintln!("skipping the transformers round trip: the venv has no transformers (cargo xtask setup)");
-        return;
-    }
+    let Some(python) = tests::venv_python_with("transformers") else {
+        return tests::skip("the smoke export's transformers round trip", "the venv cannot import transformers", true);
+    };
     let texts = ["the movie was great and the acting was wonderful", "frankly the plot was boring", "ok"];
     let out = std::process::Command::new(&python).arg(repo().join("tests/fixtures/export_check.py")).arg(&export).args(texts).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -105,6 +105,31 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     // Evaluation takes well under artifact::TICK_GAP here: a line for its end alone.
     let ticks: Vec<&str> = eval.lines().filter(|l| l.contains("/160 examples; ")).collect();
     assert!(ticks.len() == 1 && ticks[0].starts_with("160/160 examples; "), "{eval}");
+}
+
+/// The model card's validation table is the best checkpoint's (not the last validation's), with
+/// the class its F1 is of.
+fn model_card_shows_the_selected_weights(first: &[runner::StageOutcome]) {
+    let train = first[2].artifact.clone().unwrap();
+    let summary: pipeline::files::TrainSummary = pipeline::files::read(&train.join("summary.json")).unwrap();
+    let best = summary.best_validation.clone().expect("a best validation");
+    let card = std::fs::read_to_string(first[4].artifact.clone().unwrap().join("README.md")).unwrap();
+    assert!(card.contains(&format!("the selected weights (`best`, step {})", summary.best_step.unwrap())), "{card}");
+    assert!(card.contains(&format!("| accuracy | {:.4} |", best.accuracy)), "{card}");
+    assert!(card.contains(&format!("| F1 (positive class `pos`) | {:.4} |", best.f1)), "{card}");
+    assert_eq!(best.positive_class, "pos");
+    // Validation ran every epoch, so the log holds an earlier, different validation too; the
+    // card's numbers are those of the step the weights came from.
+    let log = std::fs::read_to_string(train.join("log.jsonl")).unwrap();
+    let evals: Vec<pipeline::files::Validation> = pipeline::files::LogLine::parse_all(&train.join("log.jsonl"), &log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| match l {
+            pipeline::files::LogLine::Eval { step, eval, .. } if Some(step) == summary.best_step => Some(eval),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evals, vec![best]);
 }
 
 /// Tensor names and shapes, config and files of an export against what transformers itself writes

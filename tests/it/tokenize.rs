@@ -44,12 +44,9 @@ fn ids_match_python_tokenizers_golden() {
 
 #[test]
 fn ids_match_python_tokenizers_live() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let ok = std::process::Command::new(&python).args(["-c", "import tokenizers"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if !ok {
-        eprintln!("skipping: {} cannot import tokenizers (run cargo xtask setup)", python.display());
-        return;
-    }
+    let Some(python) = tests::venv_python_with("tokenizers") else {
+        return tests::skip("ids_match_python_tokenizers_live", "the venv cannot import tokenizers", true);
+    };
     let out = std::process::Command::new(&python).arg(fixtures().join("tokenize/make_golden.py")).arg("--check").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_against(&serde_json::from_slice(&out.stdout).unwrap());
@@ -80,8 +77,7 @@ fn head_tail_keeps_both_ends_and_empty_text_is_cls_sep() {
 #[test]
 fn minilm_file_truncation_and_padding_do_not_leak() {
     if !mirror().exists() {
-        eprintln!("skipping: no mirror");
-        return;
+        return tests::skip("minilm_file_truncation_and_padding_do_not_leak", &format!("{} is absent", mirror().display()), false);
     }
     let tk = tokenize::tok::load(&mirror()).unwrap();
     let (ids, _) = tk.encode(&"film ".repeat(400), &params(256, Truncation::Head, 0)).unwrap();

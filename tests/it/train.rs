@@ -203,7 +203,7 @@ fn a_failing_step_is_an_error_naming_the_step_and_batch() {
 #[test]
 fn cuda_without_a_gpu_is_a_clear_error() {
     if tch::Cuda::is_available() {
-        return;
+        return tests::skip("cuda_without_a_gpu_is_a_clear_error", "this machine has a GPU", false);
     }
     let e = model::device::resolve("cuda").unwrap_err().to_string();
     assert!(e.contains("no usable GPU") && e.contains("auto"), "{e}");

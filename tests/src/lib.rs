@@ -44,3 +44,23 @@ pub fn smoke_pipeline(store: &std::path::Path) -> pipeline::Pipeline {
         .replace("name: smoke", &format!("name: smoke\nstore: {}", store.display()));
     pipeline::parse(std::path::Path::new("smoke.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Says that a test cannot run here and why, in the test output itself: libtest swallows what a
+/// passing test prints with `eprintln!`, so this writes to the process's stderr directly, and a
+/// skipped test shows as `SKIPPED` beside its `ok`. A missing `installable` dependency (a
+/// reference package `cargo xtask setup` installs) fails the test instead when `FT_REQUIRE_ALL`
+/// is set, as `.ci/run` sets it: there every such test must run. The caller returns after it.
+pub fn skip(test: &str, why: &str, installable: bool) {
+    if installable && std::env::var_os("FT_REQUIRE_ALL").is_some_and(|v| v != "0") {
+        panic!("{test} cannot run: {why}; FT_REQUIRE_ALL is set, so this is a failure (run `cargo xtask setup`)");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}
+
+/// `.venv/bin/python`, if it imports `module`.
+pub fn venv_python_with(module: &str) -> Option<std::path::PathBuf> {
+    let python = repo().join(".venv/bin/python");
+    let ok = std::process::Command::new(&python).args(["-c", &format!("import {module}")]).output().map(|o| o.status.success()).unwrap_or(false);
+    ok.then_some(python)
+}
