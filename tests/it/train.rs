@@ -225,3 +225,37 @@ fn early_stopping_ends_training_when_validation_stalls() {
     assert!(out.state.step < out.total_steps);
     assert_eq!(out.state.best_step, Some(out.state.step / 2));
 }
+
+#[test]
+fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
+    let _rng = tests::torch_rng();
+    let (tmp, _, _) = task(64);
+    let tokens = tmp.path();
+    let meta = pipeline::files::TokenizeMeta {
+        max_length: 16,
+        truncation: pipeline::Truncation::Head,
+        head_tokens: 0,
+        vocab_size: 64,
+        max_id: 63,
+        pad_id: 0,
+        cls_id: Some(2),
+        sep_id: Some(3),
+        unk_id: None,
+        tokenizer_source: "synthetic".into(),
+        splits: Default::default(),
+    };
+    pipeline::files::write(&tokens.join("meta.json"), &meta).unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    std::fs::write(model_dir.join("config.json"), serde_json::to_vec(&model::BertConfig::tiny(64)).unwrap()).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let p = params("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\nselect_metric: f1\npositive_class: neg\n");
+    let summary = train::run(&p, &model_dir, tokens, &out, &tmp.path().join("work")).unwrap();
+    let best = summary.best_validation.unwrap();
+    assert_eq!(best.positive_class, "neg", "F1 of the class the pipeline names, not class 1");
+    let hp: pipeline::files::Hparams = pipeline::files::read(&out.join("hparams.json")).unwrap();
+    assert_eq!(hp.positive_class, "neg");
+    let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2")).unwrap_err());
+    assert!(e.contains("train.positive_class `maybe`") && e.contains("neg"), "{e}");
+}

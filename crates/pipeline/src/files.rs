@@ -226,12 +226,70 @@ impl LogLine {
         }
     }
 
+    /// Steady-state throughput over the training windows after the first `warmup` ones: total
+    /// real samples (and tokens) over total time, so that every step weighs the same. Samples
+    /// are the ones the windows record, so `batch_tokens` runs (varying batch counts) count
+    /// what their batches really held.
+    pub fn steady_rates(lines: &[LogLine], warmup: usize) -> Option<(f64, f64)> {
+        let (mut samples, mut tokens, mut secs) = (0.0, 0.0, 0.0);
+        let windows = lines.iter().filter_map(|l| match l {
+            LogLine::Train { samples, samples_per_s, tokens_per_s, .. } => Some((*samples as f64, *samples_per_s, *tokens_per_s)),
+            LogLine::Eval { .. } => None,
+        });
+        for (n, sps, tps) in windows.skip(warmup) {
+            if sps > 0.0 {
+                let t = n / sps;
+                samples += n;
+                tokens += tps * t;
+                secs += t;
+            }
+        }
+        (secs > 0.0).then(|| (samples / secs, tokens / secs))
+    }
+
     /// Every line of a log; a line that is not a [`LogLine`] is an error naming its number.
     pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LogLine>, FileError> {
         text.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| serde_json::from_str(l).map_err(|source| FileError::Parse { path: path.to_path_buf(), source }))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
+    use super::*;
+
+    fn window(step: u64, samples: u64, secs: f64) -> LogLine {
+        LogLine::Train { step, epoch: 0, loss: 1.0, lr: 1e-5, grad_norm: 1.0, samples, samples_per_s: samples as f64 / secs, tokens_per_s: 100.0 * samples as f64 / secs }
+    }
+
+    #[test]
+    fn steady_rates_count_the_samples_batches_really_held() {
+        // batch_tokens: 10 steps of up to 32 examples that held 50 and 150 examples.
+        let log = [window(10, 400, 9.0), window(20, 50, 1.0), window(30, 150, 1.0)];
+        let (sps, tps) = LogLine::steady_rates(&log, 1).unwrap();
+        assert_eq!(sps, 100.0, "200 examples in 2 s (counting batch_size x steps would say 320)");
+        assert_eq!(tps, 10_000.0);
+        assert!(LogLine::steady_rates(&log[..1], 1).is_none());
+    }
+
+    #[test]
+    fn a_missing_or_ill_typed_field_names_the_file_and_field() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("meta.json");
+        std::fs::write(&p, r#"{"max_length": 64, "truncation": "head", "head_tokens": 0, "vocab_size": 100, "max_id": 99, "cls_id": 1, "sep_id": 2, "unk_id": null, "tokenizer_source": "vocab.txt", "splits": {}}"#).unwrap();
+        let e = read::<TokenizeMeta>(&p).unwrap_err().to_string();
+        assert!(e.contains("meta.json") && e.contains("missing field `pad_id`"), "{e}");
+        std::fs::write(&p, r#"{"names": "neg"}"#).unwrap();
+        let e = read::<Labels>(&p).unwrap_err().to_string();
+        assert!(e.contains("meta.json") && e.contains("invalid type") && e.contains("sequence"), "{e}");
+        let e = read::<Labels>(&tmp.path().join("none.json")).unwrap_err().to_string();
+        assert!(e.contains("none.json") && e.contains("rerun the stage"), "{e}");
+        std::fs::write(&p, r#"{"num_labels": 3, "id2label": {"0": "a", "1": "b"}}"#).unwrap();
+        let e = ClassifierLabels::read_names(&p).unwrap_err();
+        assert!(e.contains("no name for class 2"), "{e}");
     }
 }
 

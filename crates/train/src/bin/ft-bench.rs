@@ -30,27 +30,6 @@ struct Cli {
     warmup_windows: usize,
 }
 
-/// Steady-state rates over the log windows after the warm-up ones: total real samples (tokens)
-/// over total time, so that every step weighs the same (as in the Python reference's figure).
-/// Samples are counted as the log records them, so a `batch_tokens` run counts the examples its
-/// batches really held.
-fn steady(path: &std::path::Path, log: &str, warmup_windows: usize) -> anyhow::Result<(Option<f64>, Option<f64>)> {
-    let (mut samples, mut tokens, mut secs) = (0.0, 0.0, 0.0);
-    let windows = pipeline::files::LogLine::parse_all(path, log)?.into_iter().filter_map(|l| match l {
-        pipeline::files::LogLine::Train { samples, samples_per_s, tokens_per_s, .. } => Some((samples as f64, samples_per_s, tokens_per_s)),
-        pipeline::files::LogLine::Eval { .. } => None,
-    });
-    for (i, (n, sps, tps)) in windows.enumerate() {
-        if i >= warmup_windows && sps > 0.0 {
-            let t = n / sps;
-            samples += n;
-            tokens += tps * t;
-            secs += t;
-        }
-    }
-    Ok(if secs > 0.0 { (Some(samples / secs), Some(tokens / secs)) } else { (None, None) })
-}
-
 /// The process's peak resident memory in MiB (Linux: VmHWM), for the benchmark table.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -71,7 +50,8 @@ fn main() -> anyhow::Result<()> {
     let wall = t.elapsed().as_secs_f64();
     let log_path = cli.out.join("log.jsonl");
     let log = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
-    let (samples_per_s, tokens_per_s) = steady(&log_path, &log, cli.warmup_windows)?;
+    let rates = pipeline::files::LogLine::steady_rates(&pipeline::files::LogLine::parse_all(&log_path, &log)?, cli.warmup_windows);
+    let (samples_per_s, tokens_per_s) = (rates.map(|r| r.0), rates.map(|r| r.1));
     let mut out = serde_json::json!({
         "train": summary,
         "wall_seconds": wall,
