@@ -23,9 +23,9 @@ mk() {  # length -> a subset pipeline
 rm -rf .device && mkdir -p .device/bin .device/minilm .device/bert-base .device/stage
 cargo build --release -p train --bin ft-bench --bin ft-logits
 for b in ft-bench ft-logits; do cp target/release/$b .device/bin/ && strip .device/bin/$b; done
-cp "$(tok pipelines/imdb-minilm.yaml)" -r .device/stage/tok256
-cp "$(tok "$(mk 128)")" -r .device/stage/tok128
-cp "$(tok "$(mk 512)")" -r .device/stage/tok512
+cp -rL "$(tok pipelines/imdb-minilm.yaml)" .device/stage/tok256
+cp -rL "$(tok "$(mk 128)")" .device/stage/tok128
+cp -rL "$(tok "$(mk 512)")" .device/stage/tok512
 rm -f .device/stage/tok*/manifest.json
 (cd .device/stage && tar cf - tok128 tok256 tok512 | xz -6 -T2 > ../toks.tar.xz)
 rm -rf .device/stage

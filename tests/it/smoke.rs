@@ -22,13 +22,13 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     assert!(first.iter().all(|o| !o.cached));
     let eval_dir = first[3].artifact.clone().unwrap();
     let metrics: pipeline::files::EvalMetrics = pipeline::files::read(&eval_dir.join("metrics.json")).unwrap();
-    let acc = metrics.accuracy;
+    let acc = metrics.scores.accuracy;
     assert!(acc >= 0.85, "held-out accuracy {acc} is not well above chance (0.5)");
     for f in ["report.md", "confusion.png", "curves.png", "length.png", "predictions.parquet"] {
         assert!(eval_dir.join(f).exists(), "{f}");
     }
-    assert_eq!(metrics.n, 160);
-    assert!(metrics.ci95.accuracy.is_some());
+    assert_eq!(metrics.scores.n, 160);
+    assert!(metrics.scores.ci95.accuracy.is_some());
     let report = std::fs::read_to_string(eval_dir.join("report.md")).unwrap();
     assert!(report.contains("`best.safetensors` of train artifact") && report.contains("Accuracy by text length"), "{report}");
     model_card_shows_the_selected_weights(&first);

@@ -549,7 +549,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
             ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
             let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
-            ours_acc.0.push(m.accuracy);
+            ours_acc.0.push(m.scores.accuracy);
             ours_eval.0.push(m.examples_per_second);
             let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
             ours_rate.0.push(summary.samples_per_second);

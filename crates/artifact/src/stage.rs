@@ -260,6 +260,66 @@ fn differences(
     out
 }
 
+/// What a stage invocation keys on.
+struct Keyed {
+    key: String,
+    toolchain: BTreeMap<String, String>,
+    params: serde_json::Value,
+    /// Input name -> content hash (artifacts and extra inputs).
+    hashes: BTreeMap<String, String>,
+    refs: BTreeMap<String, InputRef>,
+}
+
+impl Keyed {
+    fn new(def: &StageDef, params: serde_json::Value, inputs: &BTreeMap<String, Artifact>, extra_inputs: BTreeMap<String, String>) -> Keyed {
+        let mut refs: BTreeMap<String, InputRef> = inputs
+            .iter()
+            .map(|(n, a)| (n.clone(), InputRef { content_hash: a.manifest.content_hash.clone(), key: a.manifest.key.clone(), stage: a.manifest.stage.clone() }))
+            .collect();
+        for (n, h) in extra_inputs {
+            refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: crate::manifest::FILE_INPUT.into() });
+        }
+        let hashes: BTreeMap<String, String> = refs.iter().map(|(n, r)| (n.clone(), r.content_hash.clone())).collect();
+        let toolchain = def.toolchain();
+        let key = compute_key(def.name, &def.code_version, &toolchain, &params, &hashes);
+        Keyed { key, toolchain, params, hashes, refs }
+    }
+}
+
+impl Report {
+    /// Reports `a` as the (cached) artifact.
+    fn found(&mut self, a: &Artifact) {
+        self.cached = true;
+        self.content_hash = Some(a.manifest.content_hash.clone());
+        self.artifact = Some(a.path.clone());
+    }
+}
+
+/// `--mode explain`: whether the stage would run, and what differs from the nearest artifact.
+fn explain(def: &StageDef, store: &Store, k: &Keyed, force: bool, report: &mut Report) {
+    let dir = store.artifact_dir(def.name, &k.key);
+    let valid = Artifact::open(&dir).ok().filter(|a| a.verify().is_ok());
+    if let Some(a) = valid.filter(|_| !force) {
+        report.found(&a);
+        report.would_run = Some(false);
+        return;
+    }
+    report.would_run = Some(true);
+    if force {
+        report.reasons.push("forced".into());
+    }
+    let nearest = store
+        .list(def.name)
+        .into_iter()
+        .map(|a| differences(&def.code_version, &k.toolchain, &k.params, &k.hashes, &a.manifest))
+        .min_by_key(|d| d.len());
+    match nearest {
+        Some(d) if d.is_empty() => report.reasons.push("its artifact is missing or failed verification".into()),
+        Some(d) => report.reasons.extend(d),
+        None => report.reasons.push(format!("no {} artifact in the store yet", def.name)),
+    }
+}
+
 /// Runs one stage invocation. `extra_inputs` names content that the key must cover beyond the
 /// input artifacts (local source files: name -> blake3). `body` writes the outputs into
 /// `ctx.out`; it runs only when the artifact must be computed, under the key's lock.
@@ -274,25 +334,9 @@ pub fn execute<P: Serialize>(
     let params = serde_json::to_value(params).context("serializing parameters")?;
     let inputs = parse_inputs(&args.inputs)?;
     check_lineage(def.name, def.lineage, &inputs)?;
-    let mut refs: BTreeMap<String, InputRef> = inputs
-        .iter()
-        .map(|(n, a)| {
-            let r = InputRef {
-                content_hash: a.manifest.content_hash.clone(),
-                key: a.manifest.key.clone(),
-                stage: a.manifest.stage.clone(),
-            };
-            (n.clone(), r)
-        })
-        .collect();
-    for (n, h) in extra_inputs {
-        refs.insert(n, InputRef { content_hash: h, key: String::new(), stage: crate::manifest::FILE_INPUT.into() });
-    }
-    let hashes: BTreeMap<String, String> = refs.iter().map(|(n, r)| (n.clone(), r.content_hash.clone())).collect();
-    let toolchain = def.toolchain();
-    let key = compute_key(def.name, &def.code_version, &toolchain, &params, &hashes);
+    let k = Keyed::new(def, params, &inputs, extra_inputs);
     let store = Store::open(&args.store)?;
-    let mut report = Report { stage: def.name.to_string(), key: key.clone(), runtime_files: def.runtime.files.clone(), ..Default::default() };
+    let mut report = Report { stage: def.name.to_string(), key: k.key.clone(), runtime_files: def.runtime.files.clone(), ..Default::default() };
 
     let finish = |mut report: Report| -> anyhow::Result<Report> {
         report.seconds = start.elapsed().as_secs_f64();
@@ -306,36 +350,12 @@ pub fn execute<P: Serialize>(
 
     match args.mode {
         Mode::Explain => {
-            let dir = store.artifact_dir(def.name, &key);
-            let valid = Artifact::open(&dir).ok().filter(|a| a.verify().is_ok());
-            if let Some(a) = valid.filter(|_| !args.force) {
-                report.cached = true;
-                report.would_run = Some(false);
-                report.content_hash = Some(a.manifest.content_hash.clone());
-                report.artifact = Some(a.path);
-            } else {
-                report.would_run = Some(true);
-                if args.force {
-                    report.reasons.push("forced".into());
-                }
-                let nearest = store
-                    .list(def.name)
-                    .into_iter()
-                    .map(|a| differences(&def.code_version, &toolchain, &params, &hashes, &a.manifest))
-                    .min_by_key(|d| d.len());
-                match nearest {
-                    Some(d) if d.is_empty() => report.reasons.push("its artifact is missing or failed verification".into()),
-                    Some(d) => report.reasons.extend(d),
-                    None => report.reasons.push(format!("no {} artifact in the store yet", def.name)),
-                }
-            }
+            explain(def, &store, &k, args.force, &mut report);
             return finish(report);
         }
         Mode::Lookup => {
-            if let Some(a) = store.lookup(def.name, &key)? {
-                report.cached = true;
-                report.content_hash = Some(a.manifest.content_hash.clone());
-                report.artifact = Some(a.path);
+            if let Some(a) = store.lookup(def.name, &k.key)? {
+                report.found(&a);
             }
             return finish(report);
         }
@@ -343,20 +363,16 @@ pub fn execute<P: Serialize>(
     }
 
     if !args.force {
-        if let Some(a) = store.lookup(def.name, &key)? {
-            report.cached = true;
-            report.content_hash = Some(a.manifest.content_hash.clone());
-            report.artifact = Some(a.path);
+        if let Some(a) = store.lookup(def.name, &k.key)? {
+            report.found(&a);
             return finish(report);
         }
     }
-    let lock = store.lock(def.name, &key)?;
+    let lock = store.lock(def.name, &k.key)?;
     if !args.force {
         // Another process may have published it while we waited for the lock.
-        if let Some(a) = store.lookup_locked(def.name, &key, &lock)? {
-            report.cached = true;
-            report.content_hash = Some(a.manifest.content_hash.clone());
-            report.artifact = Some(a.path);
+        if let Some(a) = store.lookup_locked(def.name, &k.key, &lock)? {
+            report.found(&a);
             return finish(report);
         }
     }
@@ -367,28 +383,20 @@ pub fn execute<P: Serialize>(
     let mut environment = BTreeMap::new();
     environment.insert(format!("ft-{}", def.name), def.tool_version.to_string());
     environment.insert("os".into(), format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH));
-    environment.extend(toolchain);
-    let mut ctx = Ctx {
-        out: staging.dir.clone(),
-        inputs,
-        environment,
-        summary: serde_json::Value::Null,
-        key: key.clone(),
-        store: store.root.clone(),
-    };
+    environment.extend(k.toolchain.clone());
+    let mut ctx = Ctx { out: staging.dir.clone(), inputs, environment, summary: serde_json::Value::Null, key: k.key.clone(), store: store.root.clone() };
     let work = Instant::now();
     body(&mut ctx)?;
-    let wall_seconds = work.elapsed().as_secs_f64();
     let manifest = Manifest {
-        wall_seconds,
+        wall_seconds: work.elapsed().as_secs_f64(),
         environment: ctx.environment,
         summary: ctx.summary,
-        ..Manifest::new(def.name, &key, &def.code_version, params, refs)
+        ..Manifest::new(def.name, &k.key, &def.code_version, k.params, k.refs)
     };
     let art = store.publish(staging, manifest)?;
     drop(lock);
     report.content_hash = Some(art.manifest.content_hash.clone());
-    report.artifact = Some(art.path);
+    report.artifact = Some(art.path.clone());
     finish(report)
 }
 

@@ -77,12 +77,18 @@ impl Artifact {
     pub fn open(path: &Path) -> Result<Artifact> {
         // A republish may swap the link and delete the old version between our reading the link
         // and locking it; then the version is gone once we hold the lock, and we look again.
-        for _ in 0..100 {
+        for attempt in 0..100 {
             let is_link = fs::symlink_metadata(path).at(path)?.file_type().is_symlink();
             if !is_link {
                 return Ok(Artifact { dir: path.to_path_buf(), path: path.to_path_buf(), manifest: read_manifest(path)?, _reading: None });
             }
-            let Ok(dir) = fs::canonicalize(path) else { continue };
+            let dir = match fs::canonicalize(path) {
+                Ok(d) => d,
+                // The link names a version that is gone: swapped and deleted since we read it
+                // (then the next look finds the new one), or dangling for good.
+                Err(e) if attempt >= 3 => return Err(Error::Io { path: path.to_path_buf(), source: e }),
+                Err(_) => continue,
+            };
             let lock_path = version_lock(&dir);
             let Ok(lock) = File::options().create(true).truncate(false).write(true).open(&lock_path) else { continue };
             lock.lock_shared().at(&lock_path)?;

@@ -92,24 +92,28 @@ pub mod deps {
         let is_path = |name: &str, spec: &toml::Value| {
             spec.get("path").is_some() || (spec.get("workspace").is_some() && ws_deps.get(name).is_some_and(|w| w.get("path").is_some()))
         };
-        let mut direct = BTreeSet::new();
+        let lock = toml_of(&root.join("Cargo.lock"))?;
+        let mut direct = Vec::new();
         for dir in crate_dirs {
             let manifest = toml_of(&dir.join("Cargo.toml"))?;
-            if let Some(deps) = manifest.get("dependencies").and_then(|d| d.as_table()) {
-                for (name, spec) in deps {
-                    if !is_path(name, spec) {
-                        let package = spec.get("package").and_then(|p| p.as_str()).unwrap_or(name);
-                        direct.insert(package.to_string());
-                    }
-                }
-            }
+            let name = manifest.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()).unwrap_or_default().to_string();
+            // Normal dependencies only (the lock lists dev- and build-dependencies too), and not
+            // our own path crates (their sources are hashed instead).
+            let external: BTreeSet<String> = manifest
+                .get("dependencies")
+                .and_then(|d| d.as_table())
+                .map(|deps| deps.iter().filter(|(n, spec)| !is_path(n, spec)).map(|(n, spec)| spec.get("package").and_then(|p| p.as_str()).unwrap_or(n).to_string()).collect())
+                .unwrap_or_default();
+            direct.push((name, external));
         }
-        let lock = toml_of(&root.join("Cargo.lock"))?;
         closure(&lock, &direct)
     }
 
-    /// The map [`dependencies`] returns, for a lock file and the direct dependencies' names.
-    pub fn closure(lock: &toml::Table, direct: &BTreeSet<String>) -> Result<BTreeMap<String, String>, String> {
+    /// The map [`dependencies`] returns, for a lock file and, per workspace package, the names of
+    /// its external normal dependencies. Versions come from the package's own entry in the lock
+    /// (which names the version where several are locked), so `rand = "0.9"` is the 0.9 release
+    /// even when 0.8 is locked for another crate.
+    pub fn closure(lock: &toml::Table, direct: &[(String, BTreeSet<String>)]) -> Result<BTreeMap<String, String>, String> {
         let packages = lock.get("package").and_then(|p| p.as_array()).ok_or("Cargo.lock has no [[package]] entries")?;
         let field = |p: &toml::Value, k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
         // (name, version) -> (checksum, dependency specs "name" or "name version ...").
@@ -124,17 +128,21 @@ pub mod deps {
             let version = parts.next();
             by_id.keys().filter(|(n, v)| n == name && version.is_none_or(|want| want == v)).cloned().collect()
         };
-        let mut out = BTreeMap::new();
-        let mut seen = BTreeSet::new();
+        let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut todo: Vec<(String, String)> = Vec::new();
-        for name in direct {
-            let found = resolve(name);
-            if found.is_empty() {
-                return Err(format!("dependency `{name}` is not in Cargo.lock; run `cargo update -p {name}`"));
+        for (package, names) in direct {
+            let specs = by_id.iter().find(|((n, _), _)| n == package).map(|(_, (_, d))| d.clone()).ok_or_else(|| format!("package `{package}` is not in Cargo.lock"))?;
+            for name in names {
+                let spec = specs.iter().find(|s| s.split_whitespace().next() == Some(name.as_str()));
+                let found = spec.map(|s| resolve(s)).unwrap_or_default();
+                if found.is_empty() {
+                    return Err(format!("dependency `{name}` of `{package}` is not in Cargo.lock; run `cargo update -p {name}`"));
+                }
+                out.entry(name.clone()).or_default().extend(found.iter().map(|(_, v)| v.clone()));
+                todo.extend(found);
             }
-            out.insert(name.clone(), found.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(","));
-            todo.extend(found);
         }
+        let mut seen = BTreeSet::new();
         while let Some(id) = todo.pop() {
             if !seen.insert(id.clone()) {
                 continue;
@@ -145,6 +153,7 @@ pub mod deps {
                 }
             }
         }
+        let mut out: BTreeMap<String, String> = out.into_iter().map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>().join(","))).collect();
         let mut h = blake3::Hasher::new();
         for id in &seen {
             let sum = by_id.get(id).map(|(c, _)| c.as_str()).unwrap_or_default();
@@ -256,7 +265,7 @@ version = 4
 [[package]]
 name = "stage"
 version = "0.1.0"
-dependencies = ["shared", "tokenizers", "tempfile"]
+dependencies = ["rand 0.9.2", "shared", "tokenizers", "tempfile"]
 
 [[package]]
 name = "shared"
@@ -289,6 +298,18 @@ source = "registry+https://github.com/rust-lang/crates.io-index"
 checksum = "dd"
 
 [[package]]
+name = "rand"
+version = "0.8.5"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "ff"
+
+[[package]]
+name = "rand"
+version = "0.9.2"
+source = "registry+https://github.com/rust-lang/crates.io-index"
+checksum = "gg"
+
+[[package]]
 name = "plotters"
 version = "0.3.7"
 source = "registry+https://github.com/rust-lang/crates.io-index"
@@ -302,7 +323,7 @@ checksum = "ee"
         let root = tmp.path();
         std::fs::write(root.join("Cargo.toml"), "[workspace]\nmembers = [\"crates/*\"]\n[workspace.dependencies]\nshared = { path = \"crates/shared\" }\nserde = \"1\"\n").unwrap();
         std::fs::write(root.join("Cargo.lock"), lock).unwrap();
-        for (name, deps) in [("stage", "shared.workspace = true\ntokenizers = \"0.22\"\n[dev-dependencies]\ntempfile = \"3\"\n"), ("shared", "serde.workspace = true\n")] {
+        for (name, deps) in [("stage", "shared.workspace = true\ntokenizers = \"0.22\"\nrand = \"0.9\"\n[dev-dependencies]\ntempfile = \"3\"\n"), ("shared", "serde.workspace = true\n")] {
             let d = root.join("crates").join(name);
             std::fs::create_dir_all(d.join("src")).unwrap();
             std::fs::write(d.join("Cargo.toml"), format!("[package]\nname = \"{name}\"\n[dependencies]\n{deps}")).unwrap();
@@ -318,21 +339,19 @@ checksum = "ee"
         assert_eq!(d["tokenizers"], "0.22.1");
         assert_eq!(d["serde"], "1.0.228", "a shared crate's dependencies count");
         assert!(!d.contains_key("tempfile") && !d.contains_key("shared"), "{d:?}");
-        assert!(d["crates"].ends_with("(3 crates)"), "tokenizers, onig (transitive), serde: {d:?}");
+        assert_eq!(d["rand"], "0.9.2", "the version the stage's own lock entry names, not every rand locked");
+        assert!(d["crates"].ends_with("(4 crates)"), "rand, tokenizers, onig (transitive), serde: {d:?}");
         // A linked crate's version (direct or transitive) changes the record.
         for (from, to) in [("0.22.1", "0.22.2"), ("6.5.1", "6.5.2")] {
             let (tmp2, dirs2) = workspace(&LOCK.replace(from, to));
             assert_ne!(deps::dependencies(tmp2.path(), &dirs2).unwrap(), d, "{from} -> {to}");
         }
         // Neither an unrelated crate's nor a dev-dependency's does.
-        for (from, to) in [("0.3.7", "0.3.8"), ("3.20.0", "3.21.0")] {
+        for (from, to) in [("0.3.7", "0.3.8"), ("3.20.0", "3.21.0"), ("0.8.5", "0.8.6")] {
             let (tmp2, dirs2) = workspace(&LOCK.replace(from, to));
             assert_eq!(deps::dependencies(tmp2.path(), &dirs2).unwrap(), d, "{from} -> {to}");
         }
-        assert_eq!(artifact_style_parse(&deps::render(&d)), d);
-    }
-
-    fn artifact_style_parse(text: &str) -> std::collections::BTreeMap<String, String> {
-        text.split(';').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        let rendered = deps::render(&d);
+        assert!(rendered.contains("serde=1.0.228;") && rendered.contains("tokenizers=0.22.1"), "{rendered}");
     }
 }

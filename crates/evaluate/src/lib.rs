@@ -13,9 +13,7 @@ pub mod plots;
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use std::collections::BTreeMap;
-
-use pipeline::files::{Averages, ClassScores, EvalMetrics, Intervals, LogLine, TokenizeMeta};
+use pipeline::files::{Averages, ClassScores, EvalMetrics, Intervals, LogLine, Scores, TokenizeMeta};
 use pipeline::{EvaluateParams, Weights};
 use polars::prelude::*;
 
@@ -36,24 +34,8 @@ pub fn positive_index(p: &EvaluateParams, names: &[String]) -> anyhow::Result<us
     pipeline::positive_index("evaluate.positive_class", p.positive_class.as_deref(), names).map_err(anyhow::Error::msg)
 }
 
-/// The metrics of labels, predictions and probabilities; `compute_metrics` fills in the rest.
-pub struct Scored {
-    pub n: usize,
-    pub accuracy: f64,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
-    pub averaging: String,
-    pub log_loss: f64,
-    pub confusion_matrix: Vec<Vec<u64>>,
-    pub per_class: BTreeMap<String, ClassScores>,
-    pub macro_avg: Averages,
-    pub weighted: Averages,
-    pub ci95: Intervals,
-}
-
 /// All metrics for labels, predictions and probabilities.
-pub fn compute_metrics(labels: &[i64], preds: &[i64], probs: &[Vec<f64>], names: &[String], positive: usize, bootstrap: u32, seed: u64) -> Scored {
+pub fn compute_metrics(labels: &[i64], preds: &[i64], probs: &[Vec<f64>], names: &[String], positive: usize, bootstrap: u32, seed: u64) -> Scores {
     let n = names.len();
     let conf = metrics::confusion(labels, preds, n);
     let pc = metrics::per_class(&conf);
@@ -72,7 +54,7 @@ pub fn compute_metrics(labels: &[i64], preds: &[i64], probs: &[Vec<f64>], names:
         .map(|(nm, c)| (nm.clone(), ClassScores { precision: c.precision, recall: c.recall, f1: c.f1, support: c.support }))
         .collect();
     let mean = |f: fn(&metrics::ClassMetrics) -> f64| pc.iter().map(f).sum::<f64>() / n as f64;
-    Scored {
+    Scores {
         n: labels.len(),
         accuracy: acc,
         precision,
@@ -132,19 +114,8 @@ pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::
     plots::curves(&out.join("curves.png"), &LogLine::parse_all(&log_path, &log)?)?;
     let accuracy_by_length = plots::accuracy_by_length(&out.join("length.png"), &labels, &preds, &full)?;
     let metrics = EvalMetrics {
-        n: sc.n,
-        accuracy: sc.accuracy,
-        precision: sc.precision,
-        recall: sc.recall,
-        f1: sc.f1,
-        averaging: sc.averaging,
-        log_loss: sc.log_loss,
-        confusion_matrix: sc.confusion_matrix,
+        scores: sc,
         labels: names.clone(),
-        per_class: sc.per_class,
-        macro_avg: sc.macro_avg,
-        weighted: sc.weighted,
-        ci95: sc.ci95,
         split: p.split.clone(),
         weights: p.weights,
         weights_file: weights_file.into(),
@@ -159,9 +130,9 @@ pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::
     eprintln!(
         "evaluate {}: accuracy {:.4} (95% CI {}), f1 {:.4}, {} examples at {:.0} examples/s",
         p.split,
-        metrics.accuracy,
-        ci(metrics.ci95.accuracy),
-        metrics.f1,
+        metrics.scores.accuracy,
+        ci(metrics.scores.ci95.accuracy),
+        metrics.scores.f1,
         labels.len(),
         metrics.examples_per_second
     );
@@ -196,20 +167,21 @@ fn write_predictions(path: &Path, labels: &[i64], preds: &[i64], probs: &[Vec<f3
     Ok(())
 }
 
-fn report(m: &EvalMetrics, train: &artifact::Artifact, tokenize: &artifact::Artifact) -> String {
+fn report(metrics: &EvalMetrics, train: &artifact::Artifact, tokenize: &artifact::Artifact) -> String {
+    let (m, sc) = (metrics, &metrics.scores);
     let mut s = String::new();
     s.push_str(&format!("# Evaluation on `{}`\n\n", m.split));
     s.push_str("| metric | value | 95% CI |\n|---|---|---|\n");
-    s.push_str(&format!("| accuracy | {:.4} | {} |\n", m.accuracy, ci(m.ci95.accuracy)));
-    s.push_str(&format!("| F1 ({}) | {:.4} | {} |\n", m.averaging, m.f1, ci(m.ci95.f1)));
-    s.push_str(&format!("| precision | {:.4} | |\n| recall | {:.4} | |\n| log-loss | {:.4} | |\n| examples | {} | |\n\n", m.precision, m.recall, m.log_loss, m.n));
+    s.push_str(&format!("| accuracy | {:.4} | {} |\n", sc.accuracy, ci(sc.ci95.accuracy)));
+    s.push_str(&format!("| F1 ({}) | {:.4} | {} |\n", sc.averaging, sc.f1, ci(sc.ci95.f1)));
+    s.push_str(&format!("| precision | {:.4} | |\n| recall | {:.4} | |\n| log-loss | {:.4} | |\n| examples | {} | |\n\n", sc.precision, sc.recall, sc.log_loss, sc.n));
     s.push_str("## Per class\n\n| class | precision | recall | F1 | support |\n|---|---|---|---|---|\n");
-    for (n, c) in m.labels.iter().filter_map(|n| m.per_class.get(n).map(|c| (n, c))) {
+    for (n, c) in m.labels.iter().filter_map(|n| sc.per_class.get(n).map(|c| (n, c))) {
         s.push_str(&format!("| {n} | {:.4} | {:.4} | {:.4} | {} |\n", c.precision, c.recall, c.f1, c.support));
     }
     s.push_str("\n## Confusion matrix (rows: true, columns: predicted)\n\n![confusion](confusion.png)\n\n");
     s.push_str(&format!("| | {} |\n|---|{}\n", m.labels.join(" | "), "---|".repeat(m.labels.len())));
-    for (n, r) in m.labels.iter().zip(&m.confusion_matrix) {
+    for (n, r) in m.labels.iter().zip(&sc.confusion_matrix) {
         let cells: Vec<String> = r.iter().map(|x| x.to_string()).collect();
         s.push_str(&format!("| **{n}** | {} |\n", cells.join(" | ")));
     }

@@ -91,18 +91,26 @@ pub fn libtorch() -> Libtorch {
 }
 
 /// What `cargo xtask doctor` prints.
-pub fn doctor() -> serde_json::Value {
-    let lt = libtorch();
-    serde_json::json!({
-        "libtorch_version": lt.version,
-        "libtorch_loaded": lt.library.map(|p| p.display().to_string()),
-        "libtorch_cuda_build": lt.cuda,
-        "libtorch_lib": option_env!("FT_LIBTORCH_LIB").unwrap_or("(unknown)"),
-        "cuda_available": tch::Cuda::is_available(),
-        "cudnn_available": tch::Cuda::cudnn_is_available(),
-        "cuda_devices": tch::Cuda::device_count(),
-        "cpu_threads": tch::get_num_threads(),
-    })
+#[derive(Clone, Debug)]
+pub struct Doctor {
+    pub libtorch: Libtorch,
+    /// The libtorch `lib/` this build linked against (its rpath).
+    pub built_against: String,
+    pub cuda_available: bool,
+    pub cudnn_available: bool,
+    pub cuda_devices: i64,
+    pub cpu_threads: i32,
+}
+
+pub fn doctor() -> Doctor {
+    Doctor {
+        libtorch: libtorch(),
+        built_against: option_env!("FT_LIBTORCH_LIB").unwrap_or("(unknown)").to_string(),
+        cuda_available: tch::Cuda::is_available(),
+        cudnn_available: tch::Cuda::cudnn_is_available(),
+        cuda_devices: tch::Cuda::device_count(),
+        cpu_threads: tch::get_num_threads(),
+    }
 }
 
 /// A batch that libtorch failed on (tch reports libtorch errors as panics).

@@ -330,10 +330,10 @@ pub struct LengthBucket {
     pub accuracy: f64,
 }
 
-/// Evaluate's `metrics.json`.
+/// The metrics of predictions against labels (evaluate's `metrics.json` holds them at its top
+/// level).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EvalMetrics {
+pub struct Scores {
     pub n: usize,
     pub accuracy: f64,
     pub precision: f64,
@@ -343,12 +343,19 @@ pub struct EvalMetrics {
     pub averaging: String,
     pub log_loss: f64,
     pub confusion_matrix: Vec<Vec<u64>>,
-    pub labels: Vec<String>,
     pub per_class: BTreeMap<String, ClassScores>,
     #[serde(rename = "macro")]
     pub macro_avg: Averages,
     pub weighted: Averages,
     pub ci95: Intervals,
+}
+
+/// Evaluate's `metrics.json`: the scores and what they are of.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    #[serde(flatten)]
+    pub scores: Scores,
+    pub labels: Vec<String>,
     pub split: String,
     /// `best` or `final`, and the file those weights came from.
     pub weights: crate::params::Weights,
