@@ -332,8 +332,6 @@ fn json_of(cmd: &mut Command, log: &Path) -> anyhow::Result<Value> {
     serde_json::from_str(last).with_context(|| format!("{cmd:?} printed no JSON result; see {}", log.display()))
 }
 
-/// A JSON file an earlier step wrote.
-
 fn python() -> PathBuf {
     root().join(".venv/bin/python")
 }

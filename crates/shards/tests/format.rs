@@ -76,7 +76,7 @@ fn every_truncation_and_byte_flip_is_rejected() {
 fn ids_beyond_u16_widen_the_shard_and_are_never_truncated() {
     // A small vocabulary whose added token has id 70,000: the width follows the largest id.
     let tmp = tempfile::tempdir().unwrap();
-    let ex = vec![(vec![5, 70_000, 7], 1)];
+    let ex = [(vec![5, 70_000, 7], 1)];
     let mut w = ShardWriter::new(tmp.path(), "train", 70_000, 1 << 20);
     w.push(&ex[0].0, 1, 3).unwrap();
     w.finish().unwrap();

@@ -165,14 +165,6 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     }
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&classifier_config(&config, &names))?)?;
-    let st = &outcome.state;
-    let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
-    let flops = 3.0 * st.tokens as f64 * config.encoder_flops_per_token(avg_len as i64);
-    let loop_secs = (st.train_seconds - st.eval_seconds).max(1e-9);
-    let mfu = match device {
-        tch::Device::Cuda(_) => peak_flops().map(|(gpu, peak)| Mfu { gpu, model_tflops_per_s: flops / loop_secs / 1e12, mfu: flops / loop_secs / peak }),
-        _ => None,
-    };
     let hparams = Hparams {
         params: p.clone(),
         total_steps: outcome.total_steps,
@@ -184,7 +176,34 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         initialized: report.initialized.clone(),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
-    let summary = TrainSummary {
+    let summary = summarize(p, &outcome, &config, device);
+    pipeline::files::write(&out.join("summary.json"), &summary)?;
+    let st = &outcome.state;
+    eprintln!(
+        "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best validation {} {} at step {}",
+        st.step,
+        st.train_seconds,
+        outcome.samples_per_second,
+        outcome.tokens_per_second,
+        summary.flop_utilisation.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m.mfu)).unwrap_or_default(),
+        serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        st.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+        st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
+    );
+    Ok(summary)
+}
+
+/// `summary.json`: what a run did, and on a GPU its model FLOP utilisation.
+fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::BertConfig, device: tch::Device) -> TrainSummary {
+    let st = &outcome.state;
+    let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
+    let flops = 3.0 * st.tokens as f64 * config.encoder_flops_per_token(avg_len as i64);
+    let loop_secs = (st.train_seconds - st.eval_seconds).max(1e-9);
+    let mfu = match device {
+        tch::Device::Cuda(_) => peak_flops().map(|(gpu, peak)| Mfu { gpu, model_tflops_per_s: flops / loop_secs / 1e12, mfu: flops / loop_secs / peak }),
+        _ => None,
+    };
+    TrainSummary {
         steps: st.step,
         resumed_from_step: outcome.resumed_from,
         epochs_completed: st.epoch,
@@ -200,18 +219,5 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         best_validation: st.best_eval.clone(),
         last_validation: outcome.last_eval.clone(),
         flop_utilisation: mfu,
-    };
-    pipeline::files::write(&out.join("summary.json"), &summary)?;
-    eprintln!(
-        "trained {} steps in {:.1} s: {:.1} samples/s, {:.0} tokens/s{}; best validation {} {} at step {}",
-        st.step,
-        st.train_seconds,
-        outcome.samples_per_second,
-        outcome.tokens_per_second,
-        summary.flop_utilisation.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m.mfu)).unwrap_or_default(),
-        serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        st.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
-        st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
-    );
-    Ok(summary)
+    }
 }
