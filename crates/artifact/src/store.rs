@@ -78,8 +78,8 @@ impl Artifact {
         // A republish may swap the link and delete the old version between our reading the link
         // and locking it; then the version is gone once we hold the lock, and we look again.
         for attempt in 0..100 {
-            let is_link = fs::symlink_metadata(path).at(path)?.file_type().is_symlink();
-            if !is_link {
+            let link = fs::symlink_metadata(path).at(path)?.file_type().is_symlink();
+            if !link {
                 return Ok(Artifact { dir: path.to_path_buf(), path: path.to_path_buf(), manifest: read_manifest(path)?, _reading: None });
             }
             let dir = match fs::canonicalize(path) {
@@ -368,7 +368,7 @@ impl Store {
         let parent = self.root.join(&stage);
         fs::create_dir_all(&parent).at(&parent)?;
         let dest = parent.join(&key);
-        let previous = fs::canonicalize(&dest).ok().filter(|_| fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()));
+        let previous = fs::canonicalize(&dest).ok().filter(|_| is_link(&dest));
         if fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) {
             // A plain directory at the key's path is not ours (the store only makes links):
             // there is no valid artifact to keep available.
@@ -429,7 +429,7 @@ impl Store {
                 let unread = |v: &Path| try_exclusive(&version_lock(v)).is_some() || !version_lock(v).exists();
                 let doomed: Vec<PathBuf> =
                     self.versions(&stage, &key).into_iter().filter(|v| (drop_key || current.as_deref() != Some(v.as_path())) && unread(v)).collect();
-                if drop_key && fs::symlink_metadata(&path).is_ok() {
+                if drop_key && is_link(&path) {
                     // One line per artifact, its size that of the versions going with it.
                     out.push(Reclaimed { bytes: doomed.iter().map(|v| size_of(v)).sum(), path: path.clone(), kind: "artifact" });
                     if !dry_run {
@@ -458,14 +458,18 @@ impl Store {
                 }
             }
         }
-        // Plain directories at key paths (not made by this store) of keys not kept.
+        // Plain directories at key paths (not made by this store) and links to versions that
+        // are gone, of keys not kept.
         for (stage, key, path) in self.all_dirs() {
             let plain = fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir());
-            if plain && !kept(&stage, &key) {
+            let dangling = is_link(&path) && fs::metadata(&path).is_err();
+            if (plain || dangling) && !kept(&stage, &key) {
                 if let Some(_lock) = self.try_lock(&stage, &key) {
                     note(path.clone(), "artifact", &mut out);
-                    if !dry_run {
+                    if !dry_run && plain {
                         self.discard(&path)?;
+                    } else if !dry_run {
+                        let _ = fs::remove_file(&path);
                     }
                 }
             }
@@ -540,6 +544,10 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn is_link(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Whether an open file is still the one at `path` (not removed or replaced).
@@ -671,8 +679,11 @@ mod tests {
         }
         fs::create_dir_all(store.root.join(".memo")).unwrap();
         fs::write(store.root.join(".memo/s-abc"), "idle").unwrap();
+        // A key whose versions were deleted by hand: its link dangles.
+        std::os::unix::fs::symlink("../.versions/s/ghost/1-1", store.artifact_dir("s", "ghost")).unwrap();
         let held = store.lock("s", "busy").unwrap();
         let dry = store.gc(&Keep::new(), true).unwrap();
+        assert!(dry.iter().any(|r| r.path.ends_with("s/ghost")), "{dry:?}");
         let kinds: Vec<&str> = dry.iter().map(|r| r.kind).collect();
         assert!(dry.iter().all(|r| !r.path.to_string_lossy().contains("busy")), "{dry:?}");
         for k in ["artifact", "checkpoint", "memo", "lock"] {
@@ -683,6 +694,7 @@ mod tests {
         let gone = store.gc(&Keep::new(), false).unwrap();
         assert_eq!(gone.len(), dry.len());
         assert!(store.lookup("s", "idle").unwrap().is_none());
+        assert!(fs::symlink_metadata(store.artifact_dir("s", "ghost")).is_err());
         assert!(store.root.join(".checkpoints/s-busy").exists());
         drop(held);
         assert!(store.lookup("s", "busy").unwrap().is_some());

@@ -1,8 +1,9 @@
 //! The evaluate stage: a train artifact's weights on a split of the tokenize artifact. Artifact:
 //!
 //! ```text
-//! metrics.json          stable keys: accuracy, precision, recall, f1, log_loss, n,
-//!                       confusion_matrix, per_class, ci95, positive_class, weights, split
+//! metrics.json          pipeline::files::EvalMetrics: accuracy, precision, recall, f1, log_loss,
+//!                       n, confusion_matrix, per_class, ci95, positive_class, weights (and the
+//!                       file they came from), split, accuracy by text length
 //! predictions.parquet   row, label, prediction, prob_<class> per class
 //! report.md             the metrics, the plots and where they came from
 //! confusion.png, curves.png, length.png

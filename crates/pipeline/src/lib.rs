@@ -275,6 +275,9 @@ fn cross_check(p: &mut Pipeline) -> Result<(), (Stage, String)> {
     if let Some(splits) = download.planned_splits() {
         let source = if download.splits.is_empty() { "download.dataset.files" } else { "download.splits" };
         let source = format!("{source} (with the splits carved from train)");
+        for split in download.max_examples.keys() {
+            split_exists(&format!("download.max_examples.{split}: split"), split, &splits, &source).map_err(|e| (Stage::Download, e))?;
+        }
         if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
             split_exists("train.validation_split", &t.validation_split, &splits, &source).map_err(|e| (Stage::Train, e))?;
         }
@@ -388,6 +391,7 @@ evaluate:
             ("  model: {path: m}", "  model: {path: m}\n  test: {fraction: 0.5}\n  validation: {fraction: 0.5}", "leave nothing to train on"),
             ("split: test", "split: train\n  batch_size: 0", "evaluate.batch_size must be positive"),
             ("  model: {path: m}", "  model: {path: m}\n  label_names: [neg, pos]", "evaluate.split `test`"),
+            ("  model: {path: m}", "  model: {path: m}\n  max_examples: {dev: 10}", "download.max_examples.dev: split `dev` will not exist"),
         ] {
             let e = err(&ONE_FILE.replace(from, to));
             assert!(e.contains(needle), "{to}: {e}");
