@@ -209,3 +209,38 @@ fn inspect_prints_examples_and_the_split_stats() {
     let e = String::from_utf8_lossy(&bad.stderr);
     assert!(e.contains("split `dev` not found") && e.contains("\"train\"") && e.contains("\"validation\""), "{e}");
 }
+
+/// A five-token vocabulary whose last token has id 70,000 (sparse ids, as an added token can
+/// have): the shards get 4-byte ids and the id reads back whole (it was written `as u16`,
+/// i.e. 4,464, before), and a model too small to embed it is refused before anything is written.
+#[test]
+fn an_id_beyond_65535_on_a_small_vocabulary_survives_tokenize() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("download/model");
+    std::fs::create_dir_all(&model).unwrap();
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"[PAD]": 0, "[UNK]": 1, "good": 2, "bad": 3, "rare": 70000}, "unk_token": "[UNK]"}
+    });
+    std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(model.join("config.json"), r#"{"model_type": "bert", "vocab_size": 70001, "max_position_embeddings": 64}"#).unwrap();
+    let ds = tmp.path().join("download/dataset");
+    std::fs::create_dir_all(&ds).unwrap();
+    download::dataset::SplitData { text: vec!["good rare bad".into(), "rare".into()], label: vec![1, 0] }.write_parquet(&ds.join("train.parquet")).unwrap();
+    std::fs::write(ds.join("labels.json"), r#"{"names": ["neg", "pos"]}"#).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let meta = tokenize::run(&params(16, Truncation::Head, 0), &tmp.path().join("download"), &out).unwrap();
+    assert_eq!((meta.vocab_size, meta.max_id), (5, 70_000));
+    let s = shards::Split::open(&out, "train").unwrap();
+    assert_eq!(s.ids(0), vec![2, 70_000, 3]);
+    assert_eq!(s.ids(1), vec![70_000]);
+    // A model whose embedding table ends below the id.
+    std::fs::write(model.join("config.json"), r#"{"model_type": "bert", "vocab_size": 30522, "max_position_embeddings": 64}"#).unwrap();
+    let out2 = tmp.path().join("out2");
+    std::fs::create_dir_all(&out2).unwrap();
+    let e = tokenize::run(&params(16, Truncation::Head, 0), &tmp.path().join("download"), &out2).unwrap_err().to_string();
+    assert!(e.contains("ids up to 70000") && e.contains("vocab_size 30522"), "{e}");
+    assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 0);
+}
