@@ -75,6 +75,12 @@ pub struct Runtime {
     pub files: Vec<PathBuf>,
 }
 
+impl From<(BTreeMap<String, String>, Vec<PathBuf>)> for Runtime {
+    fn from((facts, files): (BTreeMap<String, String>, Vec<PathBuf>)) -> Runtime {
+        Runtime { facts, files }
+    }
+}
+
 /// `input` must have been made from the very artifact given as input `made_from`: the content
 /// hash `input`'s manifest records for its own input `made_from` equals the given one's.
 #[derive(Clone, Copy, Debug)]

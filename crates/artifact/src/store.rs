@@ -177,6 +177,12 @@ pub struct Reclaimed {
     pub kind: &'static str,
 }
 
+impl Reclaimed {
+    fn of(path: PathBuf, kind: &'static str) -> Reclaimed {
+        Reclaimed { bytes: size_of(&path), path, kind }
+    }
+}
+
 /// What gc keeps: the keys pipelines reference, as (stage, key), including keys not built yet
 /// (their training checkpoints stay).
 pub type Keep = BTreeSet<(String, String)>;
@@ -186,6 +192,12 @@ fn try_exclusive(path: &Path) -> Option<File> {
     let f = File::options().write(true).open(path).ok()?;
     f.try_lock().ok()?;
     Some(f)
+}
+
+/// Whether a reader holds a version (its lock file exists and is locked).
+fn being_read(version: &Path) -> bool {
+    let lock = version_lock(version);
+    lock.exists() && try_exclusive(&lock).is_none()
 }
 
 fn size_of(path: &Path) -> u64 {
@@ -365,6 +377,10 @@ impl Store {
         fs::rename(&staging.dir, &version).at(&version)?;
         staging.published = true;
         fsync_dir(&versions)?;
+        // The caller reads what it published: hold the new version as a reader from the start.
+        let lock_path = version_lock(&version);
+        let reading = File::options().create(true).truncate(false).write(true).open(&lock_path).at(&lock_path)?;
+        reading.lock_shared().at(&lock_path)?;
         let parent = self.root.join(&stage);
         fs::create_dir_all(&parent).at(&parent)?;
         let dest = parent.join(&key);
@@ -382,7 +398,7 @@ impl Store {
         if let Some(old) = previous {
             self.remove_version(&old);
         }
-        Artifact::open(&dest)
+        Ok(Artifact { dir: version, path: dest, manifest, _reading: Some(Arc::new(reading)) })
     }
 
     /// Every artifact of a stage with a readable manifest (not verified).
@@ -415,9 +431,6 @@ impl Store {
     /// `dry_run`, would be) removed.
     pub fn gc(&self, keep: &Keep, dry_run: bool) -> Result<Vec<Reclaimed>> {
         let mut out = Vec::new();
-        let mut note = |path: PathBuf, kind: &'static str, out: &mut Vec<Reclaimed>| {
-            out.push(Reclaimed { bytes: size_of(&path), path, kind });
-        };
         let kept = |stage: &str, key: &str| keep.contains(&(stage.to_string(), key.to_string()));
         // Artifacts of keys not kept, and old versions of every key.
         for stage in names(&self.root.join(".versions")) {
@@ -426,9 +439,8 @@ impl Store {
                 let path = self.artifact_dir(&stage, &key);
                 let current = fs::canonicalize(&path).ok();
                 let drop_key = !kept(&stage, &key);
-                let unread = |v: &Path| try_exclusive(&version_lock(v)).is_some() || !version_lock(v).exists();
                 let doomed: Vec<PathBuf> =
-                    self.versions(&stage, &key).into_iter().filter(|v| (drop_key || current.as_deref() != Some(v.as_path())) && unread(v)).collect();
+                    self.versions(&stage, &key).into_iter().filter(|v| (drop_key || current.as_deref() != Some(v.as_path())) && !being_read(v)).collect();
                 if drop_key && is_link(&path) {
                     // One line per artifact, its size that of the versions going with it.
                     out.push(Reclaimed { bytes: doomed.iter().map(|v| size_of(v)).sum(), path: path.clone(), kind: "artifact" });
@@ -437,7 +449,7 @@ impl Store {
                     }
                 } else {
                     for v in &doomed {
-                        note(v.clone(), "old version", &mut out);
+                        out.push(Reclaimed::of(v.clone(), "old version"));
                     }
                 }
                 if !dry_run {
@@ -465,7 +477,7 @@ impl Store {
             let dangling = is_link(&path) && fs::metadata(&path).is_err();
             if (plain || dangling) && !kept(&stage, &key) {
                 if let Some(_lock) = self.try_lock(&stage, &key) {
-                    note(path.clone(), "artifact", &mut out);
+                    out.push(Reclaimed::of(path.clone(), "artifact"));
                     if !dry_run && plain {
                         self.discard(&path)?;
                     } else if !dry_run {
@@ -474,7 +486,7 @@ impl Store {
                 }
             }
         }
-        self.gc_side_files(&kept, dry_run, &mut out, &mut note)?;
+        self.gc_side_files(&kept, dry_run, &mut out)?;
         Ok(out)
     }
 
@@ -484,7 +496,6 @@ impl Store {
         kept: &dyn Fn(&str, &str) -> bool,
         dry_run: bool,
         out: &mut Vec<Reclaimed>,
-        note: &mut dyn FnMut(PathBuf, &'static str, &mut Vec<Reclaimed>),
     ) -> Result<()> {
         let ckpt = self.root.join(".checkpoints");
         for n in names(&ckpt) {
@@ -493,7 +504,7 @@ impl Store {
                 continue;
             }
             let Some(_lock) = self.try_lock(stage, key) else { continue };
-            note(ckpt.join(&n), "checkpoint", out);
+            out.push(Reclaimed::of(ckpt.join(&n), "checkpoint"));
             if !dry_run {
                 let p = ckpt.join(&n);
                 fs::remove_dir_all(&p).at(&p)?;
@@ -505,7 +516,7 @@ impl Store {
             let stage = n.split('-').next().unwrap_or_default();
             let key = fs::read_to_string(&p).ok().and_then(|t| t.lines().next().map(|l| l.trim().to_string())).unwrap_or_default();
             if !kept(stage, &key) {
-                note(p.clone(), "memo", out);
+                out.push(Reclaimed::of(p.clone(), "memo"));
                 if !dry_run {
                     let _ = fs::remove_file(&p);
                 }
@@ -521,7 +532,7 @@ impl Store {
             }
             let p = locks.join(&n);
             if let Some(_held) = try_exclusive(&p) {
-                note(p.clone(), "lock", out);
+                out.push(Reclaimed::of(p.clone(), "lock"));
                 if !dry_run {
                     let _ = fs::remove_file(&p);
                 }
@@ -531,7 +542,7 @@ impl Store {
             for n in names(&self.root.join(sub)) {
                 if !owner_alive(&n) {
                     let p = self.root.join(sub).join(&n);
-                    note(p.clone(), kind, out);
+                    out.push(Reclaimed::of(p.clone(), kind));
                     if !dry_run {
                         if p.is_dir() {
                             fs::remove_dir_all(&p).at(&p)?;

@@ -35,7 +35,7 @@ pub fn stage_def() -> artifact::StageDef {
 
 /// Checks the parameters before anything runs (the pipeline's own checks).
 pub fn validate(p: &DownloadParams) -> anyhow::Result<()> {
-    p.validate().map_err(anyhow::Error::msg)
+    pipeline::Params::validate(p).map_err(anyhow::Error::msg)
 }
 
 /// Content the key must cover beyond parameters: the bytes of local source files.

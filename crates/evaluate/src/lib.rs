@@ -24,9 +24,8 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The stage's identity: code, dependencies, the libtorch loaded, and the rule that the train
 /// input was trained on the tokenize input.
 pub fn stage_def() -> artifact::StageDef {
-    let (facts, files) = model::device::libtorch().key_facts();
     artifact::stage_def!("evaluate", SCHEMA_VERSION)
-        .with_runtime(artifact::Runtime { facts, files })
+        .with_runtime(model::device::libtorch().key_facts().into())
         .with_lineage(&[artifact::Lineage { input: "train", made_from: "tokenize" }])
 }
 

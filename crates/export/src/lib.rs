@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use pipeline::files::{DatasetInfo, Hparams, Origin, TokenizeMeta, TrainSummary};
+use pipeline::files::{ClassifierLabels, DatasetInfo, Hparams, Origin, TokenizeMeta, TrainSummary};
 use pipeline::{Dtype, ExportParams, Weights};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::json;
@@ -75,7 +75,12 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
         Weights::Final => train.dir.join("final.safetensors"),
     };
     let n = convert_weights(&weights, &out.join("model.safetensors"), p.dtype)?;
-    let mut config = read_json(&train.dir.join("config.json"))?;
+    let config_path = train.dir.join("config.json");
+    let mut config = read_json(&config_path)?;
+    let labels = serde_json::from_value::<ClassifierLabels>(config.clone())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?
+        .names(&config_path)
+        .map_err(anyhow::Error::msg)?;
     let dtype_name = match p.dtype {
         Dtype::Fp32 => "float32",
         Dtype::Bf16 => "bfloat16",
@@ -102,13 +107,21 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
             std::fs::copy(&src, out.join(extra)).with_context(|| format!("copying {extra}"))?;
         }
     }
-    let card = model_card(p, download, tokenize, train, dtype_name, &meta)?;
+    let card = model_card(p, download, tokenize, train, &labels, dtype_name, &meta)?;
     std::fs::write(out.join("README.md"), card)?;
     eprintln!("exported {n} tensors ({dtype_name}) with config and tokenizer");
     Ok(json!({"tensors": n, "dtype": dtype_name, "max_length": max_length}))
 }
 
-fn model_card(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact::Artifact, train: &artifact::Artifact, dtype: &str, meta: &TokenizeMeta) -> anyhow::Result<String> {
+fn model_card(
+    p: &ExportParams,
+    download: &artifact::Artifact,
+    tokenize: &artifact::Artifact,
+    train: &artifact::Artifact,
+    labels: &[String],
+    dtype: &str,
+    meta: &TokenizeMeta,
+) -> anyhow::Result<String> {
     let model_src: Origin = pipeline::files::read(&download.dir.join("model-source.json"))?;
     let info: DatasetInfo = pipeline::files::read(&download.dir.join("dataset/info.json"))?;
     let data_src = &info.source;
@@ -116,7 +129,6 @@ fn model_card(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifa
     let dataset = data_src.name();
     let tsum: TrainSummary = pipeline::files::read(&train.dir.join("summary.json"))?;
     let hp: Hparams = pipeline::files::read(&train.dir.join("hparams.json"))?;
-    let labels = pipeline::files::ClassifierLabels::read_names(&train.dir.join("config.json")).map_err(anyhow::Error::msg)?;
     let max_length = meta.max_length;
     let mut s = String::new();
     s.push_str(&format!("---\nlibrary_name: transformers\npipeline_tag: text-classification\nbase_model: {base}\n"));

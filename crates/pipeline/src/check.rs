@@ -22,8 +22,14 @@ fn positive(key: &str, v: u64) -> Result<(), String> {
     }
 }
 
-impl DownloadParams {
-    pub fn validate(&self) -> Result<(), String> {
+/// A stage's typed parameters: what a section must satisfy before anything runs.
+pub trait Params: serde::de::DeserializeOwned + serde::Serialize {
+    /// Ranges and combinations; the message names the key, the value and the fix.
+    fn validate(&self) -> Result<(), String>;
+}
+
+impl Params for DownloadParams {
+    fn validate(&self) -> Result<(), String> {
         match (&self.dataset.repo, &self.dataset.files) {
             (Some(_), None) | (None, Some(_)) => {}
             _ => return Err("download.dataset: give exactly one of `repo` (a Hub dataset such as stanfordnlp/imdb) or `files` (split -> local path or glob)".into()),
@@ -59,7 +65,9 @@ impl DownloadParams {
         }
         Ok(())
     }
+}
 
+impl DownloadParams {
     /// The splits the download stage will produce, when the parameters alone tell: explicit
     /// `splits`, or local `files`. `None` for a Hub dataset without `splits` (its card decides).
     pub fn planned_splits(&self) -> Option<BTreeSet<String>> {
@@ -70,25 +78,21 @@ impl DownloadParams {
         } else {
             return None;
         };
-        Some(self.with_carved(&mut out))
-    }
-
-    /// Adds the splits carved from train (`test`, then `validation`) to the source's splits.
-    pub fn with_carved(&self, splits: &mut BTreeSet<String>) -> BTreeSet<String> {
-        if splits.contains("train") {
-            if self.test.is_some() && !splits.contains("test") {
-                splits.insert("test".into());
+        // The splits carved from train, as download carves them.
+        if out.contains("train") {
+            if self.test.is_some() {
+                out.insert("test".into());
             }
-            if self.validation.fraction > 0.0 && !splits.contains("validation") {
-                splits.insert("validation".into());
+            if self.validation.fraction > 0.0 {
+                out.insert("validation".into());
             }
         }
-        splits.clone()
+        Some(out)
     }
 }
 
-impl TokenizeParams {
-    pub fn validate(&self) -> Result<(), String> {
+impl Params for TokenizeParams {
+    fn validate(&self) -> Result<(), String> {
         if self.max_length < 3 {
             return Err(format!("tokenize.max_length must be at least 3 (room for [CLS], a token and [SEP]), got {}", self.max_length));
         }
@@ -102,8 +106,8 @@ impl TokenizeParams {
     }
 }
 
-impl TrainParams {
-    pub fn validate(&self) -> Result<(), String> {
+impl Params for TrainParams {
+    fn validate(&self) -> Result<(), String> {
         positive("train.batch_size", self.batch_size as u64)?;
         positive("train.grad_accum", self.grad_accum as u64)?;
         positive("train.log_every_steps", self.log_every_steps)?;
@@ -141,8 +145,8 @@ impl TrainParams {
     }
 }
 
-impl EvaluateParams {
-    pub fn validate(&self) -> Result<(), String> {
+impl Params for EvaluateParams {
+    fn validate(&self) -> Result<(), String> {
         positive("evaluate.batch_size", self.batch_size as u64)
     }
 }
@@ -179,4 +183,10 @@ pub fn did_you_mean<'a>(key: &str, valid: impl IntoIterator<Item = &'a str>) -> 
         .filter(|(d, v)| *d <= 2.max(v.len() / 4))
         .min_by_key(|(d, _)| *d)
         .map(|(_, v)| v)
+}
+
+impl Params for ExportParams {
+    fn validate(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

@@ -19,6 +19,8 @@ pub enum FileError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source} (the file does not match what this version of the stage writes; rerun the stage that wrote it)")]
     Parse { path: PathBuf, source: serde_json::Error },
+    #[error("{path}, line {line}: {source} (the file does not match what this version of the stage writes; rerun the stage that wrote it)")]
+    Line { path: PathBuf, line: usize, source: serde_json::Error },
     #[error("{path}: cannot write: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -250,8 +252,9 @@ impl LogLine {
     /// Every line of a log; a line that is not a [`LogLine`] is an error naming its number.
     pub fn parse_all(path: &Path, text: &str) -> Result<Vec<LogLine>, FileError> {
         text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|source| FileError::Parse { path: path.to_path_buf(), source }))
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).map_err(|source| FileError::Line { path: path.to_path_buf(), line: i + 1, source }))
             .collect()
     }
 }
@@ -290,6 +293,9 @@ mod tests {
         std::fs::write(&p, r#"{"num_labels": 3, "id2label": {"0": "a", "1": "b"}}"#).unwrap();
         let e = ClassifierLabels::read_names(&p).unwrap_err();
         assert!(e.contains("no name for class 2"), "{e}");
+        let log = format!("{}\n{{\"step\": 2}}\n", serde_json::to_string(&window(1, 16, 1.0)).unwrap());
+        let e = LogLine::parse_all(Path::new("log.jsonl"), &log).unwrap_err().to_string();
+        assert!(e.contains("log.jsonl, line 2"), "{e}");
     }
 }
 
@@ -379,11 +385,15 @@ pub struct ClassifierLabels {
 impl ClassifierLabels {
     /// Reads the labels of `config.json`; every id below `num_labels` must have a name.
     pub fn read_names(path: &Path) -> Result<Vec<String>, String> {
-        let c: ClassifierLabels = read(path).map_err(|e| e.to_string())?;
-        (0..c.num_labels)
+        read::<ClassifierLabels>(path).map_err(|e| e.to_string())?.names(path)
+    }
+
+    /// The class names in id order; `path` (the file these came from) is for the message.
+    pub fn names(&self, path: &Path) -> Result<Vec<String>, String> {
+        (0..self.num_labels)
             .map(|i| {
-                c.id2label.get(&i.to_string()).cloned().ok_or_else(|| {
-                    format!("{}: id2label has no name for class {i} of num_labels {} (rerun the train stage)", path.display(), c.num_labels)
+                self.id2label.get(&i.to_string()).cloned().ok_or_else(|| {
+                    format!("{}: id2label has no name for class {i} of num_labels {} (rerun the train stage)", path.display(), self.num_labels)
                 })
             })
             .collect()

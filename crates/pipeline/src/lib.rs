@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, MapAccess, Visitor};
 use serde::Deserialize;
 
-pub use check::{did_you_mean, positive_index, split_exists};
+pub use check::{did_you_mean, positive_index, split_exists, Params};
 pub use params::*;
 
 /// The stages, in pipeline order.
@@ -108,29 +108,6 @@ pub enum Error {
 }
 
 const TOP_KEYS: &[&str] = &["name", "store", "download", "tokenize", "train", "evaluate", "export"];
-
-/// A stage's typed parameters: what a section must satisfy before anything runs.
-pub trait Params: serde::de::DeserializeOwned + serde::Serialize {
-    /// Ranges and combinations; the message names the key, the value and the fix.
-    fn validate(&self) -> Result<(), String>;
-}
-
-macro_rules! params_validated_by {
-    ($($t:ty),*) => {$(
-        impl Params for $t {
-            fn validate(&self) -> Result<(), String> {
-                <$t>::validate(self)
-            }
-        }
-    )*};
-}
-params_validated_by!(DownloadParams, TokenizeParams, TrainParams, EvaluateParams);
-
-impl Params for ExportParams {
-    fn validate(&self) -> Result<(), String> {
-        Ok(())
-    }
-}
 
 /// Parses one stage's parameters (typed, defaults applied, validated) into canonical JSON.
 fn typed_section<'de, A: MapAccess<'de>>(stage: Stage, map: &mut A) -> Result<serde_json::Value, A::Error> {
@@ -263,40 +240,51 @@ fn top_level_line(text: &str, key: &str) -> Option<usize> {
 /// `train` for `select_metric: f1` when train has none, so both pick the same class.
 fn cross_check(p: &mut Pipeline) -> Result<(), (Stage, String)> {
     let evaluate: Option<EvaluateParams> = p.typed(Stage::Evaluate).transpose().map_err(|e| (Stage::Evaluate, e))?;
-    let download: Option<DownloadParams> = p.typed(Stage::Download).transpose().map_err(|e| (Stage::Download, e))?;
     if let Some(train) = p.stages.iter_mut().find(|s| s.stage == Stage::Train) {
         let f1 = train.params.get("select_metric").and_then(|v| v.as_str()) == Some("f1");
         let unset = train.params.get("positive_class").is_none_or(|v| v.is_null());
-        if let (true, true, Some(pc)) = (f1, unset, evaluate.as_ref().and_then(|e| e.positive_class.clone())) {
+        if let (true, true, Some(pc)) = (f1, unset, evaluate.and_then(|e| e.positive_class)) {
             train.params["positive_class"] = serde_json::json!(pc);
         }
     }
-    let Some(download) = download else { return Ok(()) };
-    if let Some(splits) = download.planned_splits() {
-        let source = if download.splits.is_empty() { "download.dataset.files" } else { "download.splits" };
-        let source = format!("{source} (with the splits carved from train)");
+    let Some(download) = p.typed::<DownloadParams>(Stage::Download).transpose().map_err(|e| (Stage::Download, e))? else { return Ok(()) };
+    let splits = download.planned_splits();
+    let source = format!(
+        "{} (with the splits carved from train)",
+        if download.splits.is_empty() { "download.dataset.files" } else { "download.splits" }
+    );
+    if let Some(splits) = &splits {
         for split in download.max_examples.keys() {
-            split_exists(&format!("download.max_examples.{split}: split"), split, &splits, &source).map_err(|e| (Stage::Download, e))?;
-        }
-        if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
-            split_exists("train.validation_split", &t.validation_split, &splits, &source).map_err(|e| (Stage::Train, e))?;
-        }
-        if let Some(e) = &evaluate {
-            split_exists("evaluate.split", &e.split, &splits, &source).map_err(|e| (Stage::Evaluate, e))?;
+            split_exists(&format!("download.max_examples.{split}: split"), split, splits, &source).map_err(|e| (Stage::Download, e))?;
         }
     }
-    if let Some(names) = &download.label_names {
-        if let Some(e) = &evaluate {
-            positive_index("evaluate.positive_class", e.positive_class.as_deref(), names).map_err(|e| (Stage::Evaluate, e))?;
-        }
-        if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
-            positive_index("train.positive_class", t.positive_class.as_deref(), names).map_err(|e| (Stage::Train, e))?;
-        }
-    }
-    Ok(())
+    p.check_reads(splits.as_ref(), download.label_names.as_deref(), &source)
 }
 
 impl Pipeline {
+    /// Checks that the splits train and evaluate read are among `splits` and their positive
+    /// classes among `names`, where those are known; `source` says where the splits come from.
+    /// The error carries the stage whose section is at fault. Used when the file is read (with
+    /// what download's parameters tell) and by the runner (with what the download artifact
+    /// holds).
+    pub fn check_reads(&self, splits: Option<&std::collections::BTreeSet<String>>, names: Option<&[String]>, source: &str) -> Result<(), (Stage, String)> {
+        let train = self.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))?;
+        let evaluate = self.typed::<EvaluateParams>(Stage::Evaluate).transpose().map_err(|e| (Stage::Evaluate, e))?;
+        let reads = [
+            train.map(|t| (Stage::Train, "train.validation_split", t.validation_split, t.positive_class)),
+            evaluate.map(|e| (Stage::Evaluate, "evaluate.split", e.split, e.positive_class)),
+        ];
+        for (stage, split_key, split, positive) in reads.into_iter().flatten() {
+            if let Some(splits) = splits {
+                split_exists(split_key, &split, splits, source).map_err(|e| (stage, e))?;
+            }
+            if let Some(names) = names {
+                positive_index(&format!("{stage}.positive_class"), positive.as_deref(), names).map_err(|e| (stage, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// A section's typed parameters (`None` when the pipeline has no such section).
     pub fn typed<T: serde::de::DeserializeOwned>(&self, stage: Stage) -> Option<Result<T, String>> {
         self.section(stage).map(|s| serde_json::from_value(s.params.clone()).map_err(|e| format!("{stage}: {e}")))

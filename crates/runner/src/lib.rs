@@ -286,18 +286,9 @@ pub fn gc(pipelines: &[Pipeline], opts: &RunOptions, dry_run: bool) -> anyhow::R
 fn check_against_download(p: &Pipeline, download: &Path) -> anyhow::Result<()> {
     let info: pipeline::files::DatasetInfo = pipeline::files::read(&download.join("dataset/info.json"))?;
     let labels: pipeline::files::Labels = pipeline::files::read(&download.join("dataset/labels.json"))?;
-    let splits: BTreeSet<String> = info.splits.keys().cloned().collect();
+    let splits: BTreeSet<String> = info.splits.into_keys().collect();
     let source = format!("the download artifact {}", download.display());
-    let fail = |e: String| anyhow::anyhow!("pipeline `{}`: {e}", p.name);
-    if let Some(t) = p.typed::<pipeline::TrainParams>(Stage::Train).transpose().map_err(fail)? {
-        pipeline::split_exists("train.validation_split", &t.validation_split, &splits, &source).map_err(fail)?;
-        pipeline::positive_index("train.positive_class", t.positive_class.as_deref(), &labels.names).map_err(fail)?;
-    }
-    if let Some(e) = p.typed::<pipeline::EvaluateParams>(Stage::Evaluate).transpose().map_err(fail)? {
-        pipeline::split_exists("evaluate.split", &e.split, &splits, &source).map_err(fail)?;
-        pipeline::positive_index("evaluate.positive_class", e.positive_class.as_deref(), &labels.names).map_err(fail)?;
-    }
-    Ok(())
+    p.check_reads(Some(&splits), Some(&labels.names), &source).map_err(|(_, e)| anyhow::anyhow!("pipeline `{}`: {e}", p.name))
 }
 
 /// The binaries a run of this pipeline needs.

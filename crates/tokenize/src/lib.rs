@@ -28,7 +28,7 @@ pub fn stage_def() -> artifact::StageDef {
 }
 
 pub fn validate(p: &TokenizeParams) -> anyhow::Result<()> {
-    p.validate().map_err(anyhow::Error::msg)
+    pipeline::Params::validate(p).map_err(anyhow::Error::msg)
 }
 
 /// Reads `text` and `label` from a normalized split file.

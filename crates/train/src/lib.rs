@@ -31,14 +31,13 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// The stage's identity: code, dependencies, the libtorch loaded, and the rule that the tokenize
 /// input was made from the download input (the model it trains).
 pub fn stage_def() -> artifact::StageDef {
-    let (facts, files) = model::device::libtorch().key_facts();
     artifact::stage_def!("train", SCHEMA_VERSION)
-        .with_runtime(artifact::Runtime { facts, files })
+        .with_runtime(model::device::libtorch().key_facts().into())
         .with_lineage(&[artifact::Lineage { input: "tokenize", made_from: "download" }])
 }
 
 pub fn validate(p: &TrainParams) -> anyhow::Result<()> {
-    p.validate().map_err(anyhow::Error::msg)
+    pipeline::Params::validate(p).map_err(anyhow::Error::msg)
 }
 
 /// The compute dtype for a precision setting on a device.
@@ -49,6 +48,11 @@ pub fn compute_kind(p: Precision, device: tch::Device) -> Kind {
         (Precision::Auto, tch::Device::Cuda(_)) => Kind::BFloat16,
         (Precision::Auto, _) => Kind::Float,
     }
+}
+
+/// The class whose F1 validation reports (and `select_metric: f1` selects by).
+pub fn positive_class(p: &TrainParams, names: &[String]) -> anyhow::Result<usize> {
+    pipeline::positive_index("train.positive_class", p.positive_class.as_deref(), names).map_err(anyhow::Error::msg)
 }
 
 /// Class names from a tokenize artifact.
@@ -102,7 +106,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
     let (pad_id, max_length) = (meta.pad_id, meta.max_length);
     let names = label_names(tokenize)?;
-    let positive = pipeline::positive_index("train.positive_class", p.positive_class.as_deref(), &names).map_err(anyhow::Error::msg)?;
+    let positive = positive_class(p, &names)?;
     let config = model::BertConfig::from_file(&model_dir.join("config.json"))?;
     if i64::from(meta.max_id) >= config.vocab_size {
         bail!(
@@ -187,7 +191,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         outcome.tokens_per_second,
         summary.flop_utilisation.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m.mfu)).unwrap_or_default(),
         serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        st.best_metric.map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+        st.best_metric(p.select_metric).map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
         st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
     );
     Ok(summary)
@@ -214,7 +218,7 @@ fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::BertCo
         samples_per_second: outcome.samples_per_second,
         tokens_per_second: outcome.tokens_per_second,
         best_step: st.best_step,
-        best_metric: st.best_metric,
+        best_metric: st.best_metric(p.select_metric),
         select_metric: p.select_metric,
         best_validation: st.best_eval.clone(),
         last_validation: outcome.last_eval.clone(),

@@ -29,11 +29,9 @@ pub struct State {
     pub batch: usize,
     /// Micro-batches run so far (dropout seeds derive from it).
     pub micro: u64,
-    pub best_metric: Option<f64>,
     pub best_step: Option<u64>,
     pub evals_without_improvement: u32,
     /// The validation of the best weights so far.
-    #[serde(default)]
     pub best_eval: Option<Validation>,
     pub samples: u64,
     pub tokens: u64,
@@ -41,6 +39,22 @@ pub struct State {
     /// Of which validation and checkpoint writing.
     pub eval_seconds: f64,
     pub done: bool,
+}
+
+/// The figure of a validation that `select_metric` selects by.
+pub fn metric(ev: &Validation, m: Metric) -> f64 {
+    match m {
+        Metric::Accuracy => ev.accuracy,
+        Metric::F1 => ev.f1,
+        Metric::Loss => ev.loss,
+    }
+}
+
+impl State {
+    /// The best validation's figure by `m` (the one selection compares against).
+    pub fn best_metric(&self, m: Metric) -> Option<f64> {
+        self.best_eval.as_ref().map(|e| metric(e, m))
+    }
 }
 
 /// Everything a run needs.
@@ -264,17 +278,12 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             let ev = progress
                 .during(&format!("validating {} examples", val.len()), || evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class, &job.names))
                 .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
-            let m = match p.select_metric {
-                Metric::Accuracy => ev.accuracy,
-                Metric::F1 => ev.f1,
-                Metric::Loss => ev.loss,
-            };
-            let better = match st.best_metric {
+            let m = metric(&ev, p.select_metric);
+            let better = match st.best_metric(p.select_metric) {
                 None => true,
                 Some(b) => (higher && m > b) || (!higher && m < b),
             };
             if better {
-                st.best_metric = Some(m);
                 st.best_step = Some(st.step);
                 st.best_eval = Some(ev.clone());
                 st.evals_without_improvement = 0;

@@ -16,7 +16,7 @@ fn main() {
 
 fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
     let params: pipeline::EvaluateParams = pipeline::load_params(&args.params)?;
-    params.validate().map_err(anyhow::Error::msg)?;
+    pipeline::Params::validate(&params).map_err(anyhow::Error::msg)?;
     artifact::execute(&evaluate::stage_def(), args, &params, Default::default(), |ctx| {
         let tokenize = ctx.input("tokenize")?.clone();
         let train = ctx.input("train")?.clone();

@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
-        let positive = pipeline::positive_index("train.positive_class", params.positive_class.as_deref(), &names).map_err(anyhow::Error::msg)?;
+        let positive = train::positive_class(&params, &names)?;
         let ev = train::trainer::evaluate(&m, &s, 256, meta.pad_id, device, positive, &names)
             .map_err(|e| e.explain(&format!("evaluating `{split}`"), "the batch of 256 (fixed in ft-bench) or tokenize.max_length"))?;
         let secs = t.elapsed().as_secs_f64();
