@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoConfig, AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from shards import read_split
 
@@ -84,9 +84,9 @@ def main():
         torch.set_num_threads(a.threads)
     ids, labels = read_split(a.tokens, "train")
     if a.mode == "throughput":
-        cfg = BertConfig.from_pretrained(a.config, num_labels=2)
+        cfg = AutoConfig.from_pretrained(a.config, num_labels=2)
         cfg._attn_implementation = "sdpa"
-        model = BertForSequenceClassification(cfg)
+        model = AutoModelForSequenceClassification.from_config(cfg)
         need = a.batch * a.steps
         reps = (need + len(ids) - 1) // len(ids)
         ds = Rows((ids * reps)[:need], (labels * reps)[:need], a.length)
@@ -99,7 +99,7 @@ def main():
         print(json.dumps({"mode": "throughput", "length": a.length, "batch": a.batch, "samples_per_s": sps, "tokens_per_s_padded": sps * a.length,
                           **memory()}))
     else:
-        model = BertForSequenceClassification.from_pretrained(a.model, num_labels=2, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2, dtype=torch.float32, attn_implementation="sdpa")
         ds = Rows(ids, labels, a.length)
         tids, tlab = read_split(a.tokens, "test")
         test = Rows(tids, tlab, a.length)

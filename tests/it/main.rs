@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod download;
+mod families;
 mod model_parity;
 mod pipelines;
 mod runner_cache;

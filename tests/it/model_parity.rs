@@ -35,7 +35,7 @@ fn assert_close(got: &[Vec<f64>], want: &serde_json::Value, what: &str) {
 
 fn tiny() -> model::Model {
     let dir = fixtures().join("parity/tiny-cls");
-    let config = model::BertConfig::from_file(&dir.join("config.json")).unwrap();
+    let config = model::Config::from_file(&dir.join("config.json")).unwrap();
     let (m, report) = model::Model::load(config, 2, &dir.join("model.safetensors"), Device::Cpu, 0).unwrap();
     assert!(report.initialized.is_empty(), "{:?}", report.initialized);
     m
@@ -46,7 +46,7 @@ fn minilm() -> Option<model::Model> {
         tests::skip("the all-MiniLM-L6-v2 parity check", &format!("{} is absent", mirror().display()), false);
         return None;
     }
-    let config = model::BertConfig::from_file(&mirror().join("config.json")).unwrap();
+    let config = model::Config::from_file(&mirror().join("config.json")).unwrap();
     let (m, report) = model::Model::load(config, 2, &mirror().join("model.safetensors"), Device::Cpu, 0).unwrap();
     assert_eq!(report.initialized, ["classifier.weight", "classifier.bias"], "the pooler is in the file, the head is not");
     assert_eq!(report.unused, ["embeddings.position_ids"]);

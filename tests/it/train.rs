@@ -81,22 +81,55 @@ fn tiny_bert_learns_a_separable_task() {
 
 #[test]
 fn resumed_run_is_bit_identical() {
-    resumes_bit_identically(|_| {});
+    resumes_bit_identically(|_| {}, model::BertConfig::tiny(64).into());
 }
 
 #[test]
 fn a_run_killed_while_replacing_its_checkpoint_resumes_from_the_previous_one() {
     // Between the two renames of save_checkpoint only `checkpoint.old` exists.
-    resumes_bit_identically(|work| std::fs::rename(work.join("checkpoint"), work.join("checkpoint.old")).unwrap());
+    resumes_bit_identically(|work| std::fs::rename(work.join("checkpoint"), work.join("checkpoint.old")).unwrap(), model::BertConfig::tiny(64).into());
+}
+
+/// A tiny random model of another family for the synthetic task (vocabulary 64, dropout on;
+/// ModernBERT with a window of 2 positions each way, shorter than the texts).
+fn family(model_type: &str) -> model::Config {
+    let c = match model_type {
+        "roberta" => serde_json::json!({"model_type": "roberta", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 40, "type_vocab_size": 1}),
+        "distilbert" => serde_json::json!({"model_type": "distilbert", "vocab_size": 64, "dim": 32, "n_layers": 2, "n_heads": 2,
+            "hidden_dim": 64, "max_position_embeddings": 40}),
+        _ => serde_json::json!({"model_type": "modernbert", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 3,
+            "num_attention_heads": 2, "intermediate_size": 48, "local_attention": 4, "global_attn_every_n_layers": 2,
+            "pad_token_id": 0, "attention_dropout": 0.1, "mlp_dropout": 0.1, "embedding_dropout": 0.1}),
+    };
+    model::Config::from_json(c).unwrap()
+}
+
+/// Every family learns the separable task (train accuracy at least 99%) and resumes bit for bit.
+#[test]
+fn every_family_learns_and_resumes_bit_identically() {
+    for name in ["roberta", "distilbert", "modernbert"] {
+        {
+            let _rng = tests::torch_rng();
+            let (tmp, train_s, val) = task(400);
+            let p = params("device: cpu\nepochs: 6\nlearning_rate: 2.0e-3\nbatch_size: 16\nwarmup_ratio: 0.1\nlog_every_steps: 5\n");
+            let mut m = model::Model::random(family(name), 2, tch::Device::Cpu, 1).unwrap();
+            let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
+            let ev = train::trainer::evaluate(&m, &train_s, 64, 0, tch::Device::Cpu, 1, &names()).unwrap();
+            assert!(ev.accuracy >= 0.99, "{name}: train accuracy {ev:?}");
+            assert!(out.last_eval.unwrap().accuracy >= 0.99, "{name}");
+        }
+        resumes_bit_identically(|_| {}, family(name));
+    }
 }
 
 /// A run interrupted after 5 steps, its work directory then changed by `cut`, and resumed in a new
 /// process ends as the uninterrupted run does: the same weights bit for bit, the same log.
-fn resumes_bit_identically(cut: impl Fn(&Path)) {
+fn resumes_bit_identically(cut: impl Fn(&Path), config: model::Config) {
     let _rng = tests::torch_rng();
     let (tmp, train_s, val) = task(200);
     let p = params("device: cpu\nepochs: 3\nlearning_rate: 1.0e-3\nbatch_size: 16\nwarmup_ratio: 0.2\nlog_every_steps: 4\ngrad_accum: 2\n");
-    let fresh = || model::Model::random(model::BertConfig::tiny(64), 2, tch::Device::Cpu, 7).unwrap();
+    let fresh = || model::Model::random(config.clone(), 2, tch::Device::Cpu, 7).unwrap();
     let mut a = fresh();
     let full = train::trainer::run(job(&p, &mut a, &train_s, &val, &tmp.path().join("a"), None)).unwrap();
     let mut b = fresh();
@@ -111,7 +144,7 @@ fn resumes_bit_identically(cut: impl Fn(&Path)) {
     assert_eq!(rest.state.step, full.state.step);
     assert!(full.state.step > 5);
     for (x, y) in a.params.tensors.iter().zip(&c.params.tensors) {
-        assert!(x.equal(y), "weights differ after resume");
+        assert!(x.equal(y), "{}: weights differ after resume", config.model_type);
     }
     let strip = |p: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(p).unwrap().lines().map(|l| {

@@ -45,6 +45,19 @@ pub fn smoke_pipeline(store: &std::path::Path) -> pipeline::Pipeline {
     pipeline::parse(std::path::Path::new("smoke.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The smoke pipeline on the tiny `family` model of `fixtures/families/` (named `smoke-<family>`),
+/// evaluated on its train split.
+pub fn family_pipeline(store: &std::path::Path, family: &str) -> pipeline::Pipeline {
+    let path = repo().join("pipelines/smoke.yaml");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .replace("tests/fixtures/tiny-bert", &format!("tests/fixtures/families/{family}"))
+        .replace("tests/fixtures", &fixtures().display().to_string())
+        .replace("name: smoke", &format!("name: smoke-{family}\nstore: {}", store.display()))
+        .replace("  split: test", "  split: train");
+    pipeline::parse(std::path::Path::new("smoke.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Says that a test cannot run here and why, in the test output itself: libtest swallows what a
 /// passing test prints with `eprintln!`, so this writes to the process's stderr directly, and a
 /// skipped test shows as `SKIPPED` beside its `ok`. A missing `installable` dependency (a

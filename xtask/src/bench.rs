@@ -39,7 +39,9 @@ pub struct Args {
     /// `cpu` or `cuda` (both sides run there).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Model repo on the Hub.
+    /// The model: a repo on the Hub, a local model directory (Hub layout), or a family name
+    /// (bert, roberta, xlm-roberta, distilbert, modernbert) for random weights at that family's
+    /// base shape (made by bench/random_model.py; no accuracy section then).
     #[arg(long, default_value = "sentence-transformers/all-MiniLM-L6-v2")]
     model: String,
     /// Dataset repo on the Hub (text/label columns, train and test splits).
@@ -85,7 +87,12 @@ struct Plan {
     full_runs: usize,
     out: PathBuf,
     sections: Vec<Section>,
+    /// A local model directory (given, or made for a family name); `None`: the Hub repo.
+    model_dir: Option<PathBuf>,
 }
+
+/// The families `--model` names for random weights at their base shape.
+const FAMILIES: [&str; 5] = ["bert", "roberta", "xlm-roberta", "distilbert", "modernbert"];
 
 impl Plan {
     fn new(a: &Args) -> anyhow::Result<Self> {
@@ -112,6 +119,7 @@ impl Plan {
             full_runs: a.full_runs,
             out,
             sections: a.sections.clone(),
+            model_dir: None,
         })
     }
 
@@ -132,6 +140,28 @@ impl Plan {
 
     fn has(&self, s: Section) -> bool {
         self.sections.contains(&s)
+    }
+
+    /// Resolves `--model`: a family name gets a random model directory (made once per run
+    /// folder), a local directory is used as it is, anything else is a Hub repo.
+    fn resolve_model(&mut self, a: &Args) -> anyhow::Result<()> {
+        if FAMILIES.contains(&a.model.as_str()) {
+            let dir = self.out.join("models").join(&a.model);
+            if !dir.join("model.safetensors").exists() {
+                eprintln!("== random {} at its base shape -> {}", a.model, dir.display());
+                let logs = self.out.join("logs");
+                std::fs::create_dir_all(&logs)?;
+                json_of(Command::new(python()).arg(root().join("bench/random_model.py")).arg(&a.model).arg(&dir), &logs.join("random-model.log"))?;
+            }
+            if self.has(Section::Accuracy) {
+                eprintln!("== no accuracy section: random weights (`--model {}`) have nothing to fine-tune from", a.model);
+                self.sections.retain(|s| *s != Section::Accuracy);
+            }
+            self.model_dir = Some(dir);
+        } else if Path::new(&a.model).is_dir() {
+            self.model_dir = Some(std::fs::canonicalize(&a.model).with_context(|| format!("--model {}", a.model))?);
+        }
+        Ok(())
     }
 }
 
@@ -269,7 +299,10 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
     let text = std::fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
     let mut v: Value = serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", template.display()))?;
     v["download"]["dataset"]["repo"] = json!(a.dataset);
-    v["download"]["model"]["repo"] = json!(a.model);
+    v["download"]["model"] = match &plan.model_dir {
+        Some(dir) => json!({ "path": dir }),
+        None => json!({ "repo": a.model, "revision": "main" }),
+    };
     v["download"]["validation"]["seed"] = json!(a.seed);
     match data {
         Data::Carved => {}
@@ -369,10 +402,11 @@ fn context(plan: &Plan, a: &Args) -> Value {
 }
 
 pub fn bench(a: Args) -> anyhow::Result<()> {
-    let plan = Plan::new(&a)?;
+    let mut plan = Plan::new(&a)?;
     std::fs::create_dir_all(&plan.out).with_context(|| format!("creating {}", plan.out.display()))?;
     setup::ensure()?;
     setup::ensure_bench()?;
+    plan.resolve_model(&a)?;
     let bins = crate::build_stages(&Stage::ALL)?;
     crate::cargo_build(&["-p", "train", "--bin", "ft-bench"])?;
     let _hub = start_hub(&plan.out)?;

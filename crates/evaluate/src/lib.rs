@@ -78,7 +78,7 @@ pub fn compute_metrics(labels: &[i64], preds: &[i64], probs: &[Vec<f64>], names:
 pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::Artifact, out: &Path) -> anyhow::Result<EvalMetrics> {
     let names = train_names(&train.dir)?;
     let positive = positive_index(p, &names)?;
-    let config = model::BertConfig::from_file(&train.dir.join("config.json"))?;
+    let config = model::Config::from_file(&train.dir.join("config.json"))?;
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.dir.join("meta.json"))?;
     let split = match shards::Split::open(&tokenize.dir, &p.split) {
         Ok(s) => s,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! model.safetensors        HF tensor names (classifier included), fp32, bf16 or fp16
-//! config.json              BertForSequenceClassification, num_labels, id2label, label2id, dtype
+//! config.json              the family's *ForSequenceClassification, num_labels, id2label, label2id, dtype
 //! tokenizer.json           the tokenizer used for training (no baked-in truncation or padding)
 //! tokenizer_config.json    with model_max_length = the pipeline's max_length
 //! special_tokens_map.json, vocab.txt (when the base model has them)
@@ -94,9 +94,8 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
     let model_dir = download.dir.join("model");
     let mut tok_cfg = read_json(&model_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
     tok_cfg["model_max_length"] = json!(max_length);
-    if tok_cfg.get("tokenizer_class").is_none() {
-        tok_cfg["tokenizer_class"] = json!("BertTokenizer");
-    }
+    // Without a tokenizer_class, AutoTokenizer picks the class of config.json's model_type
+    // (BertTokenizer, RobertaTokenizer, …), which reads tokenizer.json.
     if let Some(o) = tok_cfg.as_object_mut() {
         o.remove("name_or_path");
     }

@@ -1,332 +1,407 @@
-//! The BERT forward pass; mirrors transformers' `modeling_bert.py` (BertEmbeddings,
-//! BertSelfAttention with SDPA, BertSelfOutput, BertIntermediate, BertOutput, BertPooler, and the
-//! classification head of BertForSequenceClassification).
+//! BERT (`model_type: bert`: BERT, MiniLM and every other `BertModel` checkpoint); mirrors
+//! transformers' `configuration_bert.py` and `modeling_bert.py` (BertEmbeddings, BertSelfAttention
+//! with SDPA, BertSelfOutput, BertIntermediate, BertOutput, BertPooler, and the head of
+//! BertForSequenceClassification).
 //!
-//! Mixed precision: matrix products run in `model.compute` (bf16 on CUDA) on a working copy of
-//! the linear layers' weights cast from the fp32 masters once per pass ([`Weights`]), so
-//! gradients land on the fp32 masters; LayerNorm, residual sums and the logits stay fp32, as under
-//! PyTorch autocast.
+//! The post-norm encoder here ([`Embeddings`], [`Layer`], [`Encoder`]) is also RoBERTa's and
+//! DistilBERT's: they differ in names, position ids, token types and head, which their files
+//! give.
+//!
+//! Mixed precision: matrix products run in `model.compute` (bf16 on CUDA) on the working copy
+//! of [`Weights`]; LayerNorm, residual sums and the logits stay fp32, as under PyTorch autocast.
 
-use tch::{Device, Kind, Tensor};
+use anyhow::bail;
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
 
 use crate::dropout::dropout;
 use crate::inputs::Inputs;
-use crate::Model;
+use crate::nn::{attention, Activation, Builder, Fused, Init, LayerNorm, Linear, Network, Weights};
+use crate::params::Prefix;
+use crate::Family;
 
-/// The linear layers' weights and biases as one forward pass reads them, in `model.compute`.
-///
-/// In fp32 they are the master parameters themselves. In bf16 they come from one working copy
-/// per pass: the masters concatenated and cast (two kernels), then split back into views;
-/// backward casts the working copy's gradient to fp32 once and hands each master its slice.
-/// Values and gradients are those of a cast at each use, which cost a cast kernel per weight
-/// forward and another backward (~300 launches a step at bert-base's shape, ~150 at MiniLM's).
-///
-/// The working copy lays each layer's query, key and value weights side by side (and their
-/// biases), so the fused `(3 hidden, hidden)` projection is one more view of it: one matrix
-/// product per layer instead of three, and ~20 fewer kernels forward and backward.
-pub struct Weights<'a> {
-    m: &'a Model,
-    /// The working copy of parameter `i` (by index in `params.names`); `None`: cast at use.
-    cast: Vec<Option<Tensor>>,
-    /// Per encoder layer, the fused query/key/value weight and bias; `None`: three products.
-    qkv: Vec<Option<(Tensor, Tensor)>>,
+fn d_vocab() -> i64 {
+    30522
+}
+fn d_hidden() -> i64 {
+    768
+}
+fn d_layers() -> i64 {
+    12
+}
+fn d_heads() -> i64 {
+    12
+}
+fn d_inter() -> i64 {
+    3072
+}
+fn d_act() -> Activation {
+    Activation::Gelu
+}
+fn d_drop() -> f64 {
+    0.1
+}
+fn d_pos() -> i64 {
+    512
+}
+fn d_types() -> i64 {
+    2
+}
+fn d_init() -> f64 {
+    0.02
+}
+fn d_eps() -> f64 {
+    1e-12
 }
 
-/// The names of layer `i`'s query, key and value parameters (`weight` or `bias`).
-#[cfg(test)]
-fn qkv_names(i: i64, what: &str) -> [String; 3] {
-    ["query", "key", "value"].map(|q| format!("bert.encoder.layer.{i}.attention.self.{q}.{what}"))
+/// `config.json` of a BERT model: the fields we use, everything else kept in `extra` (and so
+/// written back on export).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BertConfig {
+    #[serde(default = "d_vocab")]
+    pub vocab_size: i64,
+    #[serde(default = "d_hidden")]
+    pub hidden_size: i64,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: i64,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: i64,
+    #[serde(default = "d_inter")]
+    pub intermediate_size: i64,
+    #[serde(default = "d_act")]
+    pub hidden_act: Activation,
+    #[serde(default = "d_drop")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "d_drop")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "d_pos")]
+    pub max_position_embeddings: i64,
+    #[serde(default = "d_types")]
+    pub type_vocab_size: i64,
+    #[serde(default = "d_init")]
+    pub initializer_range: f64,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+    #[serde(default)]
+    pub classifier_dropout: Option<f64>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-impl<'a> Weights<'a> {
-    pub fn new(m: &'a Model) -> Weights<'a> {
-        let p = &m.params;
-        let layers = m.config.num_hidden_layers;
-        let mut w = Weights { m, cast: (0..p.len()).map(|_| None).collect(), qkv: (0..layers).map(|_| None).collect() };
-        if m.compute == Kind::Float {
-            return w;
+impl BertConfig {
+    /// A tiny configuration (2 layers, hidden 32) for tests.
+    pub fn tiny(vocab_size: i64) -> BertConfig {
+        let v = serde_json::json!({
+            "model_type": "bert", "vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128,
+        });
+        serde_json::from_value(v).expect("a valid tiny config")
+    }
+
+    /// The dropout before the classifier (HF: classifier_dropout, else hidden_dropout_prob).
+    pub fn classifier_dropout(&self) -> f64 {
+        self.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
+    }
+
+    /// The encoder's shape, shared with RoBERTa.
+    pub(crate) fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.hidden_size,
+            layers: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            intermediate: self.intermediate_size,
+            act: self.hidden_act,
+            hidden_dropout: self.hidden_dropout_prob,
+            attention_dropout: self.attention_probs_dropout_prob,
+            attention_output_dropout: self.hidden_dropout_prob,
+            eps: self.layer_norm_eps,
+            init: self.initializer_range,
         }
-        // Params keeps the linear parameters in the order this copy needs (see Params::linear).
-        let order = p.linear();
-        let flat: Vec<Tensor> = order.iter().map(|&i| p.tensors[i].view(-1)).collect();
-        let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
-        let copy = Tensor::cat(&flat, 0).to_kind(m.compute);
-        for (&i, part) in order.iter().zip(copy.split_with_sizes(sizes.as_slice(), 0)) {
-            w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
-        }
-        // The fused projections: each triple is contiguous in `copy`; layer i's weights are
-        // `order[6i..6i+3]`, its biases `order[6i+3..6i+6]` (Params::linear).
-        let offsets: Vec<i64> = sizes.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n))).collect();
-        let h = m.config.hidden_size;
-        for (i, slot) in w.qkv.iter_mut().enumerate() {
-            let (wt, b) = (offsets[6 * i], offsets[6 * i + 3]);
-            *slot = Some((copy.narrow(0, wt, 3 * h * h).view([3 * h, h]), copy.narrow(0, b, 3 * h)));
-        }
-        w
     }
 
-    /// Every weight cast at its use (the working copy's reference, for tests), the fused
-    /// projections concatenated from those casts.
-    #[cfg(test)]
-    fn cast_at_use(m: &'a Model) -> Weights<'a> {
-        let mut w = Weights { m, cast: (0..m.params.len()).map(|_| None).collect(), qkv: Vec::new() };
-        w.qkv = (0..m.config.num_hidden_layers)
-            .map(|i| {
-                let cat = |what| Tensor::cat(&qkv_names(i, what).map(|n| w.get(&n)), 0);
-                Some((cat("weight"), cat("bias")))
-            })
-            .collect();
-        w
-    }
-
-    fn get(&self, name: &str) -> Tensor {
-        let i = self.m.params.index_of(name);
-        match &self.cast[i] {
-            Some(t) => t.shallow_clone(),
-            None => self.m.params.tensors[i].to_kind(self.m.compute),
-        }
-    }
-
-    fn linear(&self, x: &Tensor, name: &str) -> Tensor {
-        let w = self.get(&format!("{name}.weight"));
-        let b = self.get(&format!("{name}.bias"));
-        x.to_kind(self.m.compute).linear(&w, Some(&b))
-    }
-}
-
-fn layer_norm(m: &Model, x: &Tensor, name: &str) -> Tensor {
-    let p = &m.params;
-    x.to_kind(Kind::Float).layer_norm(
-        [m.config.hidden_size],
-        Some(p.get(&format!("{name}.weight"))),
-        Some(p.get(&format!("{name}.bias"))),
-        m.config.layer_norm_eps,
-        true,
-    )
-}
-
-fn act(m: &Model, x: &Tensor) -> Tensor {
-    match m.config.hidden_act.as_str() {
-        "relu" => x.relu(),
-        "gelu_new" | "gelu_pytorch_tanh" => x.gelu("tanh"),
-        _ => x.gelu("none"),
-    }
-}
-
-/// Logits `(rows, num_labels)` in fp32.
-///
-/// Hidden states are token-wise `(n, hidden)` matrices: every position of the batch, or only
-/// the real tokens when `x` is packed (see [`crate::inputs`]).
-pub fn forward(m: &Model, x: &Inputs, train: bool) -> Tensor {
-    forward_with(&Weights::new(m), x, train)
-}
-
-pub(crate) fn forward_with(w: &Weights, x: &Inputs, train: bool) -> Tensor {
-    let m = w.m;
-    let c = &m.config;
-    let p = &m.params;
-    let word = p.get("bert.embeddings.word_embeddings.weight");
-    let pos = p.get("bert.embeddings.position_embeddings.weight");
-    let typ = p.get("bert.embeddings.token_type_embeddings.weight").get(0);
-    let emb = match x.packed() {
-        Some(pk) => Tensor::embedding(word, &x.ids, c.pad_token_id, false, false) + pos.index_select(0, &pk.column),
-        None => {
-            let words = Tensor::embedding(word, &x.ids.view([x.rows, x.len]), c.pad_token_id, false, false);
-            (words + pos.narrow(0, 0, x.len)).view([x.rows * x.len, c.hidden_size])
-        }
-    };
-    let mut h = dropout(&layer_norm(m, &(emb + typ), "bert.embeddings.LayerNorm"), c.hidden_dropout_prob, train);
-    let last = c.num_hidden_layers - 1;
-    for i in 0..last {
-        h = layer(w, i, &h, false, &h, x, train);
-    }
-    // Only [CLS] goes on to the pooler, so the last layer computes its output for that position
-    // alone (keys and values still come from every token): the same logits, with about 5/6 of
-    // the last layer's work left out.
-    let cls = layer(w, last, &x.first(&h), true, &h, x, train);
-    let pooled = w.linear(&cls, "bert.pooler.dense").tanh();
-    let pooled = dropout(&pooled, c.classifier_dropout(), train);
-    w.linear(&pooled, "classifier").to_kind(Kind::Float)
-}
-
-/// Encoder layer `i` over token-wise hidden states `h`, for the query rows `hq`: `h` itself, or
-/// (`first_only`) each row's first position, `(rows, hidden)`. Attention looks at every position.
-fn layer(w: &Weights, i: i64, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, train: bool) -> Tensor {
-    let m = w.m;
-    let c = &m.config;
-    let nh = c.num_attention_heads;
-    let pre = format!("bert.encoder.layer.{i}");
-    let hs = c.hidden_size;
-    let (q, k, v) = match &w.qkv[i as usize] {
-        // One product for all three; `heads` splits it after scattering it once.
-        Some((wt, b)) if !first_only => {
-            let [q, k, v] = x.heads_fused::<3>(&h.to_kind(m.compute).linear(wt, Some(b)), nh);
-            (q, k, v)
-        }
-        // The query of [CLS] rows alone, then keys and values fused.
-        Some((wt, b)) => {
-            let q = w.linear(hq, &format!("{pre}.attention.self.query")).view([x.rows, 1, nh, -1]).transpose(1, 2);
-            let [k, v] = x.heads_fused::<2>(&h.to_kind(m.compute).linear(&wt.narrow(0, hs, 2 * hs), Some(&b.narrow(0, hs, 2 * hs))), nh);
-            (q, k, v)
-        }
-        None => {
-            let q = w.linear(hq, &format!("{pre}.attention.self.query"));
-            let q = if first_only { q.view([x.rows, 1, nh, -1]).transpose(1, 2) } else { x.heads(&q, nh) };
-            let k = x.heads(&w.linear(h, &format!("{pre}.attention.self.key")), nh);
-            let v = x.heads(&w.linear(h, &format!("{pre}.attention.self.value")), nh);
-            (q, k, v)
-        }
-    };
-    let attn_drop = if train { c.attention_probs_dropout_prob } else { 0.0 };
-    let ctx = attention(&q, &k, &v, x.mask(), attn_drop);
-    let ctx = if first_only { ctx.transpose(1, 2).reshape([x.rows, c.hidden_size]) } else { x.tokens(&ctx) };
-    let a = dropout(&w.linear(&ctx, &format!("{pre}.attention.output.dense")), c.hidden_dropout_prob, train);
-    let a = layer_norm(m, &(a.to_kind(Kind::Float) + hq), &format!("{pre}.attention.output.LayerNorm"));
-    let inter = act(m, &w.linear(&a, &format!("{pre}.intermediate.dense")));
-    let o = dropout(&w.linear(&inter, &format!("{pre}.output.dense")), c.hidden_dropout_prob, train);
-    layer_norm(m, &(o.to_kind(Kind::Float) + &a), &format!("{pre}.output.LayerNorm"))
-}
-
-/// Scaled dot-product attention over `(batch, heads, len, head_dim)` with a boolean key mask
-/// (`true`: attend) and dropout `p` on the probabilities. SDPA, except when dropping out on CPU:
-/// libtorch's CPU SDPA then falls back to its math path with libtorch's slow dropout, so this
-/// runs the same math (scores, softmax, dropout, weighted sum) with the cheap mask.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
-    if p <= 0.0 || q.device() != Device::Cpu {
-        return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
-    }
-    attention_math(q, k, v, mask, p)
-}
-
-/// [`attention`] written out, as libtorch's math path computes it.
-pub fn attention_math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
-    let scale = 1.0 / (*q.size().last().unwrap_or(&1) as f64).sqrt();
-    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
-    if let Some(mk) = mask {
-        scores = scores.masked_fill(&mk.logical_not(), f64::NEG_INFINITY);
-    }
-    let probs = scores.softmax(-1, scores.kind());
-    dropout(&probs, p, p > 0.0).matmul(v)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
-    use super::*;
-
-    /// A tiny random model without dropout, so that two passes can match exactly.
-    fn model(seed: u64) -> crate::Model {
-        let mut config = crate::BertConfig::tiny(50);
-        (config.hidden_dropout_prob, config.attention_probs_dropout_prob) = (0.0, 0.0);
-        crate::Model::random(config, 3, Device::Cpu, seed).unwrap()
-    }
-
-    /// Logits and the flat master gradient of one training-mode pass over `x` with weights `w`.
-    fn pass(w: &Weights, x: &Inputs) -> (Tensor, Tensor) {
-        w.m.params.zero_grad();
-        let logits = forward_with(w, x, true);
-        logits.sum(Kind::Float).backward();
-        (logits.detach(), w.m.params.flat_grad())
-    }
-
-    /// A right-padded batch runs packed; the same batch kept in its padded layout (as a
-    /// left-padded one would be) gives the same logits and the same gradients.
-    #[test]
-    fn packed_and_padded_layouts_agree() {
-        let _rng = crate::torch_rng();
-        let m = model(7);
-        let (rows, len) = (3, 6);
-        let ids = [2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0, 2, 16, 17, 18, 3, 0];
-        let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 0];
-        let (packed, _) = crate::inputs::upload(rows, len, &ids, Some(&mask), &[], Device::Cpu);
-        assert!(packed.packed().is_some());
-        let padded = Inputs {
-            rows: rows as i64,
-            len: len as i64,
-            ids: Tensor::from_slice(&ids),
-            padding: Some(crate::inputs::Padding { mask: Tensor::from_slice(&mask).to_kind(Kind::Bool).view([3, 1, 1, 6]), packed: None }),
-        };
-        let ((la, ga), (lb, gb)) = (pass(&Weights::new(&m), &packed), pass(&Weights::new(&m), &padded));
-        let dl = (&la - &lb).abs().max().double_value(&[]);
-        let dg = (&ga - &gb).abs().max().double_value(&[]);
-        assert!(dl < 1e-5 && dg < 1e-5, "logits differ by {dl}, gradients by {dg}");
-        assert!(ga.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-    }
-
-    /// bf16: the per-pass working copy gives the logits and master gradients of a cast at each
-    /// use, bit for bit.
-    #[test]
-    fn bf16_working_copy_equals_casting_at_each_use() {
-        let _rng = crate::torch_rng();
-        let mut m = model(11);
-        m.compute = Kind::BFloat16;
-        let ids = [2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0];
-        let mask = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0];
-        let (x, _) = crate::inputs::upload(2, 6, &ids, Some(&mask), &[], Device::Cpu);
-        let copy = Weights::new(&m);
-        // Six linear layers per encoder layer, the pooler and the classifier, weight and bias each.
-        assert_eq!(copy.cast.iter().flatten().count() as i64, 2 * (6 * m.config.num_hidden_layers + 2));
-        let (la, ga) = pass(&copy, &x);
-        let (lb, gb) = pass(&Weights::cast_at_use(&m), &x);
-        assert!(la.equal(&lb), "logits differ");
-        assert!(ga.equal(&gb), "gradients differ");
-        assert_eq!(ga.kind(), Kind::Float);
-        // Every parameter got a gradient (none is left behind the working copy).
-        assert!(m.params.grads().iter().all(|(_, g)| g.is_some()));
-        assert!(ga.abs().sum(Kind::Float).double_value(&[]) > 0.0);
-        // Inference keeps one working copy for many batches (`Model::frozen`): same logits as
-        // a copy per pass.
-        let frozen = tch::no_grad(|| m.frozen().forward(&x));
-        let per_pass = tch::no_grad(|| m.forward(&x, false));
-        assert!(frozen.equal(&per_pass), "frozen logits differ");
-        assert!(matches!(m.frozen(), crate::Frozen::Bert(w) if w.cast.iter().flatten().count() == copy.cast.iter().flatten().count()));
-    }
-
-    /// The fused query/key/value product (one matrix of three) gives the logits and gradients
-    /// of three products, on a packed batch and on one with no padding (fp32: the fusion is
-    /// the only difference between the two runs).
-    #[test]
-    fn fused_qkv_equals_three_products() {
-        let _rng = crate::torch_rng();
-        let m = model(13);
-        let packed = crate::inputs::upload(2, 6, &[2, 11, 12, 13, 14, 3, 2, 15, 3, 0, 0, 0], Some(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]), &[], Device::Cpu).0;
-        let full = crate::inputs::upload(2, 4, &[2, 11, 12, 3, 2, 15, 16, 3], None, &[], Device::Cpu).0;
-        assert!(packed.packed().is_some() && full.packed().is_none());
-        for x in [&packed, &full] {
-            let three = Weights::new(&m);
-            assert!(three.qkv.iter().all(Option::is_none), "fp32 runs three products");
-            let fused = Weights::cast_at_use(&m);
-            assert!(fused.qkv.iter().all(Option::is_some));
-            let ((la, ga), (lb, gb)) = (pass(&three, x), pass(&fused, x));
-            let dl = (&la - &lb).abs().max().double_value(&[]);
-            let dg = (&ga - &gb).abs().max().double_value(&[]);
-            assert!(dl < 1e-5 && dg < 1e-5, "logits differ by {dl}, gradients by {dg}");
-            // Every query, key and value parameter got its gradient through the fused product.
-            for i in 0..m.config.num_hidden_layers {
-                for n in qkv_names(i, "weight").iter().chain(&qkv_names(i, "bias")) {
-                    assert!(m.params.get(n).grad().abs().sum(Kind::Float).double_value(&[]) > 0.0, "no gradient for {n}");
-                }
+    /// The checks every BERT-style config passes (`what` names the family in messages).
+    pub(crate) fn check_sizes(&self) -> anyhow::Result<()> {
+        positive(&[
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ])?;
+        heads_divide(self.hidden_size, self.num_attention_heads)?;
+        if let Some(p) = self.extra.get("position_embedding_type").and_then(|v| v.as_str()) {
+            if p != "absolute" {
+                bail!("position_embedding_type `{p}` is not supported (only absolute)");
             }
         }
+        Ok(())
     }
 
-    #[test]
-    fn written_out_attention_equals_sdpa() {
-        let _rng = crate::torch_rng();
-        tch::manual_seed(3);
-        let opts = (Kind::Float, Device::Cpu);
-        let (q, k, v) = (Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts), Tensor::randn([2, 3, 5, 4], opts));
-        let mask = Tensor::from_slice(&[true, true, true, false, false, true, true, true, true, true]).view([2, 1, 1, 5]);
-        let want = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&mask), 0.0, false, None, false);
-        let got = attention_math(&q, &k, &v, Some(&mask), 0.0);
-        let diff = (&want - &got).abs().max().double_value(&[]);
-        assert!(diff < 1e-6, "max difference {diff}");
-        // With dropout: reproducible under the torch seed, and not the plain result.
-        tch::manual_seed(5);
-        let a = attention(&q, &k, &v, Some(&mask), 0.5);
-        tch::manual_seed(5);
-        let b = attention(&q, &k, &v, Some(&mask), 0.5);
-        assert!(a.equal(&b));
-        assert!((&a - &want).abs().max().double_value(&[]) > 1e-3);
+    /// The embeddings of a BERT-style model under `prefix` (`bert`, `roberta`).
+    pub(crate) fn embeddings(&self, b: &mut Builder, prefix: &str, positions: Positions) -> Embeddings {
+        let (h, std) = (self.hidden_size, self.initializer_range);
+        let e = format!("{prefix}.embeddings");
+        let pos_init = match positions {
+            Positions::Absolute => Init::Normal(std),
+            Positions::AfterPadding => Init::NormalPadZero(std, self.pad_token_id),
+        };
+        Embeddings {
+            word: b.embedding(&format!("{e}.word_embeddings"), self.vocab_size, h, Init::NormalPadZero(std, self.pad_token_id)),
+            position: b.embedding(&format!("{e}.position_embeddings"), self.max_position_embeddings, h, pos_init),
+            token_type: Some(b.embedding(&format!("{e}.token_type_embeddings"), self.type_vocab_size, h, Init::Normal(std))),
+            norm: b.layer_norm(&format!("{e}.LayerNorm"), h, self.layer_norm_eps, true),
+            positions,
+            pad: self.pad_token_id,
+            dropout: self.hidden_dropout_prob,
+        }
+    }
+}
+
+/// Refuses sizes below one, naming the key.
+pub(crate) fn positive(sizes: &[(&str, i64)]) -> anyhow::Result<()> {
+    for (key, v) in sizes {
+        if *v < 1 {
+            bail!("{key} must be at least 1, got {v}");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn heads_divide(hidden: i64, heads: i64) -> anyhow::Result<()> {
+    if hidden % heads != 0 {
+        bail!("the hidden size {hidden} is not a multiple of the number of attention heads {heads}");
+    }
+    Ok(())
+}
+
+/// Matrix-product FLOPs per token of a forward pass through `layers` layers of width `h` with an
+/// MLP of `mlp` multiply-accumulates per token, at sequence length `seq`: QKV and output (4h²)
+/// and the MLP, 2 FLOPs each, plus attention scores and mixing (2·2·seq·h).
+pub(crate) fn flops_per_token(layers: i64, h: i64, mlp: f64, seq: f64) -> f64 {
+    let (h, l) = (h as f64, layers as f64);
+    l * (2.0 * (4.0 * h * h + mlp) + 4.0 * seq * h)
+}
+
+impl Family for BertConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        self.check_sizes()
+    }
+
+    fn build(&self, b: &mut Builder, num_labels: i64) -> Box<dyn Network> {
+        let embeddings = self.embeddings(b, "bert", Positions::Absolute);
+        let encoder = Encoder::build(b, embeddings, "bert.encoder.layer", &BERT_LAYER, &self.dims());
+        b.head();
+        let h = self.hidden_size;
+        let std = Init::Normal(self.initializer_range);
+        let pooler = b.linear("bert.pooler.dense", h, h, true, std);
+        let classifier = b.linear("classifier", h, num_labels, true, std);
+        Box::new(Bert { encoder, pooler, classifier, dropout: self.classifier_dropout() })
+    }
+
+    fn vocab_size(&self) -> i64 {
+        self.vocab_size
+    }
+
+    fn max_length(&self) -> i64 {
+        self.max_position_embeddings
+    }
+
+    fn architecture(&self) -> &'static str {
+        "BertForSequenceClassification"
+    }
+
+    fn prefix(&self) -> Prefix {
+        Prefix { base: "bert", roots: &["embeddings", "encoder", "pooler"] }
+    }
+
+    fn flops_per_token(&self, seq: f64) -> f64 {
+        flops_per_token(self.num_hidden_layers, self.hidden_size, 2.0 * (self.hidden_size * self.intermediate_size) as f64, seq)
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// The shape and regularization of a post-norm encoder.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub hidden: i64,
+    pub layers: i64,
+    pub heads: i64,
+    pub intermediate: i64,
+    pub act: Activation,
+    pub hidden_dropout: f64,
+    pub attention_dropout: f64,
+    /// Dropout on the attention block's output (BERT: hidden_dropout_prob; DistilBERT: none).
+    pub attention_output_dropout: f64,
+    pub eps: f64,
+    pub init: f64,
+}
+
+/// Where position ids come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// The column (BERT, DistilBERT).
+    Absolute,
+    /// Counted over real tokens from `pad_token_id + 1` (RoBERTa's `padding_idx`); padding
+    /// positions get `pad_token_id`.
+    AfterPadding,
+}
+
+/// Word + position (+ token type 0) embeddings, LayerNorm, dropout.
+pub(crate) struct Embeddings {
+    pub word: usize,
+    pub position: usize,
+    pub token_type: Option<usize>,
+    pub norm: LayerNorm,
+    pub positions: Positions,
+    pub pad: i64,
+    pub dropout: f64,
+}
+
+impl Embeddings {
+    /// Token-wise `(n, hidden)` embeddings of the batch.
+    pub fn forward(&self, w: &Weights, x: &Inputs, train: bool) -> Tensor {
+        let (word, pos) = (w.master(self.word), w.master(self.position));
+        let hidden = word.size()[1];
+        let emb = match (x.packed(), self.positions) {
+            (Some(pk), Positions::Absolute) => Tensor::embedding(word, &x.ids, self.pad, false, false) + pos.index_select(0, &pk.column),
+            (None, Positions::Absolute) => {
+                let words = Tensor::embedding(word, &x.ids.view([x.rows, x.len]), self.pad, false, false);
+                (words + pos.narrow(0, 0, x.len)).view([x.rows * x.len, hidden])
+            }
+            (_, Positions::AfterPadding) => {
+                let words = Tensor::embedding(word, &x.ids, self.pad, false, false);
+                words + Tensor::embedding(pos, &x.positions_after(self.pad), self.pad, false, false)
+            }
+        };
+        let emb = match self.token_type {
+            Some(t) => emb + w.master(t).get(0),
+            None => emb,
+        };
+        dropout(&w.layer_norm(&self.norm, &emb), self.dropout, train)
+    }
+}
+
+/// The module names inside one post-norm layer.
+pub(crate) struct LayerNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attention_output: &'static str,
+    pub attention_norm: &'static str,
+    pub intermediate: &'static str,
+    pub output: &'static str,
+    pub output_norm: &'static str,
+}
+
+pub(crate) const BERT_LAYER: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attention_output: "attention.output.dense",
+    attention_norm: "attention.output.LayerNorm",
+    intermediate: "intermediate.dense",
+    output: "output.dense",
+    output_norm: "output.LayerNorm",
+};
+
+/// One post-norm encoder layer: self-attention, add & norm, MLP, add & norm.
+pub(crate) struct Layer {
+    qkv: [Linear; 3],
+    fused: Fused,
+    attention_output: Linear,
+    attention_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    output_norm: LayerNorm,
+    d: Dims,
+}
+
+impl Layer {
+    fn build(b: &mut Builder, prefix: &str, n: &LayerNames, d: &Dims) -> Layer {
+        let (h, std) = (d.hidden, Init::Normal(d.init));
+        let lin = |b: &mut Builder, name: &str, inp, out| b.linear(&format!("{prefix}.{name}"), inp, out, true, std);
+        let qkv = [lin(b, n.query, h, h), lin(b, n.key, h, h), lin(b, n.value, h, h)];
+        let fused = b.fuse(&qkv);
+        let attention_output = lin(b, n.attention_output, h, h);
+        let attention_norm = b.layer_norm(&format!("{prefix}.{}", n.attention_norm), h, d.eps, true);
+        let intermediate = lin(b, n.intermediate, h, d.intermediate);
+        let output = lin(b, n.output, d.intermediate, h);
+        let output_norm = b.layer_norm(&format!("{prefix}.{}", n.output_norm), h, d.eps, true);
+        Layer { qkv, fused, attention_output, attention_norm, intermediate, output, output_norm, d: *d }
+    }
+
+    /// The layer over token-wise hidden states `h`, for the query rows `hq`: `h` itself, or
+    /// (`first_only`) each row's first position, `(rows, hidden)`. Attention looks at every
+    /// position.
+    fn forward(&self, w: &Weights, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, train: bool) -> Tensor {
+        let (nh, d) = (self.d.heads, &self.d);
+        let (q, k, v) = if first_only {
+            // The query of [CLS] rows alone, then keys and values as one product.
+            let q = w.linear(&self.qkv[0], hq).view([x.rows, 1, nh, -1]).transpose(1, 2);
+            let [k, v] = x.heads_fused::<2>(&w.fused_part(self.fused, &self.qkv, 1, 2, h), nh);
+            (q, k, v)
+        } else {
+            let [q, k, v] = x.heads_fused::<3>(&w.fused(self.fused, &self.qkv, h), nh);
+            (q, k, v)
+        };
+        let ctx = attention(&q, &k, &v, x.mask(), if train { d.attention_dropout } else { 0.0 });
+        let ctx = if first_only { ctx.transpose(1, 2).reshape([x.rows, d.hidden]) } else { x.tokens(&ctx) };
+        let a = dropout(&w.linear(&self.attention_output, &ctx), d.attention_output_dropout, train);
+        let a = w.layer_norm(&self.attention_norm, &(a.to_kind(Kind::Float) + hq));
+        let inter = d.act.apply(&w.linear(&self.intermediate, &a));
+        let o = dropout(&w.linear(&self.output, &inter), d.hidden_dropout, train);
+        w.layer_norm(&self.output_norm, &(o.to_kind(Kind::Float) + &a))
+    }
+}
+
+/// Embeddings and a stack of post-norm layers.
+pub(crate) struct Encoder {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    pub fn build(b: &mut Builder, embeddings: Embeddings, layer_prefix: &str, names: &LayerNames, d: &Dims) -> Encoder {
+        let layers = (0..d.layers).map(|i| Layer::build(b, &format!("{layer_prefix}.{i}"), names, d)).collect();
+        Encoder { embeddings, layers }
+    }
+
+    /// The last layer's hidden state at each row's first position, `(rows, hidden)` in fp32.
+    ///
+    /// Only that position goes on to the head, so the last layer computes its output for it
+    /// alone (keys and values still come from every token): the same logits, with about 5/6 of
+    /// the last layer's work left out.
+    pub fn first(&self, w: &Weights, x: &Inputs, train: bool) -> Tensor {
+        let mut h = self.embeddings.forward(w, x, train);
+        let Some((last, rest)) = self.layers.split_last() else { return x.first(&h) };
+        for layer in rest {
+            h = layer.forward(w, &h, false, &h, x, train);
+        }
+        last.forward(w, &x.first(&h), true, &h, x, train)
+    }
+}
+
+/// BertForSequenceClassification: the pooler (dense, tanh) over [CLS], dropout, classifier.
+struct Bert {
+    encoder: Encoder,
+    pooler: Linear,
+    classifier: Linear,
+    dropout: f64,
+}
+
+impl Network for Bert {
+    fn forward(&self, w: &Weights, x: &Inputs, train: bool) -> Tensor {
+        let cls = self.encoder.first(w, x, train);
+        let pooled = dropout(&w.linear(&self.pooler, &cls).tanh(), self.dropout, train);
+        w.linear(&self.classifier, &pooled).to_kind(Kind::Float)
     }
 }

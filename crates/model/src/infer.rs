@@ -47,7 +47,7 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
         // Made in the first batch's guard: in bf16 it allocates the weights' working copy.
         let mut frozen = None;
         for chunk in order.chunks(batch_size.max(1)) {
-            let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.config.max_position_embeddings as usize));
+            let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.max_length()));
             tokens += b.tokens;
             let l = guard(b.rows, b.len, device, || {
                 let (x, labels) = to_device(&b, device);

@@ -106,6 +106,62 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    /// Position ids counted over real tokens from `pad + 1` (RoBERTa's, from `padding_idx`),
+    /// `pad` at padded positions: token-wise `(n,)`.
+    pub fn positions_after(&self, pad: i64) -> Tensor {
+        match (&self.padding, self.packed()) {
+            (_, Some(p)) => &p.column + (pad + 1),
+            (Some(p), None) => {
+                let m = p.mask.view([self.rows, self.len]).to_kind(Kind::Int64);
+                (m.cumsum(1, Kind::Int64) * &m + pad).view(-1)
+            }
+            (None, None) => {
+                let cols = Tensor::arange(self.len, (Kind::Int64, self.ids.device())) + (pad + 1);
+                cols.repeat([self.rows])
+            }
+        }
+    }
+
+    /// The mean of token-wise `(n, width)` over each row's real tokens: `(rows, width)`.
+    pub fn mean(&self, t: &Tensor) -> Tensor {
+        let width = t.size()[1];
+        match (&self.padding, self.packed()) {
+            (Some(pad), Some(p)) => {
+                let row = p.flat.floor_divide_scalar(self.len);
+                let sums = Tensor::zeros([self.rows, width], (t.kind(), t.device())).index_add(0, &row, t);
+                sums / pad.mask.view([self.rows, 1, self.len]).sum_dim_intlist(2, false, t.kind())
+            }
+            (Some(pad), None) => {
+                let m = pad.mask.view([self.rows, self.len, 1]).to_kind(t.kind());
+                (t.view([self.rows, self.len, width]) * &m).sum_dim_intlist(1, false, t.kind()) / m.sum_dim_intlist(1, false, t.kind())
+            }
+            (None, _) => t.view([self.rows, self.len, width]).mean_dim(1, false, t.kind()),
+        }
+    }
+
+    /// The attention mask of a bidirectional sliding window: a query attends to keys at most
+    /// `half` positions away (and not to padding). For every query row `(rows, 1, len, len)`,
+    /// or (`first_only`) for each row's first position `(rows, 1, 1, len)`. A query may always
+    /// attend to itself, so that no row of scores is all masked (the padded queries' outputs are
+    /// never read). `None` where nothing is masked.
+    pub fn window_mask(&self, half: i64, first_only: bool) -> Option<Tensor> {
+        if self.len - 1 <= half {
+            return self.mask().map(|m| m.shallow_clone());
+        }
+        let dev = self.ids.device();
+        let cols = Tensor::arange(self.len, (Kind::Int64, dev));
+        let rows = if first_only { Tensor::zeros([1], (Kind::Int64, dev)) } else { cols.shallow_clone() };
+        let (q, k) = (rows.view([-1, 1]), cols.view([1, -1]));
+        let band = (&q - &k).abs().le(half);
+        let mask = match self.mask() {
+            Some(keys) => band.logical_and(&keys.logical_or(&q.eq_tensor(&k))),
+            None => band.view([1, 1, q.size()[0], self.len]),
+        };
+        Some(mask)
+    }
+}
+
 /// Moves a batch to `device` in one host-to-device copy, with its `labels` (returned as a
 /// `(labels.len(),)` tensor). `ids` and `mask` are row-major `rows × len`; `mask` 1 for real
 /// tokens, `None` when nothing is padded.

@@ -1,6 +1,6 @@
 //! Named parameters under Hugging Face names (`bert.encoder.layer.0.attention.self.query.weight`,
-//! `classifier.weight`, ...), kept in fp32 as the master copy; HF initialization; safetensors
-//! loading (with or without the `bert.` prefix) and saving.
+//! `classifier.weight`, ...), kept in fp32 as the master copy; HF initialization from a family's
+//! [`Layout`]; safetensors loading (encoder-only checkpoints renamed by the family) and saving.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,17 +8,8 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::BertConfig;
+use crate::nn::{Init, Layout, Linear, Slot};
 use crate::LoadReport;
-
-/// How a parameter is initialized (transformers' `BertPreTrainedModel._init_weights`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Init {
-    Normal,
-    NormalPadZero(i64),
-    Zeros,
-    Ones,
-}
 
 /// Parameters in a fixed order (the order HF lists them), each a leaf tensor requiring grad.
 ///
@@ -29,6 +20,10 @@ pub struct Params {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
     index: HashMap<String, usize>,
+    /// The layout's slots (decay, head, linear flags), by index.
+    slots: Vec<Slot>,
+    /// Fused groups of linear layers (see [`crate::nn::Fused`]).
+    fused: Vec<Vec<Linear>>,
     /// Indices of the linear layers' weights and biases, in the order of [`Params::linear`].
     linear: Vec<usize>,
     flat: Tensor,
@@ -43,41 +38,41 @@ pub struct Params {
     grad_reset: tch::COptimizer,
 }
 
-/// One parameter of the layout: name, shape, initialization, and whether it belongs to a linear
-/// layer (those run in the model's compute dtype; embeddings and LayerNorms stay fp32).
-type Slot = (String, Vec<i64>, Init, bool);
-
-fn layout(c: &BertConfig, num_labels: i64) -> Vec<Slot> {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let mut v: Vec<Slot> = vec![
-        ("bert.embeddings.word_embeddings.weight".into(), vec![c.vocab_size, h], Init::NormalPadZero(c.pad_token_id), false),
-        ("bert.embeddings.position_embeddings.weight".into(), vec![c.max_position_embeddings, h], Init::Normal, false),
-        ("bert.embeddings.token_type_embeddings.weight".into(), vec![c.type_vocab_size, h], Init::Normal, false),
-        ("bert.embeddings.LayerNorm.weight".into(), vec![h], Init::Ones, false),
-        ("bert.embeddings.LayerNorm.bias".into(), vec![h], Init::Zeros, false),
-    ];
-    let linear = |v: &mut Vec<Slot>, name: String, out: i64, inp: i64| {
-        v.push((format!("{name}.weight"), vec![out, inp], Init::Normal, true));
-        v.push((format!("{name}.bias"), vec![out], Init::Zeros, true));
-    };
-    let ln = |v: &mut Vec<Slot>, name: String| {
-        v.push((format!("{name}.weight"), vec![h], Init::Ones, false));
-        v.push((format!("{name}.bias"), vec![h], Init::Zeros, false));
-    };
-    for l in 0..c.num_hidden_layers {
-        let p = format!("bert.encoder.layer.{l}");
-        for q in ["query", "key", "value"] {
-            linear(&mut v, format!("{p}.attention.self.{q}"), h, h);
+/// A fresh value for one slot, on the CPU (so every device gets the same values).
+fn init_value(slot: &Slot) -> Tensor {
+    let shape = slot.shape.as_slice();
+    let cpu = (Kind::Float, Device::Cpu);
+    match slot.init {
+        Init::Normal(std) => Tensor::randn(shape, cpu) * std,
+        Init::NormalPadZero(std, pad) => {
+            let t = Tensor::randn(shape, cpu) * std;
+            if pad >= 0 && pad < shape[0] {
+                let _ = t.get(pad).fill_(0.0);
+            }
+            t
         }
-        linear(&mut v, format!("{p}.attention.output.dense"), h, h);
-        ln(&mut v, format!("{p}.attention.output.LayerNorm"));
-        linear(&mut v, format!("{p}.intermediate.dense"), i, h);
-        linear(&mut v, format!("{p}.output.dense"), h, i);
-        ln(&mut v, format!("{p}.output.LayerNorm"));
+        Init::TruncNormal { std, cutoff } => {
+            // torch's trunc_normal_: uniform between the normal CDF at the bounds, then the
+            // inverse CDF (via erfinv), clamped to the bounds.
+            let cdf = |x: f64| 0.5 * (1.0 + Tensor::from(x / std::f64::consts::SQRT_2).erf().double_value(&[]));
+            let (lo, hi) = (cdf(-cutoff), cdf(cutoff));
+            let u = Tensor::rand(shape, cpu) * (2.0 * (hi - lo)) + (2.0 * lo - 1.0);
+            (u.erfinv() * (std * std::f64::consts::SQRT_2)).clamp(-cutoff * std, cutoff * std)
+        }
+        Init::Sinusoidal => {
+            // HF's create_sinusoidal_embeddings: angle pos / 10000^(2⌊j/2⌋/dim); sine at even
+            // columns, cosine at odd ones.
+            let (n, dim) = (shape[0], shape[1]);
+            let pos = Tensor::arange(n, cpu).unsqueeze(1);
+            let j = Tensor::arange(dim, cpu);
+            let exponent = (j.floor_divide_scalar(2) * 2.0) / dim as f64;
+            let angle = pos / Tensor::from(10000.0f64).to_kind(Kind::Float).pow(&exponent).unsqueeze(0);
+            let even = Tensor::arange(dim, (Kind::Int64, Device::Cpu)).remainder(2).eq(0);
+            angle.sin().where_self(&even.unsqueeze(0), &angle.cos())
+        }
+        Init::Zeros => Tensor::zeros(shape, cpu),
+        Init::Ones => Tensor::ones(shape, cpu),
     }
-    linear(&mut v, "bert.pooler.dense".into(), h, h);
-    linear(&mut v, "classifier".into(), num_labels, h);
-    v
 }
 
 /// `t` as `kind` in host memory, always a copy (on CPU too): it stays as it is while training
@@ -86,14 +81,20 @@ pub fn host_copy(t: &Tensor, kind: Kind) -> Tensor {
     t.to_device_(Device::Cpu, kind, false, true)
 }
 
-/// Maps a checkpoint's tensor name to ours: adds the `bert.` prefix that encoder-only files
-/// (all-MiniLM-L6-v2) lack, and renames TF-era `gamma`/`beta`.
-pub fn canonical_name(name: &str) -> String {
-    let n = if ["embeddings.", "encoder.", "pooler."].iter().any(|p| name.starts_with(p)) {
-        format!("bert.{name}")
-    } else {
-        name.to_string()
-    };
+/// Where a family's encoder sits in its `*ForSequenceClassification` names: the base model's
+/// attribute (`bert`, `roberta`, `distilbert`, `model`) and the base model's top-level modules,
+/// which encoder-only checkpoints (all-MiniLM-L6-v2, a bare `BertModel`) write without it.
+#[derive(Clone, Copy, Debug)]
+pub struct Prefix {
+    pub base: &'static str,
+    pub roots: &'static [&'static str],
+}
+
+/// Maps a checkpoint's tensor name to ours: adds the base model's prefix that encoder-only files
+/// lack, and renames TF-era `gamma`/`beta`.
+pub fn canonical_name(name: &str, prefix: Prefix) -> String {
+    let bare = prefix.roots.iter().any(|r| name.strip_prefix(r).is_some_and(|rest| rest.starts_with('.')));
+    let n = if bare { format!("{}.{name}", prefix.base) } else { name.to_string() };
     if let Some(stem) = n.strip_suffix(".gamma") {
         format!("{stem}.weight")
     } else if let Some(stem) = n.strip_suffix(".beta") {
@@ -104,46 +105,23 @@ pub fn canonical_name(name: &str) -> String {
 }
 
 impl Params {
-    /// Fresh parameters, initialized as HF does, deterministically from `seed` (generated on the
-    /// CPU, so every device gets the same values).
-    pub fn init(c: &BertConfig, num_labels: i64, device: Device, seed: u64) -> Params {
+    /// Fresh parameters for `layout`, initialized as HF does, deterministically from `seed`
+    /// (generated on the CPU, so every device gets the same values).
+    pub fn init(layout: &Layout, device: Device, seed: u64) -> Params {
         tch::manual_seed(seed as i64);
-        let mut names = Vec::new();
-        let mut shapes = Vec::new();
-        let mut values = Vec::new();
-        let mut linear = Vec::new();
-        tch::no_grad(|| {
-            for (name, shape, init, in_linear) in layout(c, num_labels) {
-                if in_linear {
-                    linear.push(names.len());
-                }
-                let t = match init {
-                    Init::Normal => Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * c.initializer_range,
-                    Init::NormalPadZero(pad) => {
-                        let t = Tensor::randn(&shape, (Kind::Float, Device::Cpu)) * c.initializer_range;
-                        if pad >= 0 && pad < shape[0] {
-                            let _ = t.get(pad).fill_(0.0);
-                        }
-                        t
-                    }
-                    Init::Zeros => Tensor::zeros(&shape, (Kind::Float, Device::Cpu)),
-                    Init::Ones => Tensor::ones(&shape, (Kind::Float, Device::Cpu)),
-                };
-                names.push(name);
-                shapes.push(shape);
-                values.push(t);
-            }
-        });
+        let slots = layout.slots.clone();
+        let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
+        let values: Vec<Tensor> = tch::no_grad(|| slots.iter().map(init_value).collect());
         // Flat order: decayed parameters first, each group in layout order.
-        let mut flat_order: Vec<usize> = (0..names.len()).filter(|&i| Params::decays(&names[i])).collect();
-        flat_order.extend((0..names.len()).filter(|&i| !Params::decays(&names[i])));
+        let mut flat_order: Vec<usize> = (0..names.len()).filter(|&i| slots[i].decay).collect();
+        flat_order.extend((0..names.len()).filter(|&i| !slots[i].decay));
         let mut offsets = vec![0i64; names.len()];
         let mut at = 0i64;
         let mut n_decay = 0i64;
         for &i in &flat_order {
             offsets[i] = at;
             at += values[i].numel() as i64;
-            if Params::decays(&names[i]) {
+            if slots[i].decay {
                 n_decay = at;
             }
         }
@@ -152,7 +130,7 @@ impl Params {
         let tensors: Vec<Tensor> = (0..names.len())
             .map(|i| {
                 let n = values[i].numel() as i64;
-                flat.narrow(0, offsets[i], n).view(shapes[i].as_slice()).detach().set_requires_grad(true)
+                flat.narrow(0, offsets[i], n).view(slots[i].shape.as_slice()).detach().set_requires_grad(true)
             })
             .collect();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
@@ -160,11 +138,8 @@ impl Params {
         for t in &tensors {
             grad_reset.add_parameters(t, 0).expect("libtorch takes a parameter");
         }
-        // Per layer the query, key and value weights, then their biases (the layout has them as
-        // q.weight, q.bias, k.weight, k.bias, v.weight, v.bias), then the rest in layout order.
-        let (qkv, rest): (Vec<usize>, Vec<usize>) = linear.iter().partition(|&&i| names[i].contains(".attention.self."));
-        let linear = qkv.chunks(6).flat_map(|l| [l[0], l[2], l[4], l[1], l[3], l[5]]).chain(rest).collect();
-        Params { names, tensors, index, linear, flat, offsets, flat_order, n_decay, grad_reset }
+        let linear = Params::linear_order(layout);
+        Params { names, tensors, index, slots, fused: layout.fused.clone(), linear, flat, offsets, flat_order, n_decay, grad_reset }
     }
 
     /// The flat fp32 buffer every parameter is a view of.
@@ -229,8 +204,8 @@ impl Params {
 
     /// Indices (in [`Params::names`]) of the linear layers' weights and biases: the parameters
     /// matrix products read, which run in the model's compute dtype. Ordered for the bf16
-    /// working copy (`bert::Weights`): layer `i`'s query, key and value weights at `6i..6i+3`
-    /// and their biases at `6i+3..6i+6`, so each triple is one fused projection; then the rest.
+    /// working copy ([`crate::nn::Weights`]): each fused group's weights, then its biases, then
+    /// the rest.
     pub fn linear(&self) -> &[usize] {
         &self.linear
     }
@@ -278,14 +253,15 @@ impl Params {
         Ok(assigned)
     }
 
-    /// Loads a Hugging Face safetensors file. Encoder weights must all be present; the pooler
-    /// and classifier may be missing (then they keep their fresh initialization).
-    pub fn load_hf(&mut self, path: &Path) -> anyhow::Result<LoadReport> {
+    /// Loads a Hugging Face safetensors file, names mapped by [`canonical_name`]. Encoder
+    /// weights must all be present; the head's may be missing (then they keep their fresh
+    /// initialization, as `from_pretrained` does).
+    pub fn load_hf(&mut self, path: &Path, prefix: Prefix) -> anyhow::Result<LoadReport> {
         let raw = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
         let mut named = Vec::with_capacity(raw.len());
         let mut unused = Vec::new();
         for (name, t) in raw {
-            let c = canonical_name(&name);
+            let c = canonical_name(&name, prefix);
             if self.index.contains_key(&c) {
                 named.push((c, t));
             } else {
@@ -294,21 +270,18 @@ impl Params {
         }
         let assigned = self.assign(&named, &path.display().to_string())?;
         let got: std::collections::HashSet<&String> = assigned.iter().collect();
-        let missing: Vec<String> = self.names.iter().filter(|n| !got.contains(n)).cloned().collect();
-        let required: Vec<&String> = missing
-            .iter()
-            .filter(|n| !n.starts_with("bert.pooler.") && !n.starts_with("classifier."))
-            .collect();
+        let missing: Vec<usize> = (0..self.len()).filter(|&i| !got.contains(&self.names[i])).collect();
+        let required: Vec<&String> = missing.iter().filter(|&&i| !self.slots[i].head).map(|&i| &self.names[i]).collect();
         if !required.is_empty() {
             bail!(
-                "{}: {} encoder weights are missing (first: {:?}); is this a BERT checkpoint matching config.json?",
+                "{}: {} encoder weights are missing (first: {:?}); does config.json's model_type match this checkpoint?",
                 path.display(),
                 required.len(),
                 &required[..required.len().min(3)]
             );
         }
         unused.sort();
-        Ok(LoadReport { initialized: missing, unused })
+        Ok(LoadReport { initialized: missing.iter().map(|&i| self.names[i].clone()).collect(), unused })
     }
 
     /// Loads our own safetensors (exact names, all required).
@@ -331,9 +304,14 @@ impl Params {
         Tensor::write_safetensors(&self.host_copy(kind), path).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// Whether a parameter gets weight decay (HF Trainer: not biases, not LayerNorm weights).
-    pub fn decays(name: &str) -> bool {
-        !(name.ends_with(".bias") || name.contains("LayerNorm"))
+    /// Whether parameter `i` gets weight decay (HF Trainer: not biases, not LayerNorm weights).
+    pub fn decays(&self, i: usize) -> bool {
+        self.slots[i].decay
+    }
+
+    /// The fused groups of linear layers (see [`crate::nn::Fused`]).
+    pub fn fused(&self) -> &[Vec<Linear>] {
+        &self.fused
     }
 }
 
@@ -341,27 +319,57 @@ impl Params {
 mod tests {
     use super::*;
 
+    const BERT: Prefix = Prefix { base: "bert", roots: &["embeddings", "encoder", "pooler"] };
+
     #[test]
     fn names_are_canonicalized() {
-        assert_eq!(canonical_name("embeddings.word_embeddings.weight"), "bert.embeddings.word_embeddings.weight");
-        assert_eq!(canonical_name("bert.pooler.dense.bias"), "bert.pooler.dense.bias");
-        assert_eq!(canonical_name("encoder.layer.0.output.LayerNorm.gamma"), "bert.encoder.layer.0.output.LayerNorm.weight");
-        assert_eq!(canonical_name("classifier.weight"), "classifier.weight");
+        assert_eq!(canonical_name("embeddings.word_embeddings.weight", BERT), "bert.embeddings.word_embeddings.weight");
+        assert_eq!(canonical_name("bert.pooler.dense.bias", BERT), "bert.pooler.dense.bias");
+        assert_eq!(canonical_name("encoder.layer.0.output.LayerNorm.gamma", BERT), "bert.encoder.layer.0.output.LayerNorm.weight");
+        assert_eq!(canonical_name("classifier.weight", BERT), "classifier.weight");
+        assert_eq!(canonical_name("encoderless.weight", BERT), "encoderless.weight", "a root matches a whole module name");
+    }
+
+    fn tiny() -> Params {
+        let c = crate::Config::from(crate::BertConfig::tiny(20));
+        Params::init(&c.layout(2).0, Device::Cpu, 3)
     }
 
     #[test]
     fn decay_groups() {
-        assert!(Params::decays("bert.encoder.layer.0.attention.self.query.weight"));
-        assert!(Params::decays("bert.embeddings.word_embeddings.weight"));
-        assert!(!Params::decays("bert.encoder.layer.0.attention.self.query.bias"));
-        assert!(!Params::decays("bert.embeddings.LayerNorm.weight"));
-        assert!(!Params::decays("classifier.bias"));
+        let p = tiny();
+        let decays = |n: &str| p.decays(p.index_of(n));
+        assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
+        assert!(decays("bert.embeddings.word_embeddings.weight"));
+        assert!(!decays("bert.encoder.layer.0.attention.self.query.bias"));
+        assert!(!decays("bert.embeddings.LayerNorm.weight"));
+        assert!(!decays("classifier.bias"));
+        // The decayed parameters are a prefix of the flat buffer.
+        let n: i64 = (0..p.len()).filter(|&i| p.decays(i)).map(|i| p.tensors[i].numel() as i64).sum();
+        assert_eq!(n, p.n_decay());
+    }
+
+    #[test]
+    fn truncated_normal_and_sinusoidal_inits() {
+        let _rng = crate::torch_rng();
+        tch::manual_seed(5);
+        let slot = |init| Slot { name: "x".into(), shape: vec![200, 50], init, linear: false, decay: false, head: false };
+        let t = init_value(&slot(Init::TruncNormal { std: 0.1, cutoff: 2.0 }));
+        assert!(t.abs().max().double_value(&[]) <= 0.2 + 1e-7);
+        let sd = t.std(true).double_value(&[]);
+        // A normal truncated at ±2σ has standard deviation 0.880σ.
+        assert!((sd - 0.088).abs() < 0.003, "std {sd}");
+        let s = init_value(&slot(Init::Sinusoidal));
+        let at = |p: i64, j: i64| s.double_value(&[p, j]);
+        assert!((at(3, 0) - 3f64.sin()).abs() < 1e-6 && (at(3, 1) - 3f64.cos()).abs() < 1e-6);
+        let angle = 7.0 / 10000f64.powf(4.0 / 50.0);
+        assert!((at(7, 4) - angle.sin()).abs() < 1e-6 && (at(7, 5) - angle.cos()).abs() < 1e-6);
     }
 
     #[test]
     fn zero_grad_leaves_no_gradient_and_the_next_one_is_exact() {
         let _rng = crate::torch_rng();
-        let p = Params::init(&BertConfig::tiny(20), 2, Device::Cpu, 3);
+        let p = tiny();
         let loss = |k: f64| p.tensors.iter().map(|t| (t * k).sum(Kind::Float)).fold(Tensor::from(0f32), |a, b| a + b);
         loss(2.0).backward();
         assert!(p.tensors.iter().all(|t| t.grad().defined()));

@@ -22,6 +22,11 @@ pub struct Tok {
 /// Loads `tokenizer.json`, or builds the BERT WordPiece tokenizer from `vocab.txt` and
 /// `tokenizer_config.json`. Truncation and padding in the file are switched off: the pipeline's
 /// `max_length` and truncation apply instead.
+///
+/// The special ids come from the tokenizer and the model's files, never from BERT's names: the
+/// pad id is `tokenizer_config.json`'s `pad_token`, else `config.json`'s `pad_token_id`, else
+/// the padding the tokenizer file asked for, else a token named `[PAD]` or `<pad>`; the
+/// first and last ids the post-processor puts around a text are reported as `cls` and `sep`.
 pub fn load(model_dir: &Path) -> anyhow::Result<Tok> {
     let json = model_dir.join("tokenizer.json");
     let (mut tokenizer, source) = if json.exists() {
@@ -30,15 +35,46 @@ pub fn load(model_dir: &Path) -> anyhow::Result<Tok> {
     } else {
         (from_vocab(model_dir)?, "vocab.txt")
     };
+    let file_pad = tokenizer.get_padding().map(|p| p.pad_id);
     tokenizer.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     tokenizer.with_padding(None);
+    let tok_cfg = read_json(&model_dir.join("tokenizer_config.json"))?;
+    let config = read_json(&model_dir.join("config.json"))?;
     let id = |t: &str| tokenizer.token_to_id(t);
-    let pad_id = id("[PAD]").or_else(|| id("<pad>")).unwrap_or(0);
-    let cls_id = id("[CLS]").or_else(|| id("<s>"));
-    let sep_id = id("[SEP]").or_else(|| id("</s>"));
-    let unk_id = id("[UNK]").or_else(|| id("<unk>"));
+    let named = |key: &str| special_token(&tok_cfg, key).and_then(|t| id(&t));
+    let config_pad = config["pad_token_id"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| tokenizer.id_to_token(p).is_some());
+    let pad_id = named("pad_token").or(config_pad).or(file_pad).or_else(|| id("[PAD]")).or_else(|| id("<pad>")).unwrap_or(0);
+    let (prefix, suffix) = wrapping(&tokenizer).unwrap_or_default();
+    let unk_id = named("unk_token").or_else(|| id("[UNK]")).or_else(|| id("<unk>"));
     let fast = AsciiBert::new(&tokenizer);
-    Ok(Tok { pad_id, cls_id, sep_id, unk_id, fast, tokenizer, source: source.into() })
+    Ok(Tok { pad_id, cls_id: prefix.first().copied(), sep_id: suffix.last().copied(), unk_id, fast, tokenizer, source: source.into() })
+}
+
+/// A JSON file of the model directory, `{}` when absent.
+fn read_json(path: &Path) -> anyhow::Result<serde_json::Value> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", path.display())),
+        Err(_) => Ok(serde_json::json!({})),
+    }
+}
+
+/// A special token of `tokenizer_config.json`: a string, or an AddedToken object's `content`.
+fn special_token(cfg: &serde_json::Value, key: &str) -> Option<String> {
+    let v = &cfg[key];
+    v.as_str().or_else(|| v["content"].as_str()).map(String::from)
+}
+
+/// The ids the post-processor puts before and after a single sequence, found by running it on
+/// a probe of two sentinel ids; `None` when it does something other than wrap the sequence.
+pub fn wrapping(t: &Tokenizer) -> Option<(Vec<u32>, Vec<u32>)> {
+    let (a, b) = (u32::MAX - 1, u32::MAX);
+    let probe = Encoding::new(vec![a, b], vec![0; 2], vec![String::new(); 2], vec![None; 2], vec![(0, 0); 2], vec![0; 2], vec![1; 2], vec![], Default::default());
+    let ids = t.post_process(probe, None, true).ok()?.get_ids().to_vec();
+    let at = ids.iter().position(|&x| x == a)?;
+    if ids.get(at + 1) != Some(&b) || ids.iter().filter(|&&x| x == a || x == b).count() != 2 {
+        return None;
+    }
+    Some((ids[..at].to_vec(), ids[at + 2..].to_vec()))
 }
 
 fn from_vocab(model_dir: &Path) -> anyhow::Result<Tokenizer> {
@@ -50,11 +86,7 @@ fn from_vocab(model_dir: &Path) -> anyhow::Result<Tokenizer> {
     if !vocab.exists() {
         bail!("{}: no tokenizer.json and no vocab.txt", model_dir.display());
     }
-    let cfg_path = model_dir.join("tokenizer_config.json");
-    let cfg: serde_json::Value = match std::fs::read(&cfg_path) {
-        Ok(b) => serde_json::from_slice(&b).with_context(|| format!("{}: not JSON", cfg_path.display()))?,
-        Err(_) => serde_json::json!({}),
-    };
+    let cfg = read_json(&model_dir.join("tokenizer_config.json"))?;
     let lower = cfg["do_lower_case"].as_bool().unwrap_or(true);
     let strip = cfg["strip_accents"].as_bool();
     let chinese = cfg["tokenize_chinese_chars"].as_bool().unwrap_or(true);
@@ -166,14 +198,7 @@ impl AsciiBert {
         if added.values().any(|a| a.normalized) {
             return None;
         }
-        // Where the post-processor puts a sequence: mark it with two sentinel ids.
-        let (a, b) = (u32::MAX - 1, u32::MAX);
-        let probe = Encoding::new(vec![a, b], vec![0; 2], vec![String::new(); 2], vec![None; 2], vec![(0, 0); 2], vec![0; 2], vec![1; 2], vec![], Default::default());
-        let ids = t.post_process(probe, None, true).ok()?.get_ids().to_vec();
-        let at = ids.iter().position(|&x| x == a)?;
-        if ids.get(at + 1) != Some(&b) || ids.iter().filter(|&&x| x == a || x == b).count() != 2 {
-            return None;
-        }
+        let (prefix, suffix) = wrapping(t)?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Some(AsciiBert {
             id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -181,8 +206,8 @@ impl AsciiBert {
             clean_text: n.clean_text,
             lowercase: n.lowercase,
             added: added.into_values().map(|a| a.content).collect(),
-            prefix: ids[..at].to_vec(),
-            suffix: ids[at + 2..].to_vec(),
+            prefix,
+            suffix,
         })
     }
 

@@ -22,7 +22,6 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use pipeline::files::{Hparams, Labels, Mfu, TokenizeMeta, TrainSummary};
 use pipeline::{Precision, TrainParams};
-use serde_json::json;
 use tch::Kind;
 
 /// Bump when the artifact's layout or the training algorithm's meaning changes.
@@ -65,24 +64,6 @@ pub fn label_names(tokenize: &Path) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The config.json we ship with trained weights: the base config plus the classification head.
-pub fn classifier_config(base: &model::BertConfig, names: &[String]) -> serde_json::Value {
-    let mut v = serde_json::to_value(base).unwrap_or_default();
-    let id2label: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
-    let label2id: serde_json::Map<String, serde_json::Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
-    v["architectures"] = json!(["BertForSequenceClassification"]);
-    v["model_type"] = json!("bert");
-    v["num_labels"] = json!(names.len());
-    v["id2label"] = json!(id2label);
-    v["label2id"] = json!(label2id);
-    v["problem_type"] = json!("single_label_classification");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("_name_or_path");
-        o.remove("gradient_checkpointing");
-    }
-    v
-}
-
 /// Peak dense bf16 FLOP/s of known GPUs, for model FLOP utilisation.
 fn peak_flops() -> Option<(String, f64)> {
     let out = std::process::Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"]).output().ok()?;
@@ -107,12 +88,22 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let (pad_id, max_length) = (meta.pad_id, meta.max_length);
     let names = label_names(tokenize)?;
     let positive = positive_class(p, &names)?;
-    let config = model::BertConfig::from_file(&model_dir.join("config.json"))?;
-    if i64::from(meta.max_id) >= config.vocab_size {
+    let config_path = model_dir.join("config.json");
+    let config = model::Config::from_file(&config_path)?;
+    let family = config.family();
+    if i64::from(meta.max_id) >= family.vocab_size() {
         bail!(
             "the tokenizer produces ids up to {} but the model's vocab_size is {}: tokenize and model do not match",
             meta.max_id,
-            config.vocab_size
+            family.vocab_size()
+        );
+    }
+    if max_length as i64 > family.max_length() {
+        bail!(
+            "tokenize.max_length {max_length} exceeds the {} positions of {} ({}); lower tokenize.max_length",
+            family.max_length(),
+            config.model_type,
+            config_path.display()
         );
     }
     let device = model::device::resolve(&p.device)?;
@@ -168,7 +159,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         std::fs::copy(out.join("final.safetensors"), out.join("best.safetensors")).context("copying weights")?;
     }
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&classifier_config(&config, &names))?)?;
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config.classifier_json(&names))?)?;
     let hparams = Hparams {
         params: p.clone(),
         total_steps: outcome.total_steps,
@@ -198,10 +189,10 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
 }
 
 /// `summary.json`: what a run did, and on a GPU its model FLOP utilisation.
-fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::BertConfig, device: tch::Device) -> TrainSummary {
+fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::Config, device: tch::Device) -> TrainSummary {
     let st = &outcome.state;
     let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
-    let flops = 3.0 * st.tokens as f64 * config.encoder_flops_per_token(avg_len as i64);
+    let flops = 3.0 * st.tokens as f64 * config.family().flops_per_token(avg_len);
     let loop_secs = (st.train_seconds - st.eval_seconds).max(1e-9);
     let mfu = match device {
         tch::Device::Cuda(_) => peak_flops().map(|(gpu, peak)| Mfu { gpu, model_tflops_per_s: flops / loop_secs / 1e12, mfu: flops / loop_secs / peak }),

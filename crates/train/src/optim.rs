@@ -230,7 +230,7 @@ mod tests {
         // torch.optim.AdamW computes it.
         let mut c = model::BertConfig::tiny(16);
         c.num_hidden_layers = 0;
-        let params = model::Params::init(&c, 2, tch::Device::Cpu, 0);
+        let params = model::Params::init(&model::Config::from(c.clone()).layout(2).0, tch::Device::Cpu, 0);
         let mut opt = AdamW::new(&params, 0.01);
         let w = params.get("classifier.weight").shallow_clone();
         let before = f64::try_from(w.get(0).get(0)).unwrap();
@@ -260,9 +260,9 @@ mod tests {
     fn fused_cpu_step_equals_the_tensor_step() {
         // No libtorch RNG here: tests run in parallel and share its global generator.
         let c = model::BertConfig::tiny(40);
-        let start = model::Params::init(&c, 3, tch::Device::Cpu, 1).flat().copy();
+        let start = model::Params::init(&model::Config::from(c.clone()).layout(3).0, tch::Device::Cpu, 1).flat().copy();
         let run = |fused: bool| -> Tensor {
-            let params = model::Params::init(&c, 3, tch::Device::Cpu, 1);
+            let params = model::Params::init(&model::Config::from(c.clone()).layout(3).0, tch::Device::Cpu, 1);
             tch::no_grad(|| params.flat().shallow_clone().copy_(&start));
             let mut opt = AdamW::new(&params, 0.01);
             // A decayed weight, so that skipping it tests the decay as well as the moments.

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(split) = &cli.eval_split {
         let device = model::device::resolve(&params.device)?;
         let names = train::label_names(&cli.tokens)?;
-        let config = model::BertConfig::from_file(&cli.out.join("config.json"))?;
+        let config = model::Config::from_file(&cli.out.join("config.json"))?;
         let mut m = model::Model::random(config, names.len() as i64, device, 0)?;
         m.compute = train::compute_kind(params.precision, device);
         m.params.load_exact(&cli.out.join("best.safetensors"))?;

@@ -39,7 +39,7 @@ struct Batch {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let device = model::device::resolve(&cli.device)?;
-    let config = model::BertConfig::from_file(&cli.model.join("config.json"))?;
+    let config = model::Config::from_file(&cli.model.join("config.json"))?;
     let (mut m, _) = model::Model::load(config, cli.num_labels, &cli.model.join("model.safetensors"), device, 0)?;
     if let Some(head) = &cli.head {
         let named = tch::Tensor::read_safetensors(head).with_context(|| format!("reading {}", head.display()))?;

@@ -1,0 +1,327 @@
+//! The building blocks every family's network is made of: a [`Builder`] that declares parameters
+//! (the layout [`crate::Params`] allocates) and hands back typed modules holding their indices,
+//! and [`Weights`], the parameters as one forward pass reads them (the bf16 working copy).
+//!
+//! A family builds its modules once, when the model is made: the forward pass holds [`Linear`],
+//! [`LayerNorm`] and [`Fused`] values and never looks a name up.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::dropout::dropout;
+use crate::{Model, Params};
+
+/// How a fresh parameter is initialized (HF's `_init_weights` of each family).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// Normal with this standard deviation.
+    Normal(f64),
+    /// Normal, with the row of this padding id zeroed (`nn.Embedding(padding_idx=…)`).
+    NormalPadZero(f64, i64),
+    /// Normal truncated to ±`cutoff`·std (torch's `trunc_normal_`).
+    TruncNormal { std: f64, cutoff: f64 },
+    /// DistilBERT's fixed sinusoidal position table.
+    Sinusoidal,
+    Zeros,
+    Ones,
+}
+
+/// One parameter of the layout.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// The Hugging Face name.
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub init: Init,
+    /// Read by a matrix product (runs in the compute dtype; embeddings and norms stay fp32).
+    pub linear: bool,
+    /// Gets weight decay (HF Trainer: not biases, not LayerNorm weights).
+    pub decay: bool,
+    /// Part of the classification head: may be missing from a pretrained checkpoint.
+    pub head: bool,
+}
+
+/// A linear layer: parameter indices of its weight `(out, in)` and bias.
+#[derive(Clone, Copy, Debug)]
+pub struct Linear {
+    pub weight: usize,
+    pub bias: Option<usize>,
+}
+
+/// A LayerNorm over the last dimension (bias-free in ModernBERT).
+#[derive(Clone, Copy, Debug)]
+pub struct LayerNorm {
+    pub weight: usize,
+    pub bias: Option<usize>,
+    pub dim: i64,
+    pub eps: f64,
+}
+
+/// Linear layers with the same input whose weights the bf16 working copy lays side by side, so
+/// that their products can run as one (query, key and value): an index into [`Layout::fused`].
+#[derive(Clone, Copy, Debug)]
+pub struct Fused(pub usize);
+
+/// Activation functions by their `ACT2FN` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    #[serde(rename = "gelu")]
+    Gelu,
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+    #[serde(rename = "relu")]
+    Relu,
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    #[serde(rename = "tanh")]
+    Tanh,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// What a family declares: every parameter in order, and the fused groups.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub slots: Vec<Slot>,
+    /// Groups of linear layers (each with or without bias, all alike) fused in the working copy.
+    pub fused: Vec<Vec<Linear>>,
+}
+
+/// Declares parameters as a family builds its modules (candle's `VarBuilder`, without the
+/// tensors: [`crate::Params`] allocates them from the finished [`Layout`]).
+#[derive(Default)]
+pub struct Builder {
+    layout: Layout,
+    head: bool,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Declares the parameters that follow as part of the classification head (they may be
+    /// missing from a pretrained checkpoint and are then initialized fresh).
+    pub fn head(&mut self) {
+        self.head = true;
+    }
+
+    pub fn finish(self) -> Layout {
+        self.layout
+    }
+
+    /// Declares one parameter; returns its index.
+    pub fn param(&mut self, name: &str, shape: &[i64], init: Init, linear: bool, decay: bool) -> usize {
+        let head = self.head;
+        self.layout.slots.push(Slot { name: name.to_string(), shape: shape.to_vec(), init, linear, decay, head });
+        self.layout.slots.len() - 1
+    }
+
+    /// An embedding table `(rows, dim)`, decayed like any weight.
+    pub fn embedding(&mut self, name: &str, rows: i64, dim: i64, init: Init) -> usize {
+        self.param(&format!("{name}.weight"), &[rows, dim], init, false, true)
+    }
+
+    /// `nn.Linear(inp, out, bias)` named `name` (`name.weight`, `name.bias`).
+    pub fn linear(&mut self, name: &str, inp: i64, out: i64, bias: bool, init: Init) -> Linear {
+        let weight = self.param(&format!("{name}.weight"), &[out, inp], init, true, true);
+        let bias = bias.then(|| self.param(&format!("{name}.bias"), &[out], Init::Zeros, true, false));
+        Linear { weight, bias }
+    }
+
+    /// `nn.LayerNorm(dim, eps, bias)` named `name`.
+    pub fn layer_norm(&mut self, name: &str, dim: i64, eps: f64, bias: bool) -> LayerNorm {
+        let weight = self.param(&format!("{name}.weight"), &[dim], Init::Ones, false, false);
+        let bias = bias.then(|| self.param(&format!("{name}.bias"), &[dim], Init::Zeros, false, false));
+        LayerNorm { weight, bias, dim, eps }
+    }
+
+    /// Groups linear layers of one input for a fused product in the working copy.
+    pub fn fuse(&mut self, parts: &[Linear]) -> Fused {
+        self.layout.fused.push(parts.to_vec());
+        Fused(self.layout.fused.len() - 1)
+    }
+}
+
+/// A family's network, built once from the layout's indices: logits from a batch.
+pub trait Network: Send + Sync {
+    /// Logits `(rows, num_labels)` in fp32. Hidden states are token-wise `(n, hidden)` matrices:
+    /// every position of the batch, or only the real tokens when `x` is packed.
+    fn forward(&self, w: &Weights, x: &crate::Inputs, train: bool) -> Tensor;
+}
+
+/// The parameters as one forward pass reads them, in `model.compute`.
+///
+/// In fp32, the master parameters themselves. In bf16, one working copy per pass: the linear
+/// layers' masters concatenated and cast (two kernels), then split back into views; backward
+/// casts the working copy's gradient to fp32 once and hands each master its slice. Values and
+/// gradients are those of a cast at each use, which costs a cast kernel per weight forward and
+/// another backward (~300 launches a step at bert-base's shape).
+///
+/// The copy lays each [`Fused`] group's weights side by side (then their biases), so the fused
+/// product (query, key and value: `(3 hidden, hidden)`) is one more view of it: one matrix
+/// product instead of three, and ~20 fewer kernels forward and backward.
+pub struct Weights<'a> {
+    pub(crate) m: &'a Model,
+    /// The working copy of parameter `i`; `None`: the master (fp32) or cast at use.
+    cast: Vec<Option<Tensor>>,
+    /// Per fused group, its weight and bias as one; `None`: the parts run one by one.
+    fused: Vec<Option<(Tensor, Option<Tensor>)>>,
+}
+
+impl<'a> Weights<'a> {
+    pub fn new(m: &'a Model) -> Weights<'a> {
+        let p = &m.params;
+        let mut w = Weights { m, cast: (0..p.len()).map(|_| None).collect(), fused: (0..p.fused().len()).map(|_| None).collect() };
+        if m.compute == Kind::Float {
+            return w;
+        }
+        // Params keeps the linear parameters in the order this copy needs (see Params::linear).
+        let order = p.linear();
+        let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
+        let flat: Vec<Tensor> = order.iter().map(|&i| p.tensors[i].view(-1)).collect();
+        let copy = Tensor::cat(&flat, 0).to_kind(m.compute);
+        let mut offset = vec![0i64; p.len()];
+        let mut at = 0;
+        for ((&i, part), n) in order.iter().zip(copy.split_with_sizes(sizes.as_slice(), 0)).zip(&sizes) {
+            w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
+            offset[i] = at;
+            at += n;
+        }
+        // Each group's weights are contiguous in `copy`, and so are its biases.
+        for (slot, group) in w.fused.iter_mut().zip(p.fused()) {
+            let rows: i64 = group.iter().map(|l| p.tensors[l.weight].size()[0]).sum();
+            let inp = p.tensors[group[0].weight].size()[1];
+            let weight = copy.narrow(0, offset[group[0].weight], rows * inp).view([rows, inp]);
+            let bias = group[0].bias.map(|b| copy.narrow(0, offset[b], rows));
+            *slot = Some((weight, bias));
+        }
+        w
+    }
+
+    /// Every weight cast at its use, the fused groups concatenated from those casts (the
+    /// working copy's reference, for tests).
+    #[cfg(test)]
+    pub(crate) fn cast_at_use(m: &'a Model) -> Weights<'a> {
+        let mut w = Weights { m, cast: (0..m.params.len()).map(|_| None).collect(), fused: Vec::new() };
+        w.fused = m
+            .params
+            .fused()
+            .iter()
+            .map(|g| {
+                let weight = Tensor::cat(&g.iter().map(|l| w.get(l.weight)).collect::<Vec<_>>(), 0);
+                let bias = g[0].bias.map(|_| Tensor::cat(&g.iter().filter_map(|l| l.bias.map(|b| w.get(b))).collect::<Vec<_>>(), 0));
+                Some((weight, bias))
+            })
+            .collect();
+        w
+    }
+
+    /// How many parameters the working copy holds.
+    #[cfg(test)]
+    pub(crate) fn copied(&self) -> usize {
+        self.cast.iter().flatten().count()
+    }
+
+    pub fn model(&self) -> &'a Model {
+        self.m
+    }
+
+    pub fn compute(&self) -> Kind {
+        self.m.compute
+    }
+
+    /// Parameter `i` in the compute dtype.
+    pub fn get(&self, i: usize) -> Tensor {
+        match &self.cast[i] {
+            Some(t) => t.shallow_clone(),
+            None => self.m.params.tensors[i].to_kind(self.m.compute),
+        }
+    }
+
+    /// Parameter `i`'s fp32 master (embeddings, norms).
+    pub fn master(&self, i: usize) -> &Tensor {
+        &self.m.params.tensors[i]
+    }
+
+    /// `x · Wᵀ + b` in the compute dtype.
+    pub fn linear(&self, l: &Linear, x: &Tensor) -> Tensor {
+        let b = l.bias.map(|b| self.get(b));
+        x.to_kind(self.m.compute).linear(&self.get(l.weight), b.as_ref())
+    }
+
+    /// A fused group's product `(n, Σ out)`: one product on the working copy, else one per part
+    /// concatenated (fp32 keeps separate products: its masters are not contiguous per group).
+    pub fn fused(&self, f: Fused, parts: &[Linear], x: &Tensor) -> Tensor {
+        match &self.fused[f.0] {
+            Some((wt, b)) => x.to_kind(self.m.compute).linear(wt, b.as_ref()),
+            None => Tensor::cat(&parts.iter().map(|l| self.linear(l, x)).collect::<Vec<_>>(), 1),
+        }
+    }
+
+    /// The fused group's product for a contiguous range of its parts (`from..from + n`).
+    pub fn fused_part(&self, f: Fused, parts: &[Linear], from: usize, n: usize, x: &Tensor) -> Tensor {
+        match &self.fused[f.0] {
+            Some((wt, b)) => {
+                let rows = |ls: &[Linear]| ls.iter().map(|l| self.m.params.tensors[l.weight].size()[0]).sum::<i64>();
+                let (start, len) = (rows(&parts[..from]), rows(&parts[from..from + n]));
+                x.to_kind(self.m.compute).linear(&wt.narrow(0, start, len), b.as_ref().map(|b| b.narrow(0, start, len)).as_ref())
+            }
+            None => Tensor::cat(&parts[from..from + n].iter().map(|l| self.linear(l, x)).collect::<Vec<_>>(), 1),
+        }
+    }
+
+    /// LayerNorm in fp32 over fp32 masters, as under autocast.
+    pub fn layer_norm(&self, n: &LayerNorm, x: &Tensor) -> Tensor {
+        let b = n.bias.map(|b| self.master(b));
+        x.to_kind(Kind::Float).layer_norm([n.dim], Some(self.master(n.weight)), b, n.eps, true)
+    }
+}
+
+impl Params {
+    /// Indices of the linear layers' weights and biases, ordered for the bf16 working copy
+    /// ([`Weights`]): each fused group's weights, then its biases, then every other linear
+    /// parameter in layout order.
+    pub(crate) fn linear_order(layout: &Layout) -> Vec<usize> {
+        let mut order = Vec::new();
+        for g in &layout.fused {
+            order.extend(g.iter().map(|l| l.weight));
+            order.extend(g.iter().filter_map(|l| l.bias));
+        }
+        let seen: std::collections::HashSet<usize> = order.iter().copied().collect();
+        order.extend((0..layout.slots.len()).filter(|i| layout.slots[*i].linear && !seen.contains(i)));
+        order
+    }
+}
+
+/// Scaled dot-product attention over `(batch, heads, len, head_dim)` with a boolean mask
+/// (`true`: attend) and dropout `p` on the probabilities. SDPA (a fused kernel that never
+/// materialises the scores where the shapes allow), except when dropping out on CPU: libtorch's
+/// CPU SDPA then falls back to its math path with libtorch's slow dropout, so this runs the
+/// same math (scores, softmax, dropout, weighted sum) with the cheap mask.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
+    if p <= 0.0 || q.device() != Device::Cpu {
+        return Tensor::scaled_dot_product_attention(q, k, v, mask, p, false, None, false);
+    }
+    attention_math(q, k, v, mask, p)
+}
+
+/// [`attention`] written out, as libtorch's math path computes it.
+pub fn attention_math(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, p: f64) -> Tensor {
+    let scale = 1.0 / (*q.size().last().unwrap_or(&1) as f64).sqrt();
+    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    if let Some(mk) = mask {
+        scores = scores.masked_fill(&mk.logical_not(), f64::NEG_INFINITY);
+    }
+    let probs = scores.softmax(-1, scores.kind());
+    dropout(&probs, p, p > 0.0).matmul(v)
+}
