@@ -39,4 +39,7 @@ save_file({k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in
 PY
 xz -6 -T2 .device/minilm/model.safetensors
 cp bench/gpu/bert-base-uncased.json .device/bert-base/config.json
+for fam in roberta-base distilbert-base-uncased modernbert-base; do
+  mkdir -p .device/$fam && cp bench/gpu/$fam.json .device/$fam/config.json
+done
 du -sh .device

@@ -3,7 +3,10 @@
 #   bash bench/gpu/run.sh            (results in $OUT, default /tmp/ft-out)
 # 1. ours: all-MiniLM-L6-v2 on IMDB at 256, 3 epochs, bs128, lr 1e-4, bf16, bucketed; test accuracy
 # 2. ours: bert-base shape (random init) at 128/bs128, 256/bs64, 512/bs32, fixed padding and bucketed
-# 3. HF Trainer on the same token ids: the same bert-base shapes (fixed), and the MiniLM IMDB run
+# 3. ours: roberta-base, distilbert-base and ModernBERT-base shapes (random init) at 512/bs32, fixed and bucketed
+# 4. HF Trainer on the same token ids: the same shapes (fixed), and the MiniLM IMDB run
+#    (the IMDB shards' ids come from MiniLM's tokenizer and fit every family's vocabulary: only
+#    the shapes matter for a throughput figure)
 # Before them, bench/gpu/parity.py: our logits against HF's on the device, fp32 and bf16.
 # Prints one table (bench/gpu/table.py) with each figure for both sides and the ratio.
 #
@@ -73,6 +76,14 @@ for lb in 128:128 256:64 512:32; do
     ours "bert-base-$L-$pad" --model "$D/bert-base" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-bb-$L-$pad"
   done
   hf "bert-base-$L-max_length" throughput --config "$D/bert-base/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
+done
+for fam in roberta-base distilbert-base-uncased modernbert-base; do
+  L=512; B=$(BATCH 32)
+  for pad in max_length dynamic; do
+    P=$(params "$fam-$L-$pad" "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: $pad" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
+    ours "$fam-$L-$pad" --model "$D/$fam" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-$fam-$L-$pad"
+  done
+  hf "$fam-$L-max_length" throughput --config "$D/$fam/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
 done
 hf minilm-imdb imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --batch "$(BATCH 128)" --lr 1e-4 $HF_IMDB_RUN --length "$IMDB_LEN"
 python3 bench/gpu/table.py "$R" | tee "$OUT/table.md"

@@ -27,6 +27,12 @@ for L, B in [(128, 128), (256, 64), (512, 32)]:
         o = get("ours", f"bert-base-{L}-{pad}", "steady_samples_per_s")
         label = "fixed" if pad == "max_length" else "bucketed"
         print(f"| bert-base {L}/bs{B} samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
+for fam in ["roberta-base", "distilbert-base-uncased", "modernbert-base"]:
+    hf = get("hf", f"{fam}-512-max_length", "samples_per_s")
+    for pad in ["max_length", "dynamic"]:
+        o = get("ours", f"{fam}-512-{pad}", "steady_samples_per_s")
+        label = "fixed" if pad == "max_length" else "bucketed"
+        print(f"| {fam} 512/bs32 samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
 o = get("ours", "minilm-imdb", "train", "train_seconds")
 h = get("hf", "minilm-imdb", "train_seconds")
 print(f"| MiniLM IMDB@256 3 epochs, training wall s (ours incl. validation) | {fmt(o)} | {fmt(h)} | {fmt(h / o if o and h else None, 2)}x faster |")

