@@ -24,8 +24,8 @@ from shards import read_split
 
 
 class Rows(torch.utils.data.Dataset):
-    def __init__(self, ids, labels, length):
-        self.ids, self.labels, self.length = ids, labels, length
+    def __init__(self, ids, labels, length, pad):
+        self.ids, self.labels, self.length, self.pad = ids, labels, length, pad
 
     def __len__(self):
         return len(self.ids)
@@ -34,7 +34,7 @@ class Rows(torch.utils.data.Dataset):
         x = self.ids[i][: self.length]
         pad = self.length - len(x)
         return {
-            "input_ids": torch.tensor(np.concatenate([x, np.zeros(pad, dtype=np.int64)])),
+            "input_ids": torch.tensor(np.concatenate([x, np.full(pad, self.pad, dtype=np.int64)])),
             "attention_mask": torch.tensor([1] * len(x) + [0] * pad),
             "labels": torch.tensor(self.labels[i]),
         }
@@ -89,7 +89,7 @@ def main():
         model = AutoModelForSequenceClassification.from_config(cfg)
         need = a.batch * a.steps
         reps = (need + len(ids) - 1) // len(ids)
-        ds = Rows((ids * reps)[:need], (labels * reps)[:need], a.length)
+        ds = Rows((ids * reps)[:need], (labels * reps)[:need], a.length, cfg.pad_token_id or 0)
         timer = StepTimer()
         tr = Trainer(model=model, args=args_for("/tmp/hf-bench", a.batch, a.workers, max_steps=a.steps, learning_rate=a.lr), train_dataset=ds, callbacks=[timer])
         tr.train()
@@ -100,9 +100,10 @@ def main():
                           **memory()}))
     else:
         model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=2, dtype=torch.float32, attn_implementation="sdpa")
-        ds = Rows(ids, labels, a.length)
+        pad = model.config.pad_token_id or 0
+        ds = Rows(ids, labels, a.length, pad)
         tids, tlab = read_split(a.tokens, "test")
-        test = Rows(tids, tlab, a.length)
+        test = Rows(tids, tlab, a.length, pad)
         def metrics(p):
             return {"accuracy": float((p.predictions.argmax(-1) == p.label_ids).mean())}
         collate = None

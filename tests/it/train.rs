@@ -292,3 +292,34 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
     let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2")).unwrap_err());
     assert!(e.contains("train.positive_class `maybe`") && e.contains("neg"), "{e}");
 }
+
+/// RoBERTa's positions start after pad_token_id: a max_length that fits max_position_embeddings
+/// but not the positions after the pad is refused before any training, naming the limit.
+#[test]
+fn a_max_length_beyond_the_familys_positions_is_refused_before_training() {
+    let _rng = tests::torch_rng();
+    let (tmp, _, _) = task(16);
+    let meta = pipeline::files::TokenizeMeta {
+        max_length: 64,
+        truncation: pipeline::Truncation::Head,
+        head_tokens: 0,
+        vocab_size: 64,
+        max_id: 63,
+        pad_id: 1,
+        cls_id: Some(0),
+        sep_id: Some(2),
+        unk_id: None,
+        tokenizer_source: "synthetic".into(),
+        splits: Default::default(),
+    };
+    pipeline::files::write(&tmp.path().join("meta.json"), &meta).unwrap();
+    let model_dir = tmp.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let config = serde_json::json!({"model_type": "roberta", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": 1});
+    std::fs::write(model_dir.join("config.json"), config.to_string()).unwrap();
+    let p = params("device: cpu\ninit: random\nmax_steps: 2\n");
+    let e = format!("{:#}", train::run(&p, &model_dir, tmp.path(), &tmp.path().join("out"), &tmp.path().join("work")).unwrap_err());
+    assert!(e.contains("tokenize.max_length 64 exceeds the 62 positions of roberta") && e.contains("config.json"), "{e}");
+    assert!(!tmp.path().join("work").exists(), "nothing ran");
+}

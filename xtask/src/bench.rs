@@ -320,6 +320,11 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
         "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50, "seed": a.seed,
     });
     v["evaluate"] = json!({"split": "test", "device": plan.device(), "bootstrap": 0});
+    if matches!(data, Data::Source) {
+        // Only the download of this pipeline runs (for bench/subset.py); the splits the later
+        // stages name must still be among the source's, which has no validation split.
+        v["train"]["validation_split"] = json!("test");
+    }
     let path = plan.out.join(format!("{name}.yaml"));
     // Sections in stage order (a JSON object sorts its keys).
     let mut text = format!("name: {name}\n");

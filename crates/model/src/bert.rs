@@ -344,14 +344,26 @@ impl Layer {
     /// position.
     fn forward(&self, w: &Weights, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, train: bool) -> Tensor {
         let (nh, d) = (self.d.heads, &self.d);
-        let (q, k, v) = if first_only {
+        let [wq, wk, wv] = &self.qkv;
+        let (q, k, v) = match w.fused(self.fused) {
+            // One product for all three; `heads_fused` splits it after scattering it once.
+            Some((wt, b)) if !first_only => {
+                let [q, k, v] = x.heads_fused::<3>(&h.to_kind(w.compute()).linear(wt, b), nh);
+                (q, k, v)
+            }
             // The query of [CLS] rows alone, then keys and values as one product.
-            let q = w.linear(&self.qkv[0], hq).view([x.rows, 1, nh, -1]).transpose(1, 2);
-            let [k, v] = x.heads_fused::<2>(&w.fused_part(self.fused, &self.qkv, 1, 2, h), nh);
-            (q, k, v)
-        } else {
-            let [q, k, v] = x.heads_fused::<3>(&w.fused(self.fused, &self.qkv, h), nh);
-            (q, k, v)
+            Some((wt, b)) => {
+                let hs = d.hidden;
+                let q = w.linear(wq, hq).view([x.rows, 1, nh, -1]).transpose(1, 2);
+                let kv = h.to_kind(w.compute()).linear(&wt.narrow(0, hs, 2 * hs), b.map(|b| b.narrow(0, hs, 2 * hs)).as_ref());
+                let [k, v] = x.heads_fused::<2>(&kv, nh);
+                (q, k, v)
+            }
+            None => {
+                let q = w.linear(wq, hq);
+                let q = if first_only { q.view([x.rows, 1, nh, -1]).transpose(1, 2) } else { x.heads(&q, nh) };
+                (q, x.heads(&w.linear(wk, h), nh), x.heads(&w.linear(wv, h), nh))
+            }
         };
         let ctx = attention(&q, &k, &v, x.mask(), if train { d.attention_dropout } else { 0.0 });
         let ctx = if first_only { ctx.transpose(1, 2).reshape([x.rows, d.hidden]) } else { x.tokens(&ctx) };

@@ -328,16 +328,21 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     (&xf * cos + rotated * sin).to_kind(x.kind())
 }
 
-/// What every layer of one pass shares: rotary tables and masks by layer type.
-struct Pass {
+/// What every layer of one pass shares: the batch, rotary tables and masks by layer type.
+struct Pass<'x> {
+    x: &'x Inputs,
+    train: bool,
     rope: [(Tensor, Tensor); 2],
     /// Global, local (every query) and local (first positions only) masks.
     masks: [Option<Tensor>; 3],
 }
 
 impl ModernBert {
-    fn layer(&self, w: &Weights, l: &Layer, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, pass: &Pass, train: bool) -> Tensor {
-        let c = &self.c;
+    /// Layer `l` over token-wise hidden states `h`; with `first_only`, its output for each
+    /// row's first position alone, `(rows, hidden)` (keys and values from every token).
+    fn layer(&self, w: &Weights, l: &Layer, h: &Tensor, first_only: bool, pass: &Pass) -> Tensor {
+        let (c, x, train) = (&self.c, pass.x, pass.train);
+        let hq = if first_only { x.first(h) } else { h.shallow_clone() };
         let normed = match &l.attn_norm {
             Some(n) => w.layer_norm(n, h),
             None => h.shallow_clone(),
@@ -355,7 +360,7 @@ impl ModernBert {
         let ctx = attention(&q, &k, &v, mask.as_ref(), if train { c.attention_dropout } else { 0.0 });
         let ctx = if first_only { ctx.transpose(1, 2).reshape([x.rows, c.hidden_size]) } else { x.tokens(&ctx) };
         let a = dropout(&w.linear(&l.wo, &ctx), c.attention_dropout, train);
-        let h = a.to_kind(Kind::Float) + hq;
+        let h = a.to_kind(Kind::Float) + &hq;
         let parts = w.linear(&l.wi, &w.layer_norm(&l.mlp_norm, &h)).chunk(2, -1);
         let gated = c.hidden_activation.apply(&parts[0]) * &parts[1];
         let m = w.linear(&l.mlp_wo, &dropout(&gated, c.mlp_dropout, train));
@@ -369,6 +374,8 @@ impl Network for ModernBert {
         let device = x.ids.device();
         let head_dim = c.hidden_size / self.heads;
         let pass = Pass {
+            x,
+            train,
             rope: self.theta.map(|t| rope_tables(t, x.len, head_dim, device)),
             masks: [x.mask().map(|m| m.shallow_clone()), x.window_mask(self.half_window, false), x.window_mask(self.half_window, true)],
         };
@@ -379,11 +386,7 @@ impl Network for ModernBert {
         let cls = c.classifier_pooling == Pooling::Cls;
         let n = self.layers.len();
         for (i, l) in self.layers.iter().enumerate() {
-            if cls && i + 1 == n {
-                h = self.layer(w, l, &x.first(&h), true, &h, x, &pass, train);
-            } else {
-                h = self.layer(w, l, &h, false, &h, x, &pass, train);
-            }
+            h = self.layer(w, l, &h, cls && i + 1 == n, &pass);
         }
         let pooled = match c.classifier_pooling {
             Pooling::Cls if n > 0 => w.layer_norm(&self.final_norm, &h),

@@ -259,25 +259,10 @@ impl<'a> Weights<'a> {
         x.to_kind(self.m.compute).linear(&self.get(l.weight), b.as_ref())
     }
 
-    /// A fused group's product `(n, Σ out)`: one product on the working copy, else one per part
-    /// concatenated (fp32 keeps separate products: its masters are not contiguous per group).
-    pub fn fused(&self, f: Fused, parts: &[Linear], x: &Tensor) -> Tensor {
-        match &self.fused[f.0] {
-            Some((wt, b)) => x.to_kind(self.m.compute).linear(wt, b.as_ref()),
-            None => Tensor::cat(&parts.iter().map(|l| self.linear(l, x)).collect::<Vec<_>>(), 1),
-        }
-    }
-
-    /// The fused group's product for a contiguous range of its parts (`from..from + n`).
-    pub fn fused_part(&self, f: Fused, parts: &[Linear], from: usize, n: usize, x: &Tensor) -> Tensor {
-        match &self.fused[f.0] {
-            Some((wt, b)) => {
-                let rows = |ls: &[Linear]| ls.iter().map(|l| self.m.params.tensors[l.weight].size()[0]).sum::<i64>();
-                let (start, len) = (rows(&parts[..from]), rows(&parts[from..from + n]));
-                x.to_kind(self.m.compute).linear(&wt.narrow(0, start, len), b.as_ref().map(|b| b.narrow(0, start, len)).as_ref())
-            }
-            None => Tensor::cat(&parts[from..from + n].iter().map(|l| self.linear(l, x)).collect::<Vec<_>>(), 1),
-        }
+    /// A fused group's weight `(Σ out, in)` and bias, one view of the working copy; `None` in
+    /// fp32, where the masters are not contiguous per group (the parts then run one by one).
+    pub fn fused(&self, f: Fused) -> Option<(&Tensor, Option<&Tensor>)> {
+        self.fused[f.0].as_ref().map(|(w, b)| (w, b.as_ref()))
     }
 
     /// LayerNorm in fp32 over fp32 masters, as under autocast.
