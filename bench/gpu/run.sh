@@ -69,16 +69,9 @@ fi
 record parity both python3 bench/gpu/parity.py "$D/bin/ft-logits" "$W/minilm" tests/fixtures/parity/minilm-classifier.safetensors "$W/tok$IMDB_LEN" "$DEV"
 M=$(params minilm "device: $DEV" "precision: $PREC" "$IMDB_RUN" "learning_rate: 1.0e-4" "weight_decay: 0.01" "batch_size: $(BATCH 128)" "log_every_steps: 50")
 ours minilm-imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --params "$M" --out "$W/o-minilm" --eval-split test
-for lb in 128:128 256:64 512:32; do
-  L=${lb%:*}; B=$(BATCH "${lb#*:}")
-  for pad in max_length dynamic; do
-    P=$(params "bb-$L-$pad" "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: $pad" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
-    ours "bert-base-$L-$pad" --model "$D/bert-base" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-bb-$L-$pad"
-  done
-  hf "bert-base-$L-max_length" throughput --config "$D/bert-base/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
-done
-for fam in roberta-base distilbert-base-uncased modernbert-base; do
-  L=512; B=$(BATCH 32)
+# Shape, length and batch of each throughput row (random init: the weights do not matter).
+for spec in bert-base:128:128 bert-base:256:64 bert-base:512:32 roberta-base:512:32 distilbert-base-uncased:512:32 modernbert-base:512:32; do
+  IFS=: read -r fam L B <<< "$spec"; B=$(BATCH "$B")
   for pad in max_length dynamic; do
     P=$(params "$fam-$L-$pad" "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: $pad" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
     ours "$fam-$L-$pad" --model "$D/$fam" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-$fam-$L-$pad"

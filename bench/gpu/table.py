@@ -21,18 +21,13 @@ def fmt(x, d=1):
 
 print("| figure | ours | HF Trainer | ratio |")
 print("|---|---|---|---|")
-for L, B in [(128, 128), (256, 64), (512, 32)]:
-    hf = get("hf", f"bert-base-{L}-max_length", "samples_per_s")
+for fam, L, B in [("bert-base", 128, 128), ("bert-base", 256, 64), ("bert-base", 512, 32), ("roberta-base", 512, 32),
+                  ("distilbert-base-uncased", 512, 32), ("modernbert-base", 512, 32)]:
+    hf = get("hf", f"{fam}-{L}-max_length", "samples_per_s")
     for pad in ["max_length", "dynamic"]:
-        o = get("ours", f"bert-base-{L}-{pad}", "steady_samples_per_s")
+        o = get("ours", f"{fam}-{L}-{pad}", "steady_samples_per_s")
         label = "fixed" if pad == "max_length" else "bucketed"
-        print(f"| bert-base {L}/bs{B} samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
-for fam in ["roberta-base", "distilbert-base-uncased", "modernbert-base"]:
-    hf = get("hf", f"{fam}-512-max_length", "samples_per_s")
-    for pad in ["max_length", "dynamic"]:
-        o = get("ours", f"{fam}-512-{pad}", "steady_samples_per_s")
-        label = "fixed" if pad == "max_length" else "bucketed"
-        print(f"| {fam} 512/bs32 samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
+        print(f"| {fam} {L}/bs{B} samples/s, ours {label} vs HF fixed | {fmt(o)} | {fmt(hf)} | {fmt(o / hf if o and hf else None, 2)}x |")
 o = get("ours", "minilm-imdb", "train", "train_seconds")
 h = get("hf", "minilm-imdb", "train_seconds")
 print(f"| MiniLM IMDB@256 3 epochs, training wall s (ours incl. validation) | {fmt(o)} | {fmt(h)} | {fmt(h / o if o and h else None, 2)}x faster |")

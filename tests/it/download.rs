@@ -218,6 +218,13 @@ fn unsafe_or_unusable_repos_are_refused() {
     e.mock.add("models", "org/evil", "../../etc/passwd", b"x");
     let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/evil"}})), &e.hub(), &e.out("b")));
     assert!(msg.contains("path traversal"), "{msg}");
+    // DeBERTa-v3 ships a SentencePiece model and no tokenizer.json: refused before the weights
+    // are fetched, saying why and what to do.
+    for f in ["config.json", "model.safetensors", "spm.model", "tokenizer_config.json"] {
+        e.mock.add("models", "org/deberta", f, b"{}");
+    }
+    let msg = err_of(download::run(&params(json!({"dataset": {"repo": "org/tiny-imdb"}, "model": {"repo": "org/deberta"}})), &e.hub(), &e.out("c")));
+    assert!(msg.contains("no tokenizer") && msg.contains("spm.model") && msg.contains("save_pretrained"), "{msg}");
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> String {

@@ -89,7 +89,11 @@ pub fn model_files(listing: &[String], what: &str) -> anyhow::Result<Vec<String>
     } else if has("vocab.txt") {
         out.push("vocab.txt".into());
     } else {
-        bail!("{what}: no tokenizer (neither tokenizer.json nor vocab.txt)");
+        let spm = has("spm.model") || has("sentencepiece.bpe.model");
+        bail!(
+            "{what}: no tokenizer (neither tokenizer.json nor vocab.txt){}; save one with transformers              (`AutoTokenizer.from_pretrained(...).save_pretrained(dir)` writes tokenizer.json) and use that directory as download.model.path",
+            if spm { ": a SentencePiece model alone (DeBERTa's spm.model) cannot be read by the tokenizers library" } else { "" }
+        );
     }
     for extra in ["tokenizer_config.json", "special_tokens_map.json", "vocab.txt"] {
         if has(extra) && !out.iter().any(|o| o == extra) {

@@ -19,7 +19,8 @@ pub enum Init {
     NormalPadZero(f64, i64),
     /// Normal truncated to ±`cutoff`·std (torch's `trunc_normal_`).
     TruncNormal { std: f64, cutoff: f64 },
-    /// DistilBERT's fixed sinusoidal position table.
+    /// DistilBERT's sinusoidal position table (`sinusoidal_pos_embds`; trained on from there, as
+    /// in transformers 5).
     Sinusoidal,
     Zeros,
     Ones,
@@ -120,7 +121,7 @@ impl Builder {
     }
 
     /// Declares one parameter; returns its index.
-    pub fn param(&mut self, name: &str, shape: &[i64], init: Init, linear: bool, decay: bool) -> usize {
+    fn param(&mut self, name: &str, shape: &[i64], init: Init, linear: bool, decay: bool) -> usize {
         let head = self.head;
         self.layout.slots.push(Slot { name: name.to_string(), shape: shape.to_vec(), init, linear, decay, head });
         self.layout.slots.len() - 1
