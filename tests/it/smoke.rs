@@ -81,7 +81,7 @@ fn transformers_agrees(export: &Path, texts: &[&str]) {
     let (m, report) = model::Model::load(config, 2, &export.join("model.safetensors"), tch::Device::Cpu, 0).unwrap();
     assert!(report.initialized.is_empty());
     let rows = |k: &str| -> Vec<i64> { hf[k].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect() };
-    let tk = tokenize::tok::load(&export).unwrap();
+    let tk = tokenize::tok::load(export).unwrap();
     let params = pipeline::TokenizeParams { max_length: 64, truncation: pipeline::Truncation::Head, head_tokens: 0, shard_mib: 1 };
     for (i, t) in texts.iter().enumerate() {
         let (ids, _) = tk.encode(t, &params).unwrap();
