@@ -78,7 +78,7 @@ pub struct Config {
 }
 
 fn typed<T: Family + serde::de::DeserializeOwned + 'static>(v: &Value) -> anyhow::Result<Arc<dyn Family>> {
-    let c: T = serde_json::from_value(v.clone())?;
+    let c = T::deserialize(v)?;
     c.check()?;
     Ok(Arc::new(c))
 }
@@ -93,9 +93,11 @@ impl Config {
     /// Parses a config by its `model_type`. A file without one is read as BERT (older BERT
     /// checkpoints omit it). Adding a family is one new file and one arm here.
     pub fn from_json(v: Value) -> anyhow::Result<Config> {
-        let Value::Object(raw) = v else { bail!("config.json must be an object") };
-        let model_type = raw.get("model_type").and_then(Value::as_str).unwrap_or("bert").to_string();
-        let v = Value::Object(raw.clone());
+        // Refused before the family is chosen, so the message is this one and not serde's.
+        if !v.is_object() {
+            bail!("config.json must be an object");
+        }
+        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("bert").to_string();
         let family = match model_type.as_str() {
             "bert" => typed::<BertConfig>(&v)?,
             "roberta" | "xlm-roberta" => typed::<RobertaConfig>(&v)?,
@@ -106,6 +108,7 @@ impl Config {
             ),
             t => bail!("model_type `{t}` is not supported; supported: {SUPPORTED}"),
         };
+        let Value::Object(raw) = v else { bail!("config.json must be an object") };
         Ok(Config { model_type, family, raw })
     }
 

@@ -251,8 +251,6 @@ impl Family for ModernBertConfig {
             dense,
             head_norm,
             classifier,
-            heads: self.num_attention_heads,
-            half_window: self.local_attention / 2,
             theta: [self.rope_theta(LayerType::FullAttention), self.rope_theta(LayerType::SlidingAttention)],
             c: self.clone(),
         })
@@ -303,8 +301,6 @@ struct ModernBert {
     dense: Linear,
     head_norm: LayerNorm,
     classifier: Linear,
-    heads: i64,
-    half_window: i64,
     /// Rotary theta of global and of local layers.
     theta: [f64; 2],
     c: ModernBertConfig,
@@ -333,7 +329,8 @@ struct Pass<'x> {
     x: &'x Inputs,
     train: bool,
     rope: [(Tensor, Tensor); 2],
-    /// Global, local (every query) and local (first positions only) masks.
+    /// Global, local (every query) and local (first positions only) masks; the local ones are
+    /// made only when some layer reads them.
     masks: [Option<Tensor>; 3],
 }
 
@@ -347,7 +344,7 @@ impl ModernBert {
             Some(n) => w.layer_norm(n, h),
             None => h.shallow_clone(),
         };
-        let [q, k, v] = x.heads_fused::<3>(&w.linear(&l.wqkv, &normed), self.heads);
+        let [q, k, v] = x.heads_fused::<3>(&w.linear(&l.wqkv, &normed), c.num_attention_heads);
         let local = l.kind == LayerType::SlidingAttention;
         let (cos, sin) = &pass.rope[local as usize];
         let (q, qcos, qsin) = if first_only { (q.narrow(2, 0, 1), cos.narrow(0, 0, 1), sin.narrow(0, 0, 1)) } else { (q, cos.shallow_clone(), sin.shallow_clone()) };
@@ -372,19 +369,27 @@ impl Network for ModernBert {
     fn forward(&self, w: &Weights, x: &Inputs, train: bool) -> Tensor {
         let c = &self.c;
         let device = x.ids.device();
-        let head_dim = c.hidden_size / self.heads;
-        let pass = Pass {
-            x,
-            train,
-            rope: self.theta.map(|t| rope_tables(t, x.len, head_dim, device)),
-            masks: [x.mask().map(|m| m.shallow_clone()), x.window_mask(self.half_window, false), x.window_mask(self.half_window, true)],
-        };
-        let emb = Tensor::embedding(w.master(self.tok), &x.ids, c.pad_token_id, false, false);
-        let mut h = dropout(&w.layer_norm(&self.emb_norm, &emb), c.embedding_dropout, train);
+        let head_dim = c.hidden_size / c.num_attention_heads;
+        let half = c.local_attention / 2;
         // With [CLS] pooling only the first position goes on to the head: the last layer
         // computes its output for that position alone (keys and values from every token).
         let cls = c.classifier_pooling == Pooling::Cls;
         let n = self.layers.len();
+        let local = |l: &Layer| l.kind == LayerType::SlidingAttention;
+        let first_only_local = cls && self.layers.last().is_some_and(local);
+        let all_local = self.layers[..if cls { n.saturating_sub(1) } else { n }].iter().any(local);
+        let pass = Pass {
+            x,
+            train,
+            rope: self.theta.map(|t| rope_tables(t, x.len, head_dim, device)),
+            masks: [
+                x.mask().map(|m| m.shallow_clone()),
+                if all_local { x.window_mask(half, false) } else { None },
+                if first_only_local { x.window_mask(half, true) } else { None },
+            ],
+        };
+        let emb = Tensor::embedding(w.master(self.tok), &x.ids, c.pad_token_id, false, false);
+        let mut h = dropout(&w.layer_norm(&self.emb_norm, &emb), c.embedding_dropout, train);
         for (i, l) in self.layers.iter().enumerate() {
             h = self.layer(w, l, &h, cls && i + 1 == n, &pass);
         }

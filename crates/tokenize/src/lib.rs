@@ -48,11 +48,7 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<To
     validate(p)?;
     let model_dir = download.join("model");
     let tk = tok::load(&model_dir)?;
-    let config_path = model_dir.join("config.json");
-    let config: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?,
-    )
-    .with_context(|| format!("{}: not JSON", config_path.display()))?;
+    let config = &tk.model_config;
     let vocab = tk.tokenizer.get_vocab_size(true);
     // Added tokens may have ids far beyond the vocabulary's size: the shards' id width and the
     // model's embedding table must hold the largest.

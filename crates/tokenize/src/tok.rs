@@ -17,6 +17,9 @@ pub struct Tok {
     pub source: String,
     /// The ASCII fast path, when the tokenizer is plain BERT WordPiece.
     pub fast: Option<AsciiBert>,
+    /// The model's `config.json` (`{}` when absent), read once here for the pad id and kept for
+    /// the stage's vocabulary and position checks.
+    pub model_config: serde_json::Value,
 }
 
 /// Loads `tokenizer.json`, or builds the BERT WordPiece tokenizer from `vocab.txt` and
@@ -39,15 +42,15 @@ pub fn load(model_dir: &Path) -> anyhow::Result<Tok> {
     tokenizer.with_truncation(None).map_err(|e| anyhow::anyhow!("{e}"))?;
     tokenizer.with_padding(None);
     let tok_cfg = read_json(&model_dir.join("tokenizer_config.json"))?;
-    let config = read_json(&model_dir.join("config.json"))?;
+    let model_config = read_json(&model_dir.join("config.json"))?;
     let id = |t: &str| tokenizer.token_to_id(t);
     let named = |key: &str| special_token(&tok_cfg, key).and_then(|t| id(&t));
-    let config_pad = config["pad_token_id"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| tokenizer.id_to_token(p).is_some());
+    let config_pad = model_config["pad_token_id"].as_u64().and_then(|p| u32::try_from(p).ok()).filter(|&p| tokenizer.id_to_token(p).is_some());
     let pad_id = named("pad_token").or(config_pad).or(file_pad).or_else(|| id("[PAD]")).or_else(|| id("<pad>")).unwrap_or(0);
     let (prefix, suffix) = wrapping(&tokenizer).unwrap_or_default();
     let unk_id = named("unk_token").or_else(|| id("[UNK]")).or_else(|| id("<unk>"));
     let fast = AsciiBert::new(&tokenizer);
-    Ok(Tok { pad_id, cls_id: prefix.first().copied(), sep_id: suffix.last().copied(), unk_id, fast, tokenizer, source: source.into() })
+    Ok(Tok { pad_id, cls_id: prefix.first().copied(), sep_id: suffix.last().copied(), unk_id, fast, tokenizer, source: source.into(), model_config })
 }
 
 /// A JSON file of the model directory, `{}` when absent.
