@@ -14,7 +14,8 @@ const CARD: &str = "---\ndataset_info:\n  features:\n  - name: text\n    dtype: 
 fn parquet_bytes(dir: &Path, n: usize, offset: usize) -> Vec<u8> {
     let data = SplitData {
         text: (0..n).map(|i| format!("review number {} is {}", i + offset, if i % 2 == 0 { "bad" } else { "good" })).collect(),
-        label: (0..n).map(|i| (i % 2) as i64).collect(),
+        text_pair: None,
+        label: download::dataset::Labels::Class((0..n).map(|i| (i % 2) as i64).collect()),
     };
     let p = dir.join(format!("t{offset}.parquet"));
     data.write_parquet(&p).unwrap();
@@ -272,9 +273,9 @@ fn tsv_as_glue_writes_it_and_csv_with_a_delimiter() {
     let s = download::run(&params(p), &e.hub(), &out).unwrap();
     assert_eq!(s["dataset"]["splits"]["train"]["rows"], 3);
     assert_eq!(s["labels"], json!(["LABEL_0", "LABEL_1"]), "numeric labels are class ids, as in CSV and JSON Lines");
-    let (texts, labels) = tokenize::read_split(&out.join("dataset/train.parquet")).unwrap();
-    assert_eq!(texts, ["it 's a \"charming\" film , really", "a dull , lifeless mess", "\"unquoted start"]);
-    assert_eq!(labels, [1, 0, 1]);
+    let rows = tokenize::read_split(&out.join("dataset/train.parquet"), pipeline::Task::SingleLabel).unwrap();
+    assert_eq!(rows.text, ["it 's a \"charming\" film , really", "a dull , lifeless mess", "\"unquoted start"]);
+    assert!(matches!(rows.labels, tokenize::RowLabels::Class(ref l) if l == &[1, 0, 1]));
     let csv = write(d, "semi.csv", "text;label\n\"a; quoted\";1\nplain;0\n");
     let p = json!({"dataset": {"files": {"train": csv}, "delimiter": ";"}, "model": {"path": fixtures().join("tiny-bert").display().to_string()}, "validation": {"fraction": 0.0}});
     let s = download::run(&params(p), &e.hub(), &e.out("semi")).unwrap();
@@ -343,4 +344,74 @@ fn missing_file_and_non_utf8_text_are_named() {
     std::fs::write(&p, b"text,label\n\"caf\xe9 bad bytes\",0\nok,1\n").unwrap();
     let msg = format!("{:#}", local(&e, json!({"train": p.display().to_string()}), json!({})).unwrap_err());
     assert!(msg.contains("bad.csv") && msg.contains("UTF-8"), "{msg}");
+}
+
+#[test]
+fn pairs_label_sets_and_scores_are_normalized() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    // MRPC's layout: the pair's texts in two columns.
+    let tsv = write(d, "mrpc.tsv", "Quality\t#1 String\t#2 String\n1\tthe cat sat\ta cat sat\n0\tit rains\tstocks fell\n1\tsame\tsame\n0\tup\tdown\n");
+    let out = e.out("pairs");
+    let p = json!({"dataset": {"files": {"train": tsv}}, "model": {"path": fixtures().join("tiny-bert").display().to_string()},
+                   "columns": {"text": "#1 String", "text_pair": "#2 String", "label": "Quality"}, "validation": {"fraction": 0.0}});
+    download::run(&params(p), &e.hub(), &out).unwrap();
+    let rows = tokenize::read_split(&out.join("dataset/train.parquet"), pipeline::Task::SingleLabel).unwrap();
+    assert_eq!(rows.text_pair.unwrap(), ["a cat sat", "stocks fell", "same", "down"]);
+
+    // Toxic comments' shape: lists of names, empty lists allowed; names sorted when not given.
+    let rows: String = (0..40).map(|i| format!("{{\"text\": \"c{i}\", \"labels\": {}}}\n", ["[]", "[\"toxic\"]", "[\"toxic\", \"insult\", \"toxic\"]", "[\"obscene\"]"][i % 4])).collect();
+    let f = write(d, "toxic.jsonl", &rows);
+    let multi = json!({"task": "multi_label", "columns": {"label": "labels"}, "validation": {"fraction": 0.25, "seed": 1}});
+    let s = local(&e, json!({"train": f}), multi.clone()).unwrap();
+    assert_eq!(s["labels"], json!(["insult", "obscene", "toxic"]));
+    assert_eq!(s["dataset"]["splits"]["train"]["rows"], 30);
+    assert_eq!(s["dataset"]["validation_carved"]["stratified"], json!(false), "a seeded random split, and the manifest says so");
+    let counts = |split: &str| s["dataset"]["splits"][split]["class_counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect::<Vec<_>>();
+    assert_eq!(counts("train").iter().zip(counts("validation")).map(|(a, b)| a + b).collect::<Vec<_>>(), [10, 10, 20], "repeats count once");
+    // Ids with label_names; an unknown name or id is named.
+    let f = write(d, "ids.jsonl", "{\"text\": \"a\", \"labels\": [0, 2]}\n{\"text\": \"b\", \"labels\": []}\n");
+    let s = local(&e, json!({"train": f}), json!({"task": "multi_label", "columns": {"label": "labels"}, "label_names": ["x", "y", "z"], "validation": {"fraction": 0.0}})).unwrap();
+    assert_eq!(s["dataset"]["splits"]["train"]["class_counts"], json!([1, 0, 1]));
+    let f = write(d, "unknown.jsonl", "{\"text\": \"a\", \"labels\": [\"toxic\", \"spam\"]}\n");
+    let msg = format!("{:#}", local(&e, json!({"train": f}), json!({"task": "multi_label", "columns": {"label": "labels"}, "label_names": ["toxic", "insult"], "validation": {"fraction": 0.0}})).unwrap_err());
+    assert!(msg.contains("\"spam\"") && msg.contains("not a known class") && msg.contains("label_names"), "{msg}");
+
+    // STS-B's shape: a float score; stats in the manifest.
+    let tsv = write(d, "sts.tsv", "sentence1\tsentence2\tscore\na\tb\t4.5\nc\td\t0.25\ne\tf\t2\n");
+    let s = local(&e, json!({"train": tsv}), json!({"task": "regression", "columns": {"text": "sentence1", "text_pair": "sentence2", "label": "score"}, "validation": {"fraction": 0.0}})).unwrap();
+    assert_eq!(s["labels"], json!(["score"]));
+    assert_eq!(s["dataset"]["splits"]["train"]["scores"]["max"], json!(4.5));
+}
+
+#[test]
+fn task_and_label_column_mismatches_are_one_clear_error_each() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    let model = fixtures().join("tiny-bert").display().to_string();
+    let err = |files: serde_json::Value, extra: serde_json::Value| -> (String, PathBuf) {
+        let out = e.out(&format!("bad{}", rand_name()));
+        let mut v = json!({"dataset": {"files": files}, "model": {"path": model}, "validation": {"fraction": 0.0}});
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        (format!("{:#}", download::run(&params(v), &e.hub(), &out).unwrap_err()), out)
+    };
+    let pairs = write(d, "p.jsonl", "{\"a\": \"x\", \"b\": \"y\", \"label\": 0}\n{\"a\": \"z\", \"b\": null, \"label\": 1}\n");
+    let (msg, out) = err(json!({"train": pairs}), json!({"columns": {"text": "a", "text_pair": "b"}}));
+    assert!(msg.contains("p.jsonl") && msg.contains("`b`") && msg.contains("text_pair") && msg.contains("null in rows 1"), "{msg}");
+    assert!(!out.join("dataset/train.parquet").exists(), "nothing written");
+    let lists = write(d, "l.jsonl", "{\"text\": \"x\", \"label\": [\"a\"]}\n{\"text\": \"y\", \"label\": [\"b\"]}\n");
+    let (msg, _) = err(json!({"train": lists}), json!({}));
+    assert!(msg.contains("holds lists") && msg.contains("task: multi_label"), "{msg}");
+    let (msg, _) = err(json!({"train": lists}), json!({"task": "regression"}));
+    assert!(msg.contains("regression") && msg.contains("a number per row"), "{msg}");
+    let words = write(d, "w.csv", "text,label\nx,high\ny,3.5\n");
+    let (msg, _) = err(json!({"train": words}), json!({"task": "regression"}));
+    assert!(msg.contains("w.csv") && msg.contains("\"high\"") && msg.contains("a number per row"), "{msg}");
+    let floats = write(d, "f.csv", "text,label\nx,0.5\ny,3.5\n");
+    let (msg, _) = err(json!({"train": floats}), json!({}));
+    assert!(msg.contains("task: regression"), "{msg}");
+    let (msg, _) = err(json!({"train": floats}), json!({"task": "multi_label"}));
+    assert!(msg.contains("multi_label") && msg.contains("list of class names or ids"), "{msg}");
 }

@@ -36,13 +36,14 @@ fn inputs(case: &serde_json::Value, packed: bool) -> model::Inputs {
     let rows = case["ids"].as_array().unwrap().len();
     let (ids, mask) = (ints(&case["ids"]), ints(&case["mask"]));
     let len = ids.len() / rows;
-    let (mut x, _) = model::inputs::upload(rows, len, &ids, Some(&mask), &[], Device::Cpu);
+    let mut x = model::inputs::upload(rows, len, &ids, None, Some(&mask), Device::Cpu);
     assert!(x.packed().is_some(), "the golden batches are right-padded");
     if !packed {
         x = model::Inputs {
             rows: rows as i64,
             len: len as i64,
             ids: Tensor::from_slice(&ids),
+            types: None,
             padding: Some(model::inputs::Padding { mask: Tensor::from_slice(&mask).to_kind(Kind::Bool).view([rows as i64, 1, 1, len as i64]), packed: None }),
         };
     }
@@ -106,6 +107,7 @@ fn check_tokens(family: &str, texts: &[String], g: &serde_json::Value) {
             truncation: if head.is_some() { pipeline::Truncation::HeadTail } else { pipeline::Truncation::Head },
             head_tokens: head.unwrap_or(0) as usize,
             shard_mib: 1,
+            pair_truncation: Default::default(),
         };
         for (text, want) in texts.iter().zip(case["ids"].as_array().unwrap()) {
             let want: Vec<u32> = want.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
@@ -124,7 +126,7 @@ fn check_family(family: &str, all: &serde_json::Value) {
     check_tokens(family, &texts, g);
     if let Some(long) = g.get("long") {
         let ids: Vec<i64> = long["ids"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
-        let (x, _) = model::inputs::upload(1, ids.len(), &ids, None, &[], Device::Cpu);
+        let x = model::inputs::upload(1, ids.len(), &ids, None, None, Device::Cpu);
         let got = rows_of(&tch::no_grad(|| m.forward(&x, false)));
         let d = max_diff(&got, &matrix(&long["logits"]));
         assert!(d < 1e-4, "{family} at {} tokens: ours {got:?} vs transformers {}", ids.len(), long["logits"]);

@@ -22,13 +22,14 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     assert!(first.iter().all(|o| !o.cached));
     let eval_dir = first[3].artifact.clone().unwrap();
     let metrics: pipeline::files::EvalMetrics = pipeline::files::read(&eval_dir.join("metrics.json")).unwrap();
-    let acc = metrics.scores.accuracy;
+    let scores = metrics.single().unwrap();
+    let acc = scores.accuracy;
     assert!(acc >= 0.85, "held-out accuracy {acc} is not well above chance (0.5)");
     for f in ["report.md", "confusion.png", "curves.png", "length.png", "predictions.parquet"] {
         assert!(eval_dir.join(f).exists(), "{f}");
     }
-    assert_eq!(metrics.scores.n, 160);
-    assert!(metrics.scores.ci95.accuracy.is_some());
+    assert_eq!(scores.n, 160);
+    assert!(scores.ci95.accuracy.is_some());
     let report = std::fs::read_to_string(eval_dir.join("report.md")).unwrap();
     assert!(report.contains("`best.safetensors` of train artifact") && report.contains("Accuracy by text length"), "{report}");
     model_card_shows_the_selected_weights(&first);
@@ -54,7 +55,8 @@ fn every_family_trains_evaluates_and_exports_from_a_local_directory() {
         let out = run(&p);
         let metrics: pipeline::files::EvalMetrics = pipeline::files::read(&out[3].artifact.clone().unwrap().join("metrics.json")).unwrap();
         assert_eq!(metrics.split, "train");
-        assert!(metrics.scores.accuracy >= 0.99, "{family}: train accuracy {}", metrics.scores.accuracy);
+        let acc = metrics.single().unwrap().accuracy;
+        assert!(acc >= 0.99, "{family}: train accuracy {acc}");
         let export = out[4].artifact.clone().unwrap();
         let config: serde_json::Value = serde_json::from_slice(&std::fs::read(export.join("config.json")).unwrap()).unwrap();
         assert_eq!(config["model_type"], family);
@@ -82,7 +84,7 @@ fn transformers_agrees(export: &Path, texts: &[&str]) {
     assert!(report.initialized.is_empty());
     let rows = |k: &str| -> Vec<i64> { hf[k].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect() };
     let tk = tokenize::tok::load(export).unwrap();
-    let params = pipeline::TokenizeParams { max_length: 64, truncation: pipeline::Truncation::Head, head_tokens: 0, shard_mib: 1 };
+    let params = pipeline::TokenizeParams { max_length: 64, truncation: pipeline::Truncation::Head, head_tokens: 0, shard_mib: 1, pair_truncation: Default::default() };
     for (i, t) in texts.iter().enumerate() {
         let (ids, _) = tk.encode(t, &params).unwrap();
         let hf_ids: Vec<i64> = hf["input_ids"][i].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).zip(hf["attention_mask"][i].as_array().unwrap()).filter(|(_, m)| m.as_i64() == Some(1)).map(|(x, _)| x).collect();
@@ -139,9 +141,9 @@ fn model_card_shows_the_selected_weights(first: &[runner::StageOutcome]) {
     let best = summary.best_validation.clone().expect("a best validation");
     let card = std::fs::read_to_string(first[4].artifact.clone().unwrap().join("README.md")).unwrap();
     assert!(card.contains(&format!("the selected weights (`best`, step {})", summary.best_step.unwrap())), "{card}");
-    assert!(card.contains(&format!("| accuracy | {:.4} |", best.accuracy)), "{card}");
-    assert!(card.contains(&format!("| F1 (positive class `pos`) | {:.4} |", best.f1)), "{card}");
-    assert_eq!(best.positive_class, "pos");
+    assert!(card.contains(&format!("| accuracy | {:.4} |", best.accuracy.unwrap())), "{card}");
+    assert!(card.contains(&format!("| f1 (positive class `pos`) | {:.4} |", best.f1.unwrap())), "{card}");
+    assert_eq!(best.positive_class.as_deref(), Some("pos"));
     // Validation ran every epoch, so the log holds an earlier, different validation too; the
     // card's numbers are those of the step the weights came from.
     let log = std::fs::read_to_string(train.join("log.jsonl")).unwrap();

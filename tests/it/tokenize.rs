@@ -12,7 +12,7 @@ fn mirror() -> PathBuf {
 }
 
 fn params(max_length: usize, truncation: Truncation, head_tokens: usize) -> TokenizeParams {
-    TokenizeParams { max_length, truncation, head_tokens, shard_mib: 256 }
+    TokenizeParams { max_length, truncation, head_tokens, shard_mib: 256, pair_truncation: Default::default() }
 }
 
 fn check_against(golden: &serde_json::Value) {
@@ -227,8 +227,8 @@ fn an_id_beyond_65535_on_a_small_vocabulary_survives_tokenize() {
     std::fs::write(model.join("config.json"), r#"{"model_type": "bert", "vocab_size": 70001, "max_position_embeddings": 64}"#).unwrap();
     let ds = tmp.path().join("download/dataset");
     std::fs::create_dir_all(&ds).unwrap();
-    download::dataset::SplitData { text: vec!["good rare bad".into(), "rare".into()], label: vec![1, 0] }.write_parquet(&ds.join("train.parquet")).unwrap();
-    std::fs::write(ds.join("labels.json"), r#"{"names": ["neg", "pos"]}"#).unwrap();
+    download::dataset::SplitData { text: vec!["good rare bad".into(), "rare".into()], text_pair: None, label: download::dataset::Labels::Class(vec![1, 0]) }.write_parquet(&ds.join("train.parquet")).unwrap();
+    std::fs::write(ds.join("labels.json"), r#"{"task": "single_label", "names": ["neg", "pos"]}"#).unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let meta = tokenize::run(&params(16, Truncation::Head, 0), &tmp.path().join("download"), &out).unwrap();

@@ -22,7 +22,7 @@ fn synthetic(dir: &Path, n: usize) {
         }
         w.finish().unwrap();
     }
-    std::fs::write(dir.join("labels.json"), r#"{"names": ["neg", "pos"]}"#).unwrap();
+    std::fs::write(dir.join("labels.json"), r#"{"task": "single_label", "names": ["neg", "pos"]}"#).unwrap();
 
 }
 
@@ -54,10 +54,17 @@ fn job<'a>(p: &'a TrainParams, m: &'a mut model::Model, train: &'a shards::Split
         device: tch::Device::Cpu,
         work: work.to_path_buf(),
         stop_after: stop,
-        positive_class: 1,
+        positive_class: Some(1),
         names: vec!["neg".into(), "pos".into()],
         progress: false,
+        objective: cross_entropy(),
+        select: p.check_task(pipeline::Task::SingleLabel, Some(2)).unwrap(),
     }
+}
+
+/// Unweighted cross-entropy, as the train stage builds it for single-label tasks.
+fn cross_entropy() -> &'static model::loss::Objective {
+    Box::leak(Box::new(model::loss::Objective::single_label(None, 0.0, tch::Device::Cpu)))
 }
 
 #[test]
@@ -69,9 +76,9 @@ fn tiny_bert_learns_a_separable_task() {
     let t = std::time::Instant::now();
     let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let ev = train::trainer::evaluate(&m, &train_s, 64, 0, tch::Device::Cpu, 1, &names()).unwrap();
-    assert!(ev.accuracy >= 0.99, "train accuracy {ev:?}");
-    assert!(out.last_eval.unwrap().accuracy >= 0.99);
+    let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+    assert!(ev.accuracy.unwrap() >= 0.99, "train accuracy {ev:?}");
+    assert!(out.last_eval.unwrap().accuracy.unwrap() >= 0.99);
     // The loss went down: the last logged mean is far below the first.
     let log = std::fs::read_to_string(tmp.path().join("w/log.jsonl")).unwrap();
     let losses: Vec<f64> = log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["loss"].as_f64()).collect();
@@ -115,9 +122,9 @@ fn every_family_learns_and_resumes_bit_identically() {
             let p = params("device: cpu\nepochs: 6\nlearning_rate: 2.0e-3\nbatch_size: 16\nwarmup_ratio: 0.1\nlog_every_steps: 5\n");
             let mut m = model::Model::random(family(name), 2, tch::Device::Cpu, 1).unwrap();
             let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
-            let ev = train::trainer::evaluate(&m, &train_s, 64, 0, tch::Device::Cpu, 1, &names()).unwrap();
-            assert!(ev.accuracy >= 0.99, "{name}: train accuracy {ev:?}");
-            assert!(out.last_eval.unwrap().accuracy >= 0.99, "{name}");
+            let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+            assert!(ev.accuracy.unwrap() >= 0.99, "{name}: train accuracy {ev:?}");
+            assert!(out.last_eval.unwrap().accuracy.unwrap() >= 0.99, "{name}");
         }
         resumes_bit_identically(|_| {}, family(name));
     }
@@ -203,8 +210,8 @@ fn bf16_compute_trains_on_cpu() {
     assert_eq!(m.compute, tch::Kind::BFloat16);
     train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     assert_eq!(m.params.tensors[0].kind(), tch::Kind::Float, "master weights stay fp32");
-    let ev = train::trainer::evaluate(&m, &val, 64, 0, tch::Device::Cpu, 1, &names()).unwrap();
-    assert!(ev.accuracy >= 0.95, "{ev:?}");
+    let ev = train::trainer::evaluate(&m, cross_entropy(), &val, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+    assert!(ev.accuracy.unwrap() >= 0.95, "{ev:?}");
 }
 
 /// The error of a run that must fail: `yaml` on the synthetic task of 100 examples, with a tiny
@@ -275,6 +282,7 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
         sep_id: Some(3),
         unk_id: None,
         tokenizer_source: "synthetic".into(),
+        pair_truncation: None,
         splits: Default::default(),
     };
     pipeline::files::write(&tokens.join("meta.json"), &meta).unwrap();
@@ -286,9 +294,9 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
     let p = params("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\nselect_metric: f1\npositive_class: neg\n");
     let summary = train::run(&p, &model_dir, tokens, &out, &tmp.path().join("work")).unwrap();
     let best = summary.best_validation.unwrap();
-    assert_eq!(best.positive_class, "neg", "F1 of the class the pipeline names, not class 1");
+    assert_eq!(best.positive_class.as_deref(), Some("neg"), "F1 of the class the pipeline names, not class 1");
     let hp: pipeline::files::Hparams = pipeline::files::read(&out.join("hparams.json")).unwrap();
-    assert_eq!(hp.positive_class, "neg");
+    assert_eq!(hp.positive_class.as_deref(), Some("neg"));
     let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2")).unwrap_err());
     assert!(e.contains("train.positive_class `maybe`") && e.contains("neg"), "{e}");
 }
@@ -310,6 +318,7 @@ fn a_max_length_beyond_the_familys_positions_is_refused_before_training() {
         sep_id: Some(2),
         unk_id: None,
         tokenizer_source: "synthetic".into(),
+        pair_truncation: None,
         splits: Default::default(),
     };
     pipeline::files::write(&tmp.path().join("meta.json"), &meta).unwrap();

@@ -45,6 +45,16 @@ pub fn smoke_pipeline(store: &std::path::Path) -> pipeline::Pipeline {
     pipeline::parse(std::path::Path::new("smoke.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// A pipeline of `pipelines/` (`smoke-pairs.yaml`, …) with its fixture paths made absolute and
+/// its store at `store`.
+pub fn repo_pipeline(file: &str, store: &std::path::Path) -> pipeline::Pipeline {
+    let path = repo().join("pipelines").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let name = text.lines().find(|l| l.starts_with("name:")).unwrap_or("name: x").to_string();
+    let text = text.replace("tests/fixtures", &fixtures().display().to_string()).replacen(&name, &format!("{name}\nstore: {}", store.display()), 1);
+    pipeline::parse(std::path::Path::new(file), &text).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The smoke pipeline on the tiny `family` model of `fixtures/families/` (named `smoke-<family>`),
 /// evaluated on its train split.
 pub fn family_pipeline(store: &std::path::Path, family: &str) -> pipeline::Pipeline {

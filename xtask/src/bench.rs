@@ -29,12 +29,15 @@ pub enum Section {
     Accuracy,
     /// A no-change rerun of the pipeline.
     Cache,
+    /// Sentence pairs and multi-label, made from the subset's reviews (bench/tasks_data.py): a
+    /// full fine-tune per side, training samples/s and the task's headline.
+    Tasks,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Which parts to run (comma-separated; default: all).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache, Section::Tasks])]
     sections: Vec<Section>,
     /// `cpu` or `cuda` (both sides run there).
     #[arg(long, default_value = "cpu")]
@@ -153,9 +156,9 @@ impl Plan {
                 std::fs::create_dir_all(&logs)?;
                 json_of(Command::new(python()).arg(root().join("bench/random_model.py")).arg(&a.model).arg(&dir), &logs.join("random-model.log"))?;
             }
-            if self.has(Section::Accuracy) {
-                eprintln!("== no accuracy section: random weights (`--model {}`) have nothing to fine-tune from", a.model);
-                self.sections.retain(|s| *s != Section::Accuracy);
+            if self.has(Section::Accuracy) || self.has(Section::Tasks) {
+                eprintln!("== no accuracy or tasks section: random weights (`--model {}`) have nothing to fine-tune from", a.model);
+                self.sections.retain(|s| !matches!(s, Section::Accuracy | Section::Tasks));
             }
             self.model_dir = Some(dir);
         } else if Path::new(&a.model).is_dir() {
@@ -290,6 +293,9 @@ enum Data<'a> {
     Source,
     /// The `train`/`validation`/`test` parquet files `bench/subset.py` wrote to `dir`.
     Subset { dir: &'a Path, label_names: &'a Value },
+    /// A task-kind dataset of `bench/tasks_data.py` in `dir` (`text`, `text_pair` for pairs,
+    /// `label`), of `task`.
+    Task { dir: &'a Path, task: &'a str, pairs: bool },
 }
 
 /// The benchmark pipeline: the shipped imdb-minilm pipeline with the run's model, dataset,
@@ -312,6 +318,15 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
                 ["train", "validation", "test"].iter().map(|s| (s.to_string(), json!(dir.join(format!("{s}.parquet"))))).collect();
             v["download"]["dataset"] = json!({ "files": files });
             v["download"]["label_names"] = json!(label_names);
+        }
+        Data::Task { dir, task, pairs } => {
+            let files: serde_json::Map<String, Value> =
+                ["train", "validation", "test"].iter().map(|s| (s.to_string(), json!(dir.join(format!("{s}.parquet"))))).collect();
+            v["download"]["dataset"] = json!({ "files": files });
+            v["download"]["task"] = json!(task);
+            if pairs {
+                v["download"]["columns"] = json!({"text": "text", "text_pair": "text_pair", "label": "label"});
+            }
         }
     }
     v["tokenize"]["max_length"] = json!(plan.max_length);
@@ -384,6 +399,80 @@ fn num(v: &Value, path: &[&str]) -> anyhow::Result<f64> {
 
 fn nums(v: &Value, key: &str) -> Runs {
     Runs(v[key].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
+}
+
+/// HF Trainer's full fine-tune on our token ids (`bench/hf_train.py imdb`): train, then
+/// evaluate the test split `evals` times.
+fn hf_fine_tune(a: &Args, plan: &Plan, model_dir: &Path, tokens: &Path, evals: usize, log: &Path) -> anyhow::Result<Value> {
+    json_of(
+        Command::new(python())
+            .arg(root().join("bench/hf_train.py"))
+            .arg("imdb")
+            .arg("--model")
+            .arg(model_dir)
+            .arg("--tokens")
+            .arg(tokens)
+            .arg("--batch")
+            .arg(plan.batch.to_string())
+            .arg("--lr")
+            .arg(plan.lr.to_string())
+            .arg("--epochs")
+            .arg(plan.epochs.to_string())
+            .arg("--length")
+            .arg(plan.max_length.to_string())
+            .arg("--eval-repeats")
+            .arg(evals.to_string())
+            .arg("--seed")
+            .arg(a.seed.to_string())
+            .args(plan.hf_dynamic().then_some("--dynamic")),
+        log,
+    )
+}
+
+/// The tasks section: a pairs and a multi-label dataset made from the subset's reviews, a full
+/// fine-tune per side on the same token ids; training samples/s and the task's headline (test
+/// accuracy for pairs, micro F1 at threshold 0.5 for multi-label).
+fn task_rows(a: &Args, plan: &Plan, bins: &Path, subset: &Path, logs: &Path) -> anyhow::Result<Vec<Row>> {
+    let dir = plan.out.join("tasks");
+    let counts = json_of(Command::new(python()).arg(root().join("bench/tasks_data.py")).arg(subset).arg(&dir).arg(a.seed.to_string()), &logs.join("tasks-data.log"))?;
+    eprintln!("== tasks: pairs and multi-label from the subset's reviews {counts} ({} runs per side)", plan.full_runs);
+    let mut rows = Vec::new();
+    for (kind, task, pairs, headline, hf_key) in [
+        ("pairs", "single_label", true, "test accuracy (same review or not)", "test_accuracy"),
+        ("multilabel", "multi_label", false, "test micro F1 (positive, long, acting, music)", "test_f1_micro"),
+    ] {
+        let p = write_pipeline(a, plan, &format!("bench-{kind}"), Data::Task { dir: &dir.join(kind), task, pairs })?;
+        let (mut ours_rate, mut ours_score, mut hf_rate, mut hf_score) = (Runs::default(), Runs::default(), Runs::default(), Runs::default());
+        for r in 0..plan.full_runs {
+            let o = run_stages(&p, plan, bins, None, &[Stage::Train, Stage::Evaluate])?;
+            let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
+            ours_rate.0.push(summary.samples_per_second);
+            let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
+            ours_score.0.push(match &m.scores {
+                pipeline::files::TaskScores::SingleLabel(s) => s.accuracy,
+                pipeline::files::TaskScores::MultiLabel(s) => s.micro.f1,
+                pipeline::files::TaskScores::Regression(s) => s.pearson,
+            });
+            let model_dir = artifact_of(&o, Stage::Download)?.join("model");
+            let v = hf_fine_tune(a, plan, &model_dir, &artifact_of(&o, Stage::Tokenize)?, 1, &logs.join(format!("hf-{kind}-{r}.log")))?;
+            hf_rate.0.push(num(&v, &["samples_per_s"])?);
+            hf_score.0.push(num(&v, &[hf_key])?);
+        }
+        let hf_name = format!("HF Trainer, {}, padding {}", plan.precision(), if plan.hf_dynamic() { "dynamic" } else { "max_length" });
+        let section = if pairs { "pairs" } else { "multi-label" };
+        rows.push(Row {
+            section,
+            figure: "training samples/s over the whole run".into(),
+            unit: "samples/s",
+            ours: ours_rate,
+            reference_name: hf_name.clone(),
+            reference: hf_rate,
+            higher_is_better: true,
+            target: if plan.cuda { "" } else { "≥ 1.2x" },
+        });
+        rows.push(Row { section, figure: headline.into(), unit: "%", ours: ours_score, reference_name: hf_name, reference: hf_score, higher_is_better: true, target: "within noise" });
+    }
+    Ok(rows)
 }
 
 /// Machine, versions and settings, for the table's header.
@@ -460,6 +549,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     }
 
     // The subset pipeline, for everything after tokenize.
+    let mut subset_dir = None;
     let sub = if plan.subset > 0 {
         let source = write_pipeline(&a, &plan, "bench-source", Data::Source)?;
         let dl = artifact_of(&run_stages(&source, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
@@ -470,7 +560,9 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         )?;
         eprintln!("== subset (datasets' shuffle(seed={}).select): {counts}", a.seed);
         let labels: pipeline::files::Labels = pipeline::files::read(&dl.join("dataset/labels.json"))?;
-        write_pipeline(&a, &plan, "bench", Data::Subset { dir: &dir, label_names: &json!(labels.names) })?
+        let p = write_pipeline(&a, &plan, "bench", Data::Subset { dir: &dir, label_names: &json!(labels.names) })?;
+        subset_dir = Some(dir);
+        p
     } else {
         write_pipeline(&a, &plan, "bench", Data::Carved)?
     };
@@ -586,33 +678,11 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             let o = run_stages(&sub, &plan, &bins, None, &[Stage::Train, Stage::Evaluate])?;
             ours_wall.0.push(seconds_of(&o, Stage::Train) + seconds_of(&o, Stage::Evaluate));
             let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
-            ours_acc.0.push(m.scores.accuracy);
+            ours_acc.0.push(m.single().map_or(f64::NAN, |s| s.accuracy));
             ours_eval.0.push(m.examples_per_second);
             let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
             ours_rate.0.push(summary.samples_per_second);
-            let v = json_of(
-                Command::new(python())
-                    .arg(root().join("bench/hf_train.py"))
-                    .arg("imdb")
-                    .arg("--model")
-                    .arg(&model_dir)
-                    .arg("--tokens")
-                    .arg(&sub_tok)
-                    .arg("--batch")
-                    .arg(plan.batch.to_string())
-                    .arg("--lr")
-                    .arg(plan.lr.to_string())
-                    .arg("--epochs")
-                    .arg(plan.epochs.to_string())
-                    .arg("--length")
-                    .arg(plan.max_length.to_string())
-                    .arg("--eval-repeats")
-                    .arg(plan.repeats.to_string())
-                    .arg("--seed")
-                    .arg(a.seed.to_string())
-                    .args(plan.hf_dynamic().then_some("--dynamic")),
-                &logs.join(format!("hf-imdb-{r}.log")),
-            )?;
+            let v = hf_fine_tune(&a, &plan, &model_dir, &sub_tok, plan.repeats, &logs.join(format!("hf-imdb-{r}.log")))?;
             hf_rate.0.push(num(&v, &["samples_per_s"])?);
             hf_wall.0.push(num(&v, &["train_seconds"])? + num(&v, &["eval_seconds"])?);
             hf_acc.0.push(num(&v, &["test_accuracy"])?);
@@ -664,6 +734,13 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             higher_is_better: true,
             target: "",
         });
+    }
+
+    if plan.has(Section::Tasks) {
+        match &subset_dir {
+            Some(dir) => rows.extend(task_rows(&a, &plan, &bins, dir, &logs)?),
+            None => eprintln!("== no tasks section: it is made from a subset (--subset N, N > 0)"),
+        }
     }
 
     if plan.has(Section::Cache) {

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
-use pipeline::DownloadParams;
+use pipeline::{DownloadParams, Task};
 use polars::prelude::*;
 
 /// One normalized split.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SplitData {
     pub text: Vec<String>,
-    pub label: Vec<i64>,
+    /// The second texts of sentence pairs.
+    pub text_pair: Option<Vec<String>>,
+    pub label: Labels,
 }
 
 /// What the dataset card says.
@@ -168,46 +170,104 @@ fn show_rows(rows: &[usize]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
-/// Extracts text and raw labels from one file's frame. Labels stay as strings or integers until
-/// every file has been read, so class names can be resolved once.
-pub fn extract(df: &DataFrame, file: &str, p: &DownloadParams) -> anyhow::Result<(Vec<String>, RawLabels)> {
+/// The row numbers where a column is null.
+fn null_rows<T>(values: impl Iterator<Item = Option<T>>) -> Vec<usize> {
+    values.enumerate().filter(|(_, v)| v.is_none()).map(|(i, _)| i).collect()
+}
+
+/// A text column as strings; a missing column, another type or a null is an error naming the
+/// file, the column and the rows.
+fn text_column(df: &DataFrame, file: &str, name: &str, key: &str) -> anyhow::Result<Vec<String>> {
     let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
-    let col = |name: &str, role: &str| {
-        df.column(name).map_err(|_| {
-            anyhow::anyhow!("{file}: no {role} column `{name}`; columns present: {cols:?} (set download.columns.{role} in the pipeline)")
-        })
-    };
-    let text_col = col(&p.columns.text, "text")?;
-    let text_ca = text_col
-        .str()
-        .map_err(|_| anyhow::anyhow!("{file}: column `{}` has type {}, expected text (utf8)", p.columns.text, text_col.dtype()))?;
-    let nulls: Vec<usize> = text_ca.iter().enumerate().filter(|(_, t)| t.is_none()).map(|(i, _)| i).collect();
+    let col = df
+        .column(name)
+        .map_err(|_| anyhow::anyhow!("{file}: no {key} column `{name}`; columns present: {cols:?} (set download.columns.{key} in the pipeline)"))?;
+    let ca = col.str().map_err(|_| anyhow::anyhow!("{file}: column `{name}` (download.columns.{key}) has type {}, expected text (utf8)", col.dtype()))?;
+    let nulls = null_rows(ca.iter());
     if !nulls.is_empty() {
-        bail!("{file}: column `{}` is null in rows {}; drop or fill those rows", p.columns.text, show_rows(&nulls));
+        bail!("{file}: column `{name}` (download.columns.{key}) is null in rows {}; drop or fill those rows", show_rows(&nulls));
     }
-    let text: Vec<String> = text_ca.iter().map(|t| t.unwrap_or_default().to_string()).collect();
-    let label_col = col(&p.columns.label, "label")?;
-    let labels = match label_col.dtype() {
-        DataType::String => {
-            let ca = label_col.str().map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-            let nulls: Vec<usize> = ca.iter().enumerate().filter(|(_, t)| t.is_none()).map(|(i, _)| i).collect();
-            if !nulls.is_empty() {
-                bail!("{file}: label column `{}` is null in rows {}", p.columns.label, show_rows(&nulls));
-            }
-            RawLabels::Str(ca.iter().map(|t| t.unwrap_or_default().to_string()).collect())
-        }
-        dt if dt.is_integer() => {
-            let cast = label_col.cast(&DataType::Int64).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-            let ca = cast.i64().map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-            let nulls: Vec<usize> = ca.iter().enumerate().filter(|(_, t)| t.is_none()).map(|(i, _)| i).collect();
-            if !nulls.is_empty() {
-                bail!("{file}: label column `{}` is null in rows {}", p.columns.label, show_rows(&nulls));
-            }
-            RawLabels::Int(ca.iter().map(|t| t.unwrap_or_default()).collect())
-        }
-        dt => bail!("{file}: label column `{}` has type {dt}; expected integers or strings", p.columns.label),
+    Ok(ca.iter().map(|t| t.unwrap_or_default().to_string()).collect())
+}
+
+/// Extracts the texts (and second texts of pairs) and raw labels from one file's frame. Labels
+/// stay as read until every file has been read, so class names can be resolved once.
+pub fn extract(df: &DataFrame, file: &str, p: &DownloadParams) -> anyhow::Result<(Vec<String>, Option<Vec<String>>, RawLabels)> {
+    let text = text_column(df, file, &p.columns.text, "text")?;
+    let pair = match &p.columns.text_pair {
+        Some(c) => Some(text_column(df, file, c, "text_pair")?),
+        None => None,
     };
-    Ok((text, labels))
+    let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
+    let name = &p.columns.label;
+    let label_col = df
+        .column(name)
+        .map_err(|_| anyhow::anyhow!("{file}: no label column `{name}`; columns present: {cols:?} (set download.columns.label in the pipeline)"))?;
+    let nulls = null_rows((0..label_col.len()).map(|i| label_col.get(i).ok().filter(|v| !v.is_null())));
+    if !nulls.is_empty() {
+        bail!("{file}: label column `{name}` is null in rows {}; drop or fill those rows", show_rows(&nulls));
+    }
+    let labels = match p.task {
+        Task::SingleLabel => single_labels(label_col, file, name)?,
+        Task::MultiLabel => label_sets(label_col, file, name)?,
+        Task::Regression => scores(label_col, file, name)?,
+    };
+    Ok((text, pair, labels))
+}
+
+fn single_labels(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
+    let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
+    Ok(match col.dtype() {
+        DataType::String => RawLabels::Str(col.str().map_err(e)?.iter().map(|t| t.unwrap_or_default().to_string()).collect()),
+        dt if dt.is_integer() => RawLabels::Int(col.cast(&DataType::Int64).map_err(e)?.i64().map_err(e)?.iter().map(|t| t.unwrap_or_default()).collect()),
+        DataType::List(_) => bail!("{file}: label column `{name}` holds lists (several labels per row); set download.task: multi_label"),
+        dt if dt.is_float() => bail!("{file}: label column `{name}` holds numbers with fractions ({dt}); set download.task: regression for scores, or give class ids or names"),
+        dt => bail!("{file}: label column `{name}` has type {dt}; expected class ids (integers) or names (strings)"),
+    })
+}
+
+fn label_sets(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
+    let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
+    let DataType::List(inner) = col.dtype() else {
+        bail!(
+            "{file}: label column `{name}` has type {} but download.task is multi_label, which reads a list of class names or ids per row (`[\"toxic\", \"insult\"]`, `[0, 3]`, `[]`); use parquet or JSON Lines lists, or set download.task: single_label",
+            col.dtype()
+        );
+    };
+    let list = col.list().map_err(e)?;
+    let rows: Vec<Series> = list.into_iter().map(|s| s.unwrap_or_else(|| Series::new_empty("".into(), inner))).collect();
+    let null_in = |rows: &[Series]| -> Vec<usize> { rows.iter().enumerate().filter(|(_, s)| s.null_count() > 0).map(|(i, _)| i).collect() };
+    let bad = null_in(&rows);
+    if !bad.is_empty() {
+        bail!("{file}: label column `{name}` has null entries inside the lists of rows {}; drop them", show_rows(&bad));
+    }
+    Ok(match inner.as_ref() {
+        DataType::String => RawLabels::StrSets(
+            rows.iter().map(|s| Ok(s.str()?.iter().map(|t| t.unwrap_or_default().to_string()).collect())).collect::<PolarsResult<_>>().map_err(e)?,
+        ),
+        dt if dt.is_integer() => RawLabels::IntSets(
+            rows.iter().map(|s| Ok(s.cast(&DataType::Int64)?.i64()?.iter().map(|t| t.unwrap_or_default()).collect())).collect::<PolarsResult<_>>().map_err(e)?,
+        ),
+        dt => bail!("{file}: label column `{name}` holds lists of {dt}; expected lists of class names (strings) or ids (integers)"),
+    })
+}
+
+fn scores(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
+    let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
+    let dt = col.dtype();
+    if !(dt.is_float() || dt.is_integer()) {
+        let example = match dt {
+            DataType::String => col.str().ok().and_then(|c| c.iter().flatten().find(|v| v.trim().parse::<f64>().is_err()).map(|v| format!(" (such as {v:?})"))).unwrap_or_default(),
+            _ => String::new(),
+        };
+        bail!("{file}: label column `{name}` has type {dt}{example} but download.task is regression, which reads a number per row; fix the column or set download.task");
+    }
+    let v: Vec<f64> = col.cast(&DataType::Float64).map_err(e)?.f64().map_err(e)?.iter().map(|t| t.unwrap_or(f64::NAN)).collect();
+    let bad: Vec<usize> = v.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(i, _)| i).collect();
+    if !bad.is_empty() {
+        bail!("{file}: label column `{name}` is NaN or infinite in rows {}; drop or fix those rows", show_rows(&bad));
+    }
+    Ok(RawLabels::Float(v))
 }
 
 /// Labels as read, before mapping to class ids.
@@ -215,59 +275,158 @@ pub fn extract(df: &DataFrame, file: &str, p: &DownloadParams) -> anyhow::Result
 pub enum RawLabels {
     Int(Vec<i64>),
     Str(Vec<String>),
+    IntSets(Vec<Vec<i64>>),
+    StrSets(Vec<Vec<String>>),
+    Float(Vec<f64>),
 }
 
-/// Maps raw labels to ids `0..n_classes`, checking the range.
-pub fn map_labels(raw: RawLabels, split: &str, p: &DownloadParams, names: &[String]) -> anyhow::Result<Vec<i64>> {
+/// Normalized labels of a split.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    /// A class id per row.
+    Class(Vec<i64>),
+    /// The sorted, distinct class ids of each row.
+    Sets(Vec<Vec<i64>>),
+    Scores(Vec<f64>),
+}
+
+impl Labels {
+    pub fn len(&self) -> usize {
+        match self {
+            Labels::Class(v) => v.len(),
+            Labels::Sets(v) => v.len(),
+            Labels::Scores(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take(&self, idx: &[usize]) -> Labels {
+        match self {
+            Labels::Class(v) => Labels::Class(idx.iter().map(|&i| v[i]).collect()),
+            Labels::Sets(v) => Labels::Sets(idx.iter().map(|&i| v[i].clone()).collect()),
+            Labels::Scores(v) => Labels::Scores(idx.iter().map(|&i| v[i]).collect()),
+        }
+    }
+
+    fn extend(&mut self, more: Labels) {
+        match (self, more) {
+            (Labels::Class(a), Labels::Class(b)) => a.extend(b),
+            (Labels::Sets(a), Labels::Sets(b)) => a.extend(b),
+            (Labels::Scores(a), Labels::Scores(b)) => a.extend(b),
+            _ => unreachable!("one task per dataset"),
+        }
+    }
+
+    /// Examples per class (single-label) or carrying each label (multi-label); empty for scores.
+    pub fn counts(&self, classes: usize) -> Vec<usize> {
+        let mut c = vec![0usize; classes];
+        match self {
+            Labels::Class(v) => v.iter().for_each(|&l| c[l as usize] += 1),
+            Labels::Sets(v) => v.iter().flatten().for_each(|&l| c[l as usize] += 1),
+            Labels::Scores(_) => c.clear(),
+        }
+        c
+    }
+
+    /// Regression: mean, standard deviation, minimum and maximum of the scores.
+    pub fn score_stats(&self) -> Option<pipeline::files::ScoreStats> {
+        let Labels::Scores(v) = self else { return None };
+        let n = v.len().max(1) as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Some(pipeline::files::ScoreStats { mean, std, min, max })
+    }
+}
+
+/// A class name or id of a row's label (a list entry for multi-label) mapped to an id.
+fn class_id(s: &str, p: &DownloadParams, names: &[String]) -> Option<i64> {
+    match &p.label_map {
+        Some(m) => m.get(s).copied(),
+        None => names.iter().position(|n| n == s).map(|i| i as i64),
+    }
+}
+
+/// The distinct offending values, quoted, at most five.
+fn show_values<T: std::fmt::Debug + Ord>(mut v: Vec<T>) -> String {
+    v.sort();
+    v.dedup();
+    let shown: Vec<String> = v.iter().take(5).map(|s| format!("{s:?}")).collect();
+    let more = if v.len() > 5 { format!(" and {} more", v.len() - 5) } else { String::new() };
+    format!("{}{more}", shown.join(", "))
+}
+
+/// Maps raw labels to ids `0..n_classes` (multi-label: per list entry), checking the range.
+pub fn map_labels(raw: RawLabels, split: &str, p: &DownloadParams, names: &[String]) -> anyhow::Result<Labels> {
     let n = names.len() as i64;
+    let out_of_range = |bad: Vec<(usize, i64)>| {
+        let shown: Vec<String> = bad.iter().take(5).map(|(r, l)| format!("row {r}: {l}")).collect();
+        anyhow::anyhow!(
+            "split `{split}`: {} labels outside 0..{} ({n} classes: {names:?}): {}; fix the data or set download.label_names",
+            bad.len(),
+            n - 1,
+            shown.join(", ")
+        )
+    };
+    let unmapped = |bad: Vec<String>, what: &str| {
+        anyhow::anyhow!(
+            "split `{split}`: {} {what} not a known class ({}); classes: {names:?}; add them to download.label_names (or download.label_map: label -> id)",
+            bad.len(),
+            show_values(bad.clone())
+        )
+    };
     match raw {
         RawLabels::Int(v) => {
             let bad: Vec<(usize, i64)> = v.iter().copied().enumerate().filter(|(_, l)| *l < 0 || *l >= n).collect();
             if !bad.is_empty() {
-                let shown: Vec<String> = bad.iter().take(5).map(|(r, l)| format!("row {r}: {l}")).collect();
-                bail!(
-                    "split `{split}`: {} labels outside 0..{} ({n} classes: {names:?}): {}; fix the data or set download.label_names",
-                    bad.len(),
-                    n - 1,
-                    shown.join(", ")
-                );
+                return Err(out_of_range(bad));
             }
-            Ok(v)
+            Ok(Labels::Class(v))
         }
         RawLabels::Str(v) => {
-            let mut out = Vec::with_capacity(v.len());
-            let mut unmapped: Vec<(usize, String)> = Vec::new();
-            for (r, s) in v.iter().enumerate() {
-                let id = match &p.label_map {
-                    Some(m) => m.get(s).copied(),
-                    None => names.iter().position(|n| n == s).map(|i| i as i64),
-                };
-                match id {
-                    Some(i) if i >= 0 && i < n => out.push(i),
-                    _ => unmapped.push((r, s.clone())),
-                }
+            let bad: Vec<String> = v.iter().filter(|s| class_id(s, p, names).is_none_or(|i| i < 0 || i >= n)).cloned().collect();
+            if !bad.is_empty() {
+                return Err(unmapped(bad, "string labels are"));
             }
-            if !unmapped.is_empty() {
-                let mut distinct: Vec<&String> = unmapped.iter().map(|(_, s)| s).collect();
-                distinct.sort();
-                distinct.dedup();
-                let shown: Vec<String> = distinct.iter().take(5).map(|s| format!("{s:?}")).collect();
-                bail!(
-                    "split `{split}`: {} string labels are not mapped to a class ({}); add them to download.label_map (label -> id) or download.label_names",
-                    unmapped.len(),
-                    shown.join(", ")
-                );
-            }
-            Ok(out)
+            Ok(Labels::Class(v.iter().filter_map(|s| class_id(s, p, names)).collect()))
         }
+        RawLabels::IntSets(v) => {
+            let bad: Vec<(usize, i64)> = v.iter().enumerate().flat_map(|(r, l)| l.iter().filter(|&&x| x < 0 || x >= n).map(move |&x| (r, x))).collect();
+            if !bad.is_empty() {
+                return Err(out_of_range(bad));
+            }
+            Ok(Labels::Sets(v.into_iter().map(sorted_set).collect()))
+        }
+        RawLabels::StrSets(v) => {
+            let bad: Vec<String> = v.iter().flatten().filter(|s| class_id(s, p, names).is_none_or(|i| i < 0 || i >= n)).cloned().collect();
+            if !bad.is_empty() {
+                return Err(unmapped(bad, "list entries name"));
+            }
+            Ok(Labels::Sets(v.iter().map(|l| sorted_set(l.iter().filter_map(|s| class_id(s, p, names)).collect())).collect()))
+        }
+        RawLabels::Float(v) => Ok(Labels::Scores(v)),
     }
 }
 
+fn sorted_set(mut v: Vec<i64>) -> Vec<i64> {
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Class names: the pipeline's, else the card's, else sorted distinct strings (with a
-/// label_map: ordered by id), else `LABEL_i` for `0..=max`.
+/// label_map: ordered by id), else `LABEL_i` for `0..=max`. Regression: the pipeline's one
+/// name, else the label column's.
 pub fn class_names(p: &DownloadParams, card: Option<&[String]>, raws: &[&RawLabels]) -> Vec<String> {
     if let Some(n) = &p.label_names {
         return n.clone();
+    }
+    if p.task == Task::Regression {
+        return vec![p.columns.label.clone()];
     }
     if let Some(m) = &p.label_map {
         let mut pairs: Vec<(i64, &String)> = m.iter().map(|(k, v)| (*v, k)).collect();
@@ -280,11 +439,13 @@ pub fn class_names(p: &DownloadParams, card: Option<&[String]>, raws: &[&RawLabe
     }
     let strings: Vec<&String> = raws
         .iter()
-        .filter_map(|r| match r {
-            RawLabels::Str(v) => Some(v.iter()),
-            RawLabels::Int(_) => None,
+        .flat_map(|r| -> Box<dyn Iterator<Item = &String>> {
+            match r {
+                RawLabels::Str(v) => Box::new(v.iter()),
+                RawLabels::StrSets(v) => Box::new(v.iter().flatten()),
+                _ => Box::new(std::iter::empty()),
+            }
         })
-        .flatten()
         .collect();
     if !strings.is_empty() {
         let mut s: Vec<String> = strings.into_iter().cloned().collect();
@@ -296,11 +457,12 @@ pub fn class_names(p: &DownloadParams, card: Option<&[String]>, raws: &[&RawLabe
         .iter()
         .filter_map(|r| match r {
             RawLabels::Int(v) => v.iter().copied().max(),
-            RawLabels::Str(_) => None,
+            RawLabels::IntSets(v) => v.iter().flatten().copied().max(),
+            _ => None,
         })
         .max()
         .unwrap_or(0)
-        .max(1);
+        .max(if p.task == Task::MultiLabel { 0 } else { 1 });
     (0..=max).map(|i| format!("LABEL_{i}")).collect()
 }
 
@@ -337,23 +499,43 @@ pub fn stratified_split(labels: &[i64], fraction: f64, seed: u64) -> (Vec<usize>
 
 impl SplitData {
     pub fn take(&self, idx: &[usize]) -> SplitData {
-        SplitData { text: idx.iter().map(|&i| self.text[i].clone()).collect(), label: idx.iter().map(|&i| self.label[i]).collect() }
+        let pick = |v: &Vec<String>| idx.iter().map(|&i| v[i].clone()).collect();
+        SplitData { text: pick(&self.text), text_pair: self.text_pair.as_ref().map(pick), label: self.label.take(idx) }
+    }
+
+    /// Appends another file's rows.
+    pub fn extend(&mut self, more: SplitData) {
+        self.text.extend(more.text);
+        if let (Some(a), Some(b)) = (self.text_pair.as_mut(), more.text_pair) {
+            a.extend(b);
+        }
+        self.label.extend(more.label);
     }
 
     pub fn len(&self) -> usize {
-        self.label.len()
+        self.text.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.label.is_empty()
+        self.text.is_empty()
     }
 
-    /// Writes `text`/`label` parquet.
+    /// Writes `text` (and `text_pair`) and `label` parquet: int64 class ids, lists of int64
+    /// class ids, or float64 scores.
     pub fn write_parquet(&self, path: &Path) -> anyhow::Result<()> {
-        let mut df = DataFrame::new(vec![
-            Column::new("text".into(), &self.text),
-            Column::new("label".into(), &self.label),
-        ])?;
+        let mut cols = vec![Column::new("text".into(), &self.text)];
+        if let Some(pair) = &self.text_pair {
+            cols.push(Column::new("text_pair".into(), pair));
+        }
+        cols.push(match &self.label {
+            Labels::Class(v) => Column::new("label".into(), v),
+            Labels::Scores(v) => Column::new("label".into(), v),
+            Labels::Sets(v) => {
+                let rows: Vec<Series> = v.iter().map(|s| Series::new("".into(), s)).collect();
+                Column::new("label".into(), rows)
+            }
+        });
+        let mut df = DataFrame::new(cols)?;
         let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         // LZ4: a third of zstd's write time here, for files that live one pipeline long.
         ParquetWriter::new(f)
@@ -362,6 +544,19 @@ impl SplitData {
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
+}
+
+/// Splits `n` rows into (kept, carved) index lists: a seeded random `fraction` goes to the
+/// carved part; both keep the original order (multi-label and regression, which have no single
+/// class to stratify by).
+pub fn random_split(n: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let perm = permutation(n, seed);
+    let take = ((n as f64 * fraction).round() as usize).min(n);
+    let mut is_carved = vec![false; n];
+    for &i in &perm[..take] {
+        is_carved[i] = true;
+    }
+    ((0..n).filter(|&i| !is_carved[i]).collect(), (0..n).filter(|&i| is_carved[i]).collect())
 }
 
 #[cfg(test)]

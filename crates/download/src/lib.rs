@@ -2,8 +2,10 @@
 //! files, into one artifact:
 //!
 //! ```text
-//! dataset/<split>.parquet   text (utf8), label (int64, 0..n_classes-1)
-//! dataset/labels.json       {"names": [...]}
+//! dataset/<split>.parquet   text (utf8), text_pair (utf8, for sentence pairs), label: int64
+//!                           class id (single_label), list of int64 class ids (multi_label),
+//!                           float64 (regression)
+//! dataset/labels.json       {"task": ..., "names": [...]}
 //! dataset/info.json         source, commit, files (sha256), split sizes and class counts, the
 //!                           splits carved from train (pipeline::files::DatasetInfo)
 //! model/                    config.json, model.safetensors, tokenizer files (as on the Hub)
@@ -27,7 +29,7 @@ use dataset::{RawLabels, SplitData};
 use hub::{Hub, RepoType};
 
 /// Bump when the artifact's layout or normalization rules change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub fn stage_def() -> artifact::StageDef {
     artifact::stage_def!("download", SCHEMA_VERSION)
@@ -203,33 +205,37 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     if mapping.is_empty() {
         bail!("the dataset has no train, validation or test split (it has {:?}); map yours with download.splits", files.keys().collect::<Vec<_>>());
     }
-    let mut raw: BTreeMap<String, (Vec<String>, Vec<RawLabels>)> = BTreeMap::new();
+    // Per output split, each file's texts, second texts and raw labels.
+    type Read = (Vec<String>, Option<Vec<String>>, RawLabels);
+    let mut raw: BTreeMap<String, Vec<Read>> = BTreeMap::new();
     for (out_split, src_split) in &mapping {
         let Some(list) = files.get(src_split) else {
             bail!("download.splits.{out_split}: the source has no split `{src_split}`; it has {:?}", files.keys().collect::<Vec<_>>());
         };
-        let mut texts = Vec::new();
-        let mut labels = Vec::new();
+        let mut read = Vec::new();
         for (name, path) in list {
             let df = dataset::read_table(path, p.dataset.delimiter).with_context(|| format!("split `{src_split}`"))?;
-            let (t, l) = dataset::extract(&df, name, p)?;
-            texts.extend(t);
-            labels.push(l);
+            read.push(dataset::extract(&df, name, p)?);
         }
-        raw.insert(out_split.clone(), (texts, labels));
+        raw.insert(out_split.clone(), read);
     }
-    let all_raw: Vec<&RawLabels> = raw.values().flat_map(|(_, l)| l.iter()).collect();
+    let all_raw: Vec<&RawLabels> = raw.values().flatten().map(|(_, _, l)| l).collect();
     let names = dataset::class_names(p, card_names.as_deref(), &all_raw);
+    check_names(p, &names)?;
     let mut splits: BTreeMap<String, SplitData> = BTreeMap::new();
-    for (split, (text, labels)) in raw {
-        let mut label = Vec::with_capacity(text.len());
-        for l in labels {
-            label.extend(dataset::map_labels(l, &split, p, &names)?);
+    for (split, read) in raw {
+        let mut data: Option<SplitData> = None;
+        for (text, text_pair, l) in read {
+            let part = SplitData { text, text_pair, label: dataset::map_labels(l, &split, p, &names)? };
+            match data.as_mut() {
+                Some(d) => d.extend(part),
+                None => data = Some(part),
+            }
         }
-        if text.is_empty() {
-            bail!("split `{split}` is empty; check download.dataset and download.splits");
-        }
-        splits.insert(split, SplitData { text, label });
+        match data {
+            Some(d) if !d.is_empty() => splits.insert(split, d),
+            _ => bail!("split `{split}` is empty; check download.dataset and download.splits"),
+        };
     }
     let test_carved = match &p.test {
         Some(t) => carve(&mut splits, "test", t.fraction, t.seed)?,
@@ -259,14 +265,10 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
             bail!("split `{split}` is empty after subsetting");
         }
         data.write_parquet(&ds_dir.join(format!("{split}.parquet")))?;
-        let mut class_counts = vec![0usize; names.len()];
-        for &l in &data.label {
-            class_counts[l as usize] += 1;
-        }
-        split_info.insert(split.clone(), SplitInfo { rows: data.len(), class_counts });
+        split_info.insert(split.clone(), SplitInfo { rows: data.len(), class_counts: data.label.counts(names.len()), scores: data.label.score_stats() });
     }
-    pipeline::files::write(&ds_dir.join("labels.json"), &Labels { names: names.clone() })?;
-    let info = DatasetInfo { source, splits: split_info, validation_carved, test_carved, columns: p.columns.clone(), split_map: mapping };
+    pipeline::files::write(&ds_dir.join("labels.json"), &Labels { task: p.task, names: names.clone() })?;
+    let info = DatasetInfo { task: p.task, source, splits: split_info, validation_carved, test_carved, columns: p.columns.clone(), split_map: mapping };
     pipeline::files::write(&ds_dir.join("info.json"), &info)?;
     let t_total = t0.elapsed().as_secs_f64();
     Ok(json!({
@@ -277,7 +279,35 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     }))
 }
 
-/// Moves a stratified `fraction` of train into a new split `name`, when the source has none.
+/// What the task needs of its class names: two classes for single-label, one label for
+/// multi-label, one name for regression.
+fn check_names(p: &DownloadParams, names: &[String]) -> anyhow::Result<()> {
+    let (least, most) = match p.task {
+        pipeline::Task::SingleLabel => (2, usize::MAX),
+        pipeline::Task::MultiLabel => (1, usize::MAX),
+        pipeline::Task::Regression => (1, 1),
+    };
+    if names.len() < least || names.len() > most {
+        bail!(
+            "download: a {} task needs {} class names; it has {names:?}{}",
+            p.task.name(),
+            match p.task {
+                pipeline::Task::SingleLabel => "at least two",
+                pipeline::Task::MultiLabel => "at least one",
+                pipeline::Task::Regression => "exactly one (the score's)",
+            },
+            if p.label_names.is_some() { " (download.label_names)" } else { "" }
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(d) = names.iter().find(|n| !seen.insert(n.as_str())) {
+        bail!("download: the class name {d:?} appears twice in {names:?}; class names must be distinct");
+    }
+    Ok(())
+}
+
+/// Moves a `fraction` of train into a new split `name`, when the source has none: stratified
+/// by class for single-label, a seeded random draw otherwise.
 fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, seed: u64) -> anyhow::Result<Option<Carved>> {
     if splits.contains_key(name) {
         return Ok(None);
@@ -285,7 +315,11 @@ fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, se
     let Some(train) = splits.get("train") else {
         bail!("download: carving a `{name}` split needs a `train` split to carve it from; the splits are {:?}", splits.keys().collect::<Vec<_>>());
     };
-    let (kept, part) = dataset::stratified_split(&train.label, fraction, seed);
+    let (kept, part) = match &train.label {
+        dataset::Labels::Class(l) => dataset::stratified_split(l, fraction, seed),
+        _ => dataset::random_split(train.len(), fraction, seed),
+    };
+    let stratified = matches!(train.label, dataset::Labels::Class(_));
     if part.is_empty() || kept.is_empty() {
         bail!("download: a `{name}` fraction of {fraction} of {} train rows leaves one side empty; change the fraction", train.len());
     }
@@ -293,7 +327,7 @@ fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, se
     let rows = v.len();
     splits.insert("train".into(), t);
     splits.insert(name.into(), v);
-    Ok(Some(Carved { from: "train".into(), fraction, seed, stratified: true, rows }))
+    Ok(Some(Carved { from: "train".into(), fraction, seed, stratified, rows }))
 }
 
 fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<Origin> {

@@ -72,21 +72,31 @@ fn label_at(names: &[String], v: f64) -> String {
     }
 }
 
-/// Training loss and validation accuracy/F1 against the step, from the train log.
+/// Training loss and the validation's first two figures in (-1, 1) against the step, from the
+/// train log: accuracy and F1 (single-label), subset accuracy and micro F1 (multi-label),
+/// Pearson and Spearman (regression).
 pub fn curves(path: &Path, log: &[LogLine]) -> anyhow::Result<()> {
     font();
     let mut loss = Vec::new();
-    let mut acc = Vec::new();
-    let mut f1 = Vec::new();
+    let mut series: Vec<(&'static str, Vec<(f64, f64)>)> = Vec::new();
     for line in log {
         match line {
             LogLine::Train { step, loss: l, .. } => loss.push((*step as f64, *l)),
             LogLine::Eval { step, eval, .. } => {
-                acc.push((*step as f64, eval.accuracy));
-                f1.push((*step as f64, eval.f1));
+                let shown = eval.figures().into_iter().filter(|(name, _)| !matches!(*name, "loss" | "mse")).take(2);
+                for (k, (name, v)) in shown.enumerate() {
+                    if series.len() <= k {
+                        series.push((name, Vec::new()));
+                    }
+                    series[k].1.push((*step as f64, v));
+                }
             }
         }
     }
+    let empty = Vec::new();
+    let (acc, acc_name) = series.first().map_or((&empty, "accuracy"), |(n, v)| (v, *n));
+    let (f1, f1_name) = series.get(1).map_or((&empty, "F1"), |(n, v)| (v, *n));
+    let (acc, f1) = (acc.clone(), f1.clone());
     let root = BitMapBackend::new(path, (960, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
     let (left, right) = root.split_horizontally(480);
@@ -101,27 +111,28 @@ pub fn curves(path: &Path, log: &[LogLine]) -> anyhow::Result<()> {
         .map_err(err(path))?;
     c1.configure_mesh().x_desc("step").draw().map_err(err(path))?;
     c1.draw_series(LineSeries::new(loss, &BLUE)).map_err(err(path))?;
-    let lo = acc.iter().chain(&f1).map(|p| p.1).fold(1.0, f64::min).min(0.5);
+    let lo = acc.iter().chain(&f1).map(|p| p.1).fold(1.0, f64::min).min(0.5).max(-1.0);
     let mut c2 = ChartBuilder::on(&right)
         .caption("Validation", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(50)
-        .build_cartesian_2d(0f64..max_step, (lo - 0.02).max(0.0)..1.0)
+        .build_cartesian_2d(0f64..max_step, if lo < 0.0 { (lo - 0.02).max(-1.0)..1.0 } else { (lo - 0.02).max(0.0)..1.0 })
         .map_err(err(path))?;
     c2.configure_mesh().x_desc("step").draw().map_err(err(path))?;
-    c2.draw_series(LineSeries::new(acc.clone(), &RED)).map_err(err(path))?.label("accuracy").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
+    c2.draw_series(LineSeries::new(acc.clone(), &RED)).map_err(err(path))?.label(acc_name).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED));
     c2.draw_series(acc.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(err(path))?;
-    c2.draw_series(LineSeries::new(f1, &GREEN)).map_err(err(path))?.label("F1").legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
+    c2.draw_series(LineSeries::new(f1, &GREEN)).map_err(err(path))?.label(f1_name).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], GREEN));
     c2.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw().map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(())
 }
 
-/// Accuracy in text-length deciles (untruncated token length); returns the buckets.
-pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u32]) -> anyhow::Result<Vec<LengthBucket>> {
+/// Accuracy (the share of `correct` predictions) in text-length deciles (untruncated token
+/// length); returns the buckets.
+pub fn accuracy_by_length(path: &Path, correct: &[bool], full: &[u32]) -> anyhow::Result<Vec<LengthBucket>> {
     font();
-    let mut order: Vec<usize> = (0..labels.len()).collect();
+    let mut order: Vec<usize> = (0..correct.len()).collect();
     order.sort_by_key(|&i| full[i]);
     let buckets = 10.min(order.len().max(1));
     let mut rows = Vec::new();
@@ -132,8 +143,8 @@ pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u3
             continue;
         }
         let idx = &order[lo..hi];
-        let correct = idx.iter().filter(|&&i| labels[i] == preds[i]).count();
-        rows.push((full[idx[0]], full[idx[idx.len() - 1]], correct as f64 / idx.len() as f64, idx.len()));
+        let right = idx.iter().filter(|&&i| correct[i]).count();
+        rows.push((full[idx[0]], full[idx[idx.len() - 1]], right as f64 / idx.len() as f64, idx.len()));
     }
     let root = BitMapBackend::new(path, (640, 400)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
@@ -157,4 +168,28 @@ pub fn accuracy_by_length(path: &Path, labels: &[i64], preds: &[i64], full: &[u3
         .map_err(err(path))?;
     root.present().map_err(err(path))?;
     Ok(rows.iter().map(|r| LengthBucket { min_tokens: r.0, max_tokens: r.1, accuracy: r.2, examples: r.3 }).collect())
+}
+
+/// Predicted against true scores (regression), with the diagonal.
+pub fn scatter(path: &Path, truth: &[f64], pred: &[f64]) -> anyhow::Result<()> {
+    font();
+    let all = truth.iter().chain(pred);
+    let (lo, hi) = all.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = if lo.is_finite() && hi > lo { (lo, hi) } else { (lo.min(0.0), lo.max(0.0) + 1.0) };
+    let pad = (hi - lo) * 0.05;
+    let (lo, hi) = (lo - pad, hi + pad);
+    let root = BitMapBackend::new(path, (520, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let mut c = ChartBuilder::on(&root)
+        .caption("Predicted against true score", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(lo..hi, lo..hi)
+        .map_err(err(path))?;
+    c.configure_mesh().x_desc("true").y_desc("predicted").draw().map_err(err(path))?;
+    c.draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.4))).map_err(err(path))?;
+    c.draw_series(truth.iter().zip(pred).map(|(&t, &p)| Circle::new((t, p), 2, BLUE.mix(0.5).filled()))).map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
 }

@@ -14,12 +14,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use pipeline::files::{ClassifierLabels, DatasetInfo, Hparams, Origin, TokenizeMeta, TrainSummary};
-use pipeline::{Dtype, ExportParams, Weights};
+use pipeline::{Dtype, ExportParams, Task, Weights};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::json;
 
 /// Bump when the exported layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The stage's identity, with the rules that its three inputs are one lineage: the weights were
 /// trained on the tokenize input, whose tokenizer came from the download input.
@@ -136,10 +136,27 @@ fn model_card(
     }
     s.push_str("---\n\n");
     s.push_str(&format!("# {base} fine-tuned on {dataset}\n\n"));
-    s.push_str(&format!("Sequence classification ({} classes: {}), fine-tuned from [{base}] on {dataset}.\n\n", labels.len(), labels.join(", ")));
+    let pairs = meta.pair_truncation.is_some();
+    let what = match hp.task {
+        Task::SingleLabel => format!("Sequence classification ({} classes: {})", labels.len(), labels.join(", ")),
+        Task::MultiLabel => format!("Multi-label classification ({} labels, any number per text: {})", labels.len(), labels.join(", ")),
+        Task::Regression => format!("Regression (one score, `{}`)", labels.join("")),
+    };
+    s.push_str(&format!(
+        "{what}{}, fine-tuned from [{base}] on {dataset}. Task: `{}` (`problem_type: {}`).\n\n",
+        if pairs { " of sentence pairs" } else { "" },
+        hp.task.name(),
+        hp.task.problem_type()
+    ));
     s.push_str("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n");
     s.push_str("tok = AutoTokenizer.from_pretrained(\"path/to/this/dir\")\nmodel = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/dir\")\n");
-    s.push_str(&format!("logits = model(**tok([\"a great film\"], truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n```\n\n"));
+    let texts = if pairs { "[\"a first text\"], [\"its second text\"]" } else { "[\"a great film\"]" };
+    s.push_str(&format!("logits = model(**tok({texts}, truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n"));
+    s.push_str(match hp.task {
+        Task::SingleLabel => "label = model.config.id2label[logits.argmax(-1).item()]\n```\n\n",
+        Task::MultiLabel => "labels = [model.config.id2label[i] for i, p in enumerate(logits.sigmoid()[0]) if p > 0.5]\n```\n\n",
+        Task::Regression => "score = logits[0, 0].item()\n```\n\n",
+    });
     s.push_str(&validation_section(p.weights, &tsum, &hp));
     s.push_str("Test-set metrics are in the pipeline's evaluate artifact (`metrics.json`, `report.md`).\n\n");
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -173,10 +190,17 @@ fn validation_section(weights: Weights, tsum: &TrainSummary, hp: &Hparams) -> St
     let Some(v) = val else {
         return format!("## Validation metrics\n\nNo validation ran for {what}.\n\n");
     };
-    format!(
-        "## Validation metrics (split `{}`, {what})\n\n| metric | value |\n|---|---|\n| accuracy | {:.4} |\n| F1 (positive class `{}`) | {:.4} |\n| loss | {:.4} |\n| examples | {} |\n\n",
-        hp.params.validation_split, v.accuracy, v.positive_class, v.f1, v.loss, v.examples
-    )
+    let mut s = format!("## Validation metrics (split `{}`, {what}; selected by `{}`)\n\n| metric | value |\n|---|---|\n", hp.params.validation_split, hp.select_metric.name());
+    for (name, value) in v.figures() {
+        let name = match (name, &v.positive_class, hp.task) {
+            ("f1", Some(pc), _) => format!("f1 (positive class `{pc}`)"),
+            ("accuracy", _, Task::MultiLabel) => "subset accuracy".into(),
+            _ => name.to_string(),
+        };
+        s.push_str(&format!("| {name} | {value:.4} |\n"));
+    }
+    s.push_str(&format!("| examples | {} |\n\n", v.examples));
+    s
 }
 
 /// Marks a directory as written by ft-export, so a later export may replace its files.

@@ -143,8 +143,10 @@ impl BertConfig {
         Ok(())
     }
 
-    /// The embeddings of a BERT-style model under `prefix` (`bert`, `roberta`).
-    pub(crate) fn embeddings(&self, b: &mut Builder, prefix: &str, positions: Positions) -> Embeddings {
+    /// The embeddings of a BERT-style model under `prefix` (`bert`, `roberta`). `reads_types`:
+    /// the token types of sentence pairs select rows of the token type table (BERT); else row 0
+    /// serves every token (RoBERTa, whose tokenizers hand the model no token types).
+    pub(crate) fn embeddings(&self, b: &mut Builder, prefix: &str, positions: Positions, reads_types: bool) -> Embeddings {
         let (h, std) = (self.hidden_size, self.initializer_range);
         let e = format!("{prefix}.embeddings");
         let pos_init = match positions {
@@ -156,6 +158,7 @@ impl BertConfig {
             position: b.embedding(&format!("{e}.position_embeddings"), self.max_position_embeddings, h, pos_init),
             token_type: Some(b.embedding(&format!("{e}.token_type_embeddings"), self.type_vocab_size, h, Init::Normal(std))),
             norm: b.layer_norm(&format!("{e}.LayerNorm"), h, self.layer_norm_eps, true),
+            reads_types: reads_types && self.type_vocab_size > 1,
             positions,
             pad: self.pad_token_id,
             dropout: self.hidden_dropout_prob,
@@ -194,7 +197,7 @@ impl Family for BertConfig {
     }
 
     fn build(&self, b: &mut Builder, num_labels: i64) -> Box<dyn Network> {
-        let embeddings = self.embeddings(b, "bert", Positions::Absolute);
+        let embeddings = self.embeddings(b, "bert", Positions::Absolute, true);
         let encoder = Encoder::build(b, embeddings, "bert.encoder.layer", &BERT_LAYER, &self.dims());
         b.head();
         let h = self.hidden_size;
@@ -255,11 +258,13 @@ pub(crate) enum Positions {
     AfterPadding,
 }
 
-/// Word + position (+ token type 0) embeddings, LayerNorm, dropout.
+/// Word + position (+ token type) embeddings, LayerNorm, dropout.
 pub(crate) struct Embeddings {
     pub word: usize,
     pub position: usize,
     pub token_type: Option<usize>,
+    /// Whether the batch's token types pick the token type rows (else row 0 for every token).
+    pub reads_types: bool,
     pub norm: LayerNorm,
     pub positions: Positions,
     pub pad: i64,
@@ -282,9 +287,10 @@ impl Embeddings {
                 words + Tensor::embedding(pos, &x.positions_after(self.pad), self.pad, false, false)
             }
         };
-        let emb = match self.token_type {
-            Some(t) => emb + w.master(t).get(0),
-            None => emb,
+        let emb = match (self.token_type, &x.types) {
+            (Some(t), Some(types)) if self.reads_types => emb + Tensor::embedding(w.master(t), types, -1, false, false),
+            (Some(t), _) => emb + w.master(t).get(0),
+            (None, _) => emb,
         };
         dropout(&w.layer_norm(&self.norm, &emb), self.dropout, train)
     }

@@ -113,6 +113,7 @@ impl Family for DistilBertConfig {
             word: b.embedding("distilbert.embeddings.word_embeddings", self.vocab_size, h, Init::NormalPadZero(std, self.pad_token_id)),
             position: b.embedding("distilbert.embeddings.position_embeddings", self.max_position_embeddings, h, pos_init),
             token_type: None,
+            reads_types: false,
             norm: b.layer_norm("distilbert.embeddings.LayerNorm", h, 1e-12, true),
             positions: Positions::Absolute,
             pad: self.pad_token_id,

@@ -4,10 +4,13 @@
 use tch::{Device, Kind, Tensor};
 
 use crate::device::{guard, BatchError};
+use crate::loss::Objective;
 use crate::{Inputs, Model};
 
-/// Softmax probabilities per example (split order), and the mean cross-entropy loss.
+/// The outputs per example (split order) and the mean loss.
 pub struct Predictions {
+    /// Per example: softmax probabilities (single-label), per-label sigmoid probabilities
+    /// (multi-label), or the score (regression); see [`Objective::outputs`].
     pub probs: Vec<Vec<f32>>,
     pub loss: f64,
     /// Real tokens processed.
@@ -24,15 +27,15 @@ impl Predictions {
 }
 
 /// Moves a padded batch to the device (see [`crate::inputs::upload`]): the model's inputs and
-/// the labels.
+/// the labels (see [`crate::loss::targets`]).
 pub fn to_device(b: &shards::Batch, device: Device) -> (Inputs, Tensor) {
-    crate::inputs::upload(b.rows, b.len, &b.ids, Some(&b.mask), &b.labels, device)
+    (crate::inputs::upload(b.rows, b.len, &b.ids, b.types.as_deref(), Some(&b.mask), device), crate::loss::targets(&b.targets, device))
 }
 
 /// Runs the model over `split` in batches of `batch_size` (sorted by length, longest first, so
 /// a batch too large for the device fails at once). `done` hears how many examples have gone
 /// through after each batch (for a progress bar; on a GPU, queued).
-pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device, done: &mut dyn FnMut(usize)) -> Result<Predictions, BatchError> {
+pub fn predict(model: &Model, objective: &Objective, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device, done: &mut dyn FnMut(usize)) -> Result<Predictions, BatchError> {
     let n = split.len();
     let lengths = split.lengths();
     let mut order: Vec<usize> = (0..n).collect();
@@ -52,7 +55,7 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
             let l = guard(b.rows, b.len, device, || {
                 let (x, labels) = to_device(&b, device);
                 let l = frozen.get_or_insert_with(|| model.frozen()).forward(&x);
-                loss_sum += l.cross_entropy_for_logits(&labels) * chunk.len() as f64;
+                loss_sum += objective.loss(&l, &labels) * chunk.len() as f64;
                 l
             })?;
             logits.push(l);
@@ -63,7 +66,7 @@ pub fn predict(model: &Model, split: &shards::Split, batch_size: usize, pad_id: 
     })?;
     let mut probs = vec![Vec::new(); n];
     if n > 0 {
-        let p = Tensor::cat(&logits, 0).softmax(-1, Kind::Float).to_device(Device::Cpu);
+        let p = objective.outputs(&Tensor::cat(&logits, 0)).to_device(Device::Cpu);
         let flat: Vec<f32> = Vec::try_from(p.flatten(0, -1)).unwrap_or_default();
         let c = model.num_labels as usize;
         for (r, &i) in order.iter().enumerate() {

@@ -17,6 +17,8 @@ pub struct Inputs {
     /// `(rows * len,)` token ids when nothing is packed, else `(tokens,)`: the real tokens, row
     /// after row.
     pub ids: Tensor,
+    /// The token types of sentence pairs, laid out as `ids` (`None`: every token is type 0).
+    pub types: Option<Tensor>,
     /// Set when some row is padded.
     pub padding: Option<Padding>,
 }
@@ -48,7 +50,7 @@ impl Inputs {
         let (rows, len) = ids.size2().expect("ids must be (rows, len)");
         let host = |t: &Tensor| Vec::<i64>::try_from(t.to_kind(Kind::Int64).to_device(Device::Cpu).flatten(0, -1)).expect("an int64 vector");
         let mask = mask.map(host);
-        upload(rows as usize, len as usize, &host(ids), mask.as_deref(), &[], ids.device()).0
+        upload(rows as usize, len as usize, &host(ids), None, mask.as_deref(), ids.device())
     }
 
     /// The packing, when the token-wise tensors hold the real tokens only (else they hold all
@@ -162,26 +164,24 @@ impl Inputs {
     }
 }
 
-/// Moves a batch to `device` in one host-to-device copy, with its `labels` (returned as a
-/// `(labels.len(),)` tensor). `ids` and `mask` are row-major `rows × len`; `mask` 1 for real
-/// tokens, `None` when nothing is padded.
+/// Moves a batch to `device` in one host-to-device copy. `ids`, `types` (sentence pairs) and
+/// `mask` are row-major `rows × len`; `mask` 1 for real tokens, `None` when nothing is padded.
 ///
-/// On CUDA the copy is non-blocking from page-locked memory: a blocking copy synchronizes the
-/// stream, so the host would wait for the step in flight and the GPU would then idle while the
-/// host queues the next step's kernels (and from pageable memory the driver may synchronize
-/// too). The page-locked buffer comes from libtorch's pinned-memory cache, which reuses it only
-/// once the copy is done; if pinning fails, the copy goes from pageable memory.
-pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels: &[i64], device: Device) -> (Inputs, Tensor) {
+/// On CUDA the copy is non-blocking from page-locked memory (see [`to_device`]).
+pub fn upload(rows: usize, len: usize, ids: &[i64], types: Option<&[i64]>, mask: Option<&[i64]>, device: Device) -> Inputs {
     let mask = mask.filter(|m| m.contains(&0));
     // Packable when every row starts with a real token: then [CLS] is among the packed tokens.
     let packable = mask.is_some_and(|m| (0..rows).all(|r| m[r * len] != 0));
-    let mut host: Vec<i64> = Vec::with_capacity(4 * ids.len() + labels.len() + rows);
-    let mut tokens = 0;
+    let mut host: Vec<i64> = Vec::with_capacity(5 * ids.len() + rows);
+    let mut tokens = rows * len;
     match mask {
         Some(m) if packable => {
             let real: Vec<usize> = (0..rows * len).filter(|&i| m[i] != 0).collect();
             tokens = real.len();
             host.extend(real.iter().map(|&i| ids[i]));
+            if let Some(t) = types {
+                host.extend(real.iter().map(|&i| t[i]));
+            }
             host.extend(real.iter().map(|&i| i as i64));
             host.extend(real.iter().map(|&i| (i % len) as i64));
             // Each row's first position is real (packable), so it is where column 0 comes.
@@ -190,16 +190,15 @@ pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels
         }
         Some(m) => {
             host.extend_from_slice(ids);
+            host.extend_from_slice(types.unwrap_or_default());
             host.extend_from_slice(m);
         }
-        None => host.extend_from_slice(ids),
+        None => {
+            host.extend_from_slice(ids);
+            host.extend_from_slice(types.unwrap_or_default());
+        }
     }
-    host.extend_from_slice(labels);
-    let all = Tensor::from_slice(&host);
-    let all = match device {
-        Device::Cpu => all,
-        _ => all.f_internal_pin_memory(device).unwrap_or(all).to_device_(device, Kind::Int64, true, false),
-    };
+    let all = to_device(Tensor::from_slice(&host), device);
     let mut at = 0i64;
     let mut next = |n: usize| {
         let t = all.narrow(0, at, n as i64);
@@ -207,20 +206,34 @@ pub fn upload(rows: usize, len: usize, ids: &[i64], mask: Option<&[i64]>, labels
         t
     };
     let (r, l) = (rows as i64, len as i64);
-    let inputs = match mask {
+    let ids = next(tokens);
+    let types = types.map(|_| next(tokens));
+    let padding = match mask {
         Some(_) if packable => {
-            let (ids, flat, column, first) = (next(tokens), next(tokens), next(tokens), next(rows));
+            let (flat, column, first) = (next(tokens), next(tokens), next(rows));
             let mask = next(rows * len).to_kind(Kind::Bool).view([r, 1, 1, l]);
-            Inputs { rows: r, len: l, ids, padding: Some(Padding { mask, packed: Some(Packed { flat, column, first }) }) }
+            Some(Padding { mask, packed: Some(Packed { flat, column, first }) })
         }
-        Some(_) => {
-            let ids = next(rows * len);
-            let mask = next(rows * len).to_kind(Kind::Bool).view([r, 1, 1, l]);
-            Inputs { rows: r, len: l, ids, padding: Some(Padding { mask, packed: None }) }
-        }
-        None => Inputs { rows: r, len: l, ids: next(rows * len), padding: None },
+        Some(_) => Some(Padding { mask: next(rows * len).to_kind(Kind::Bool).view([r, 1, 1, l]), packed: None }),
+        None => None,
     };
-    (inputs, next(labels.len()))
+    Inputs { rows: r, len: l, ids, types, padding }
+}
+
+/// A host tensor on `device`. On CUDA the copy is non-blocking from page-locked memory: a
+/// blocking copy synchronizes the stream, so the host would wait for the step in flight and the
+/// GPU would then idle while the host queues the next step's kernels (and from pageable memory
+/// the driver may synchronize too). The page-locked buffer comes from libtorch's pinned-memory
+/// cache, which reuses it only once the copy is done; if pinning fails, the copy goes from
+/// pageable memory.
+pub fn to_device(t: Tensor, device: Device) -> Tensor {
+    match device {
+        Device::Cpu => t,
+        _ => {
+            let kind = t.kind();
+            t.f_internal_pin_memory(device).unwrap_or(t).to_device_(device, kind, true, false)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,14 +249,17 @@ mod tests {
     fn a_right_padded_batch_packs_its_real_tokens() {
         let ids = [101, 7, 8, 102, 101, 9, 102, 0, 101, 102, 0, 0];
         let mask = [1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0];
-        let (x, labels) = upload(3, 4, &ids, Some(&mask), &[1, 0, 1], Device::Cpu);
+        let x = upload(3, 4, &ids, None, Some(&mask), Device::Cpu);
         let p = x.padding.as_ref().unwrap().packed.as_ref().unwrap();
         assert_eq!(ints(&x.ids), [101, 7, 8, 102, 101, 9, 102, 101, 102]);
         assert_eq!(ints(&p.flat), [0, 1, 2, 3, 4, 5, 6, 8, 9]);
         assert_eq!(ints(&p.column), [0, 1, 2, 3, 0, 1, 2, 0, 1]);
         assert_eq!(ints(&p.first), [0, 4, 7]);
         assert_eq!(ints(&x.mask().unwrap().to_kind(Kind::Int64)), mask);
-        assert_eq!(ints(&labels), [1, 0, 1]);
+        let types = [0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 0];
+        let t = upload(3, 4, &ids, Some(&types), Some(&mask), Device::Cpu);
+        assert_eq!(ints(t.types.as_ref().unwrap()), [0, 0, 1, 1, 0, 1, 1, 0, 1]);
+        assert_eq!(ints(&t.ids), ints(&x.ids));
         // The same plan from tensors.
         let y = Inputs::new(&Tensor::from_slice(&ids).view([3, 4]), Some(&Tensor::from_slice(&mask).view([3, 4])));
         assert_eq!(ints(&y.ids), ints(&x.ids));
@@ -253,10 +269,10 @@ mod tests {
     #[test]
     fn unpadded_and_left_padded_batches_are_not_packed() {
         let ids = [101, 7, 102, 101, 8, 102];
-        let (x, _) = upload(2, 3, &ids, Some(&[1; 6]), &[], Device::Cpu);
+        let x = upload(2, 3, &ids, None, Some(&[1; 6]), Device::Cpu);
         assert!(x.padding.is_none(), "an all-ones mask is no padding");
         assert_eq!(ints(&x.ids), ids);
-        let (x, _) = upload(2, 3, &[101, 7, 102, 0, 101, 102], Some(&[1, 1, 1, 0, 1, 1]), &[], Device::Cpu);
+        let x = upload(2, 3, &[101, 7, 102, 0, 101, 102], None, Some(&[1, 1, 1, 0, 1, 1]), Device::Cpu);
         let p = x.padding.unwrap();
         assert!(p.packed.is_none(), "a row whose first position is padding keeps the padded layout");
         assert_eq!(ints(&p.mask.to_kind(Kind::Int64)), [1, 1, 1, 0, 1, 1]);
@@ -264,7 +280,7 @@ mod tests {
 
     #[test]
     fn heads_and_tokens_are_inverse_on_real_tokens() {
-        let (x, _) = upload(2, 3, &[1, 2, 3, 4, 5, 0], Some(&[1, 1, 1, 1, 1, 0]), &[], Device::Cpu);
+        let x = upload(2, 3, &[1, 2, 3, 4, 5, 0], None, Some(&[1, 1, 1, 1, 1, 0]), Device::Cpu);
         let t = Tensor::arange(5 * 4, (Kind::Float, Device::Cpu)).view([5, 4]);
         let h = x.heads(&t, 2);
         assert_eq!(h.size(), [2, 2, 3, 2]);

@@ -20,6 +20,7 @@ pub mod distilbert;
 pub mod dropout;
 pub mod infer;
 pub mod inputs;
+pub mod loss;
 pub mod modernbert;
 pub mod nn;
 pub mod params;
@@ -125,7 +126,7 @@ impl Config {
 
     /// The config.json shipped with trained weights: the base config (its own fields, then the
     /// typed defaults it left out) plus the classification head.
-    pub fn classifier_json(&self, names: &[String]) -> Value {
+    pub fn classifier_json(&self, names: &[String], problem_type: &str) -> Value {
         let mut v = self.family.to_json();
         if let Some(o) = v.as_object_mut() {
             for (k, x) in &self.raw {
@@ -139,9 +140,9 @@ impl Config {
         v["architectures"] = json!([self.family.architecture()]);
         v["model_type"] = json!(self.model_type);
         v["num_labels"] = json!(names.len());
+        v["problem_type"] = json!(problem_type);
         v["id2label"] = json!(id2label);
         v["label2id"] = json!(label2id);
-        v["problem_type"] = json!("single_label_classification");
         v
     }
 }
@@ -300,12 +301,15 @@ mod tests {
         let (ids, mask) = batch();
         for c in tiny_configs() {
             let m = Model::random(c.clone(), 3, Device::Cpu, 7).unwrap();
-            let (packed, _) = inputs::upload(3, 12, &ids, Some(&mask), &[], Device::Cpu);
+            // Sentence pairs: the second half of each row is type 1 (BERT reads it; the others do not).
+            let types: Vec<i64> = (0..36).map(|i| i64::from(i % 12 >= 5 && mask[i] == 1)).collect();
+            let packed = inputs::upload(3, 12, &ids, Some(&types), Some(&mask), Device::Cpu);
             assert!(packed.packed().is_some());
             let padded = Inputs {
                 rows: 3,
                 len: 12,
                 ids: Tensor::from_slice(&ids),
+                types: Some(Tensor::from_slice(&types)),
                 padding: Some(inputs::Padding { mask: Tensor::from_slice(&mask).to_kind(Kind::Bool).view([3, 1, 1, 12]), packed: None }),
             };
             let ((la, ga), (lb, gb)) = (pass(&Weights::new(&m), &packed), pass(&Weights::new(&m), &padded));
@@ -323,10 +327,10 @@ mod tests {
         let (ids, mask) = batch();
         for c in tiny_configs() {
             let m = Model::random(c.clone(), 3, Device::Cpu, 5).unwrap();
-            let all = tch::no_grad(|| m.forward(&inputs::upload(3, 12, &ids, Some(&mask), &[], Device::Cpu).0, false));
+            let all = tch::no_grad(|| m.forward(&inputs::upload(3, 12, &ids, None, Some(&mask), Device::Cpu), false));
             for r in 0..3 {
                 let n = mask[r * 12..(r + 1) * 12].iter().sum::<i64>() as usize;
-                let alone = tch::no_grad(|| m.forward(&inputs::upload(1, n, &ids[r * 12..r * 12 + n], None, &[], Device::Cpu).0, false));
+                let alone = tch::no_grad(|| m.forward(&inputs::upload(1, n, &ids[r * 12..r * 12 + n], None, None, Device::Cpu), false));
                 assert_close(&alone.get(0), &all.get(r as i64), 1e-5, &format!("{} row {r}", c.model_type));
             }
         }
@@ -339,7 +343,7 @@ mod tests {
     fn bf16_working_copy_equals_casting_at_each_use() {
         let _rng = torch_rng();
         let (ids, mask) = batch();
-        let (x, _) = inputs::upload(3, 12, &ids, Some(&mask), &[], Device::Cpu);
+        let x = inputs::upload(3, 12, &ids, None, Some(&mask), Device::Cpu);
         for c in tiny_configs() {
             let mut m = Model::random(c.clone(), 3, Device::Cpu, 11).unwrap();
             m.compute = Kind::BFloat16;
@@ -364,8 +368,8 @@ mod tests {
     fn fused_qkv_equals_three_products() {
         let _rng = torch_rng();
         let (ids, mask) = batch();
-        let packed = inputs::upload(3, 12, &ids, Some(&mask), &[], Device::Cpu).0;
-        let full = inputs::upload(1, 12, &ids[..12], None, &[], Device::Cpu).0;
+        let packed = inputs::upload(3, 12, &ids, None, Some(&mask), Device::Cpu);
+        let full = inputs::upload(1, 12, &ids[..12], None, None, Device::Cpu);
         for c in tiny_configs().into_iter().filter(|c| c.model_type != "modernbert") {
             let m = Model::random(c.clone(), 3, Device::Cpu, 13).unwrap();
             assert!(!m.params.fused().is_empty());
@@ -417,11 +421,11 @@ mod tests {
     #[test]
     fn classifier_json_names_the_family() {
         let c = Config::from_json(json!({"model_type": "xlm-roberta", "max_position_embeddings": 514, "pad_token_id": 1, "custom": 7})).unwrap();
-        let v = c.classifier_json(&["neg".into(), "pos".into()]);
+        let v = c.classifier_json(&["neg".into(), "pos".into()], "single_label_classification");
         assert_eq!(v["architectures"], json!(["XLMRobertaForSequenceClassification"]));
         assert_eq!((v["model_type"].clone(), v["custom"].clone(), v["num_labels"].clone()), (json!("xlm-roberta"), json!(7), json!(2)));
         assert_eq!(c.family().max_length(), 512);
         let d = Config::from_json(json!({"model_type": "distilbert"})).unwrap();
-        assert_eq!(d.classifier_json(&["a".into(), "b".into()])["architectures"], json!(["DistilBertForSequenceClassification"]));
+        assert_eq!(d.classifier_json(&["a".into(), "b".into()], "regression")["architectures"], json!(["DistilBertForSequenceClassification"]));
     }
 }

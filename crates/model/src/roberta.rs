@@ -47,7 +47,7 @@ impl Family for RobertaConfig {
 
     fn build(&self, b: &mut Builder, num_labels: i64) -> Box<dyn Network> {
         let c = &self.0;
-        let embeddings = c.embeddings(b, "roberta", Positions::AfterPadding);
+        let embeddings = c.embeddings(b, "roberta", Positions::AfterPadding, false);
         let encoder = Encoder::build(b, embeddings, "roberta.encoder.layer", &crate::bert::BERT_LAYER, &c.dims());
         b.head();
         let (h, std) = (c.hidden_size, Init::Normal(c.initializer_range));

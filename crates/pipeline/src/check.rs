@@ -141,13 +141,61 @@ impl Params for TrainParams {
         if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
             return Err(format!("train.max_grad_norm must be a non-negative number (0 turns clipping off), got {}", self.max_grad_norm));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!("train.label_smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
+        if let Some(ClassWeights::List(w)) = &self.class_weights {
+            if let Some((i, x)) = w.iter().enumerate().find(|(_, x)| !(**x >= 0.0 && x.is_finite())) {
+                return Err(format!("train.class_weights[{i}] must be a non-negative number, got {x}"));
+            }
+            if w.iter().all(|x| *x == 0.0) {
+                return Err("train.class_weights are all 0: nothing would be learnt".into());
+            }
+        }
         Ok(())
+    }
+}
+
+impl TrainParams {
+    /// What the task decides about these settings: `select_metric` among the task's metrics,
+    /// class weights for classification only (one per class when listed), label smoothing for
+    /// single-label only. `classes` is the number of classes when known.
+    pub fn check_task(&self, task: Task, classes: Option<usize>) -> Result<Metric, String> {
+        let metric = task.select(self.select_metric)?;
+        if self.label_smoothing > 0.0 && task != Task::SingleLabel {
+            return Err(format!("train.label_smoothing applies to single-label classification; this is a {} task (remove it)", task.name()));
+        }
+        match (&self.class_weights, task) {
+            (Some(_), Task::Regression) => return Err("train.class_weights apply to classification; this is a regression task (remove them)".into()),
+            (Some(ClassWeights::List(w)), _) => {
+                if let Some(n) = classes.filter(|&n| n != w.len()) {
+                    return Err(format!("train.class_weights lists {} weights for {n} classes; give one per class, in label_names order", w.len()));
+                }
+            }
+            _ => {}
+        }
+        Ok(metric)
     }
 }
 
 impl Params for EvaluateParams {
     fn validate(&self) -> Result<(), String> {
+        if let Threshold::Value(t) = self.threshold {
+            if !(t > 0.0 && t < 1.0) {
+                return Err(format!("evaluate.threshold must be a probability in (0, 1) or `tune`, got {t}"));
+            }
+        }
         positive("evaluate.batch_size", self.batch_size as u64)
+    }
+}
+
+impl EvaluateParams {
+    /// A threshold is for multi-label predictions only.
+    pub fn check_task(&self, task: Task) -> Result<(), String> {
+        if task != Task::MultiLabel && self.threshold != Threshold::default() {
+            return Err(format!("evaluate.threshold applies to multi-label classification; this is a {} task (remove it)", task.name()));
+        }
+        Ok(())
     }
 }
 

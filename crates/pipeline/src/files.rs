@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::params::{Columns, Metric, TrainParams, Truncation};
+use crate::params::{Columns, Metric, PairTruncation, Task, TrainParams, Truncation};
 
 /// A typed artifact file that could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +38,23 @@ pub fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), FileError> {
     std::fs::write(path, text).map_err(|source| FileError::Write { path: path.to_path_buf(), source })
 }
 
-/// `labels.json` (download's `dataset/`, tokenize): class names in id order.
+/// `labels.json` (download's `dataset/`, tokenize): the task and its class names in id order
+/// (multi-label: the labels in bit order; regression: one name, the score's).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Labels {
+    pub task: Task,
     pub names: Vec<String>,
+}
+
+impl Labels {
+    /// The classifier's outputs: one per class or label, one for regression.
+    pub fn outputs(&self) -> usize {
+        match self.task {
+            Task::Regression => 1,
+            _ => self.names.len(),
+        }
+    }
 }
 
 /// Where a dataset or model came from: a Hub repository at a commit, or local files.
@@ -78,12 +90,26 @@ impl Origin {
     }
 }
 
-/// Rows and class counts of one split.
+/// Rows and label counts of one split.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitInfo {
     pub rows: usize,
+    /// Examples per class (single-label), examples carrying each label (multi-label), empty
+    /// (regression).
     pub class_counts: Vec<usize>,
+    /// Regression: the scores' mean, standard deviation, minimum and maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<ScoreStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreStats {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 /// A split carved from train.
@@ -93,6 +119,7 @@ pub struct Carved {
     pub from: String,
     pub fraction: f64,
     pub seed: u64,
+    /// By class (single-label); else a seeded random draw (multi-label, regression).
     pub stratified: bool,
     pub rows: usize,
 }
@@ -101,6 +128,7 @@ pub struct Carved {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetInfo {
+    pub task: Task,
     pub source: Origin,
     pub splits: BTreeMap<String, SplitInfo>,
     pub validation_carved: Option<Carved>,
@@ -150,19 +178,62 @@ pub struct TokenizeMeta {
     pub sep_id: Option<u32>,
     pub unk_id: Option<u32>,
     pub tokenizer_source: String,
+    /// Sentence pairs: the shards carry token types, and pairs were cut by this rule (`None`:
+    /// one text per example).
+    pub pair_truncation: Option<PairTruncation>,
     pub splits: BTreeMap<String, SplitStats>,
 }
 
-/// Loss, accuracy and F1 on a validation split.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The loss and the task's metrics on a validation split. Each metric is there when the task
+/// has it (see [`Task::metrics`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Validation {
     pub loss: f64,
-    pub accuracy: f64,
-    pub f1: f64,
     pub examples: usize,
-    /// The class F1 is taken for (two classes), by name.
-    pub positive_class: String,
+    /// Single-label accuracy; multi-label subset accuracy (every label of the example right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Single-label: F1 of `positive_class` for two classes, macro F1 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    /// The class `f1` is taken for (two classes), by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_micro: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_macro: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pearson: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spearman: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mse: Option<f64>,
+}
+
+impl Validation {
+    /// The figure of metric `m` (`None` when this validation's task has no such metric).
+    pub fn get(&self, m: Metric) -> Option<f64> {
+        match m {
+            Metric::Accuracy => self.accuracy,
+            Metric::F1 => self.f1,
+            Metric::F1Micro => self.f1_micro,
+            Metric::F1Macro => self.f1_macro,
+            Metric::Pearson => self.pearson,
+            Metric::Spearman => self.spearman,
+            Metric::Mse => self.mse,
+            Metric::Loss => Some(self.loss),
+        }
+    }
+
+    /// Every metric present, as `name value` pairs, the loss first.
+    pub fn figures(&self) -> Vec<(&'static str, f64)> {
+        [Metric::Loss, Metric::Accuracy, Metric::F1, Metric::F1Micro, Metric::F1Macro, Metric::Pearson, Metric::Spearman, Metric::Mse]
+            .into_iter()
+            .filter_map(|m| self.get(m).map(|v| (m.name(), v)))
+            .collect()
+    }
 }
 
 /// Train's `hparams.json`: every resolved setting.
@@ -170,12 +241,18 @@ pub struct Validation {
 #[serde(deny_unknown_fields)]
 pub struct Hparams {
     pub params: TrainParams,
+    pub task: Task,
+    /// The metric weights were selected by (`select_metric` resolved for the task).
+    pub select_metric: Metric,
     pub total_steps: u64,
     pub device: String,
     pub precision: String,
     pub max_length: usize,
     pub labels: Vec<String>,
-    pub positive_class: String,
+    /// Single-label with two classes: the class validation F1 is taken for.
+    pub positive_class: Option<String>,
+    /// The loss's class weights (`class_weights` resolved: `balanced` computed on train).
+    pub class_weights: Option<Vec<f64>>,
     pub initialized: Vec<String>,
 }
 
@@ -336,8 +413,8 @@ pub struct LengthBucket {
     pub accuracy: f64,
 }
 
-/// The metrics of predictions against labels (evaluate's `metrics.json` holds them at its top
-/// level).
+/// Single-label metrics of predictions against labels (evaluate's `metrics.json` holds them at
+/// its top level).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Scores {
     pub n: usize,
@@ -356,21 +433,77 @@ pub struct Scores {
     pub ci95: Intervals,
 }
 
+/// Multi-label metrics: every label is a yes/no decision at `threshold`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabelScores {
+    pub n: usize,
+    /// Examples whose whole label set is right.
+    pub subset_accuracy: f64,
+    /// Over every (example, label) decision.
+    pub micro: Averages,
+    #[serde(rename = "macro")]
+    pub macro_avg: Averages,
+    pub per_label: BTreeMap<String, ClassScores>,
+    /// The probability above which a label is predicted.
+    pub threshold: f64,
+    /// `tune`: the split the threshold was chosen on (the one maximising micro F1).
+    pub threshold_tuned_on: Option<String>,
+    /// Bootstrap 95% interval of micro F1.
+    pub f1_micro_ci95: Option<(f64, f64)>,
+    pub bootstrap_resamples: u32,
+}
+
+/// Regression metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegressionScores {
+    pub n: usize,
+    pub mse: f64,
+    pub rmse: f64,
+    pub mae: f64,
+    pub pearson: f64,
+    pub spearman: f64,
+    /// Bootstrap 95% interval of Pearson's r.
+    pub pearson_ci95: Option<(f64, f64)>,
+    pub bootstrap_resamples: u32,
+}
+
+/// The metrics of a task (each variant has fields the others lack, so the file tells which).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TaskScores {
+    SingleLabel(Scores),
+    MultiLabel(MultiLabelScores),
+    Regression(RegressionScores),
+}
+
 /// Evaluate's `metrics.json`: the scores and what they are of.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalMetrics {
+    pub task: Task,
     #[serde(flatten)]
-    pub scores: Scores,
+    pub scores: TaskScores,
     pub labels: Vec<String>,
     pub split: String,
     /// `best` or `final`, and the file those weights came from.
     pub weights: crate::params::Weights,
     pub weights_file: String,
-    pub positive_class: String,
+    /// Single-label with two classes: the class precision, recall and F1 are of.
+    pub positive_class: Option<String>,
     pub examples_per_second: f64,
     pub seconds: f64,
     pub device: String,
+    /// Classification: accuracy (multi-label: subset accuracy) by untruncated length.
     pub accuracy_by_length: Vec<LengthBucket>,
+}
+
+impl EvalMetrics {
+    /// The single-label scores, when the task is single-label.
+    pub fn single(&self) -> Option<&Scores> {
+        match &self.scores {
+            TaskScores::SingleLabel(s) => Some(s),
+            _ => None,
+        }
+    }
 }
 
 /// The classification head's labels in a trained model's `config.json` (the rest of the file is

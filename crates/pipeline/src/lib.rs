@@ -248,6 +248,18 @@ fn cross_check(p: &mut Pipeline) -> Result<(), (Stage, String)> {
         }
     }
     let Some(download) = p.typed::<DownloadParams>(Stage::Download).transpose().map_err(|e| (Stage::Download, e))? else { return Ok(()) };
+    if let (Some(col), Some(t)) = (&download.columns.text_pair, p.typed::<TokenizeParams>(Stage::Tokenize).transpose().map_err(|e| (Stage::Tokenize, e))?) {
+        if t.truncation == Truncation::HeadTail {
+            return Err((Stage::Tokenize, format!("tokenize.truncation head_tail cuts single texts, and download.columns.text_pair `{col}` makes sentence pairs, which tokenize.pair_truncation cuts (longest_first, only_first, only_second); remove truncation")));
+        }
+    }
+    let classes = download.label_names.as_ref().map(|n| n.len());
+    if let Some(t) = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))? {
+        t.check_task(download.task, classes).map_err(|e| (Stage::Train, e))?;
+    }
+    if let Some(e) = p.typed::<EvaluateParams>(Stage::Evaluate).transpose().map_err(|e| (Stage::Evaluate, e))? {
+        e.check_task(download.task).map_err(|e| (Stage::Evaluate, e))?;
+    }
     let splits = download.planned_splits();
     let source = format!(
         "{} (with the splits carved from train)",
@@ -365,6 +377,43 @@ evaluate:
         // No validation carved (fraction 0): validation does not exist either.
         let e = err(&ONE_FILE.replace("  model: {path: m}", "  model: {path: m}\n  validation: {fraction: 0}").replace("split: test", "split: train"));
         assert!(e.contains("train.validation_split `validation`") && e.contains("gives the splits `train`;"), "{e}");
+    }
+
+    #[test]
+    fn task_settings_that_do_not_fit_the_task_are_refused_when_the_file_is_read() {
+        let ok = ONE_FILE.replace("split: test", "split: validation");
+        for (from, to, needle) in [
+            ("epochs: 1", "epochs: 1\n  select_metric: pearson", "train.select_metric `pearson` does not apply to a single_label task; use one of accuracy, f1"),
+            ("  model: {path: m}", "  model: {path: m}\n  task: regression", ""),
+            ("epochs: 1", "epochs: 1\n  label_smoothing: 1.5", "train.label_smoothing must be in [0, 1)"),
+            ("epochs: 1", "epochs: 1\n  class_weights: [1, -2]", "train.class_weights[1] must be a non-negative number"),
+            ("split: validation", "split: validation\n  threshold: 1.5", "evaluate.threshold must be a probability"),
+            ("split: validation", "split: validation\n  threshold: tune", "evaluate.threshold applies to multi-label classification; this is a single_label task"),
+            ("max_length: 64", "max_length: 64\n  truncation: head_tail\n  head_tokens: 16", ""),
+        ] {
+            let text = ok.replace(from, to);
+            match needle {
+                "" => {
+                    parse(Path::new("p.yaml"), &text).unwrap();
+                }
+                _ => assert!(err(&text).contains(needle), "{to}: {}", err(&text)),
+            }
+        }
+        let regression = ok.replace("  model: {path: m}", "  model: {path: m}\n  task: regression");
+        for (from, to, needle) in [
+            ("epochs: 1", "epochs: 1\n  label_smoothing: 0.1", "train.label_smoothing applies to single-label classification; this is a regression task"),
+            ("epochs: 1", "epochs: 1\n  class_weights: balanced", "train.class_weights apply to classification"),
+            ("epochs: 1", "epochs: 1\n  select_metric: f1", "does not apply to a regression task; use one of pearson, spearman, mse, loss"),
+        ] {
+            assert!(err(&regression.replace(from, to)).contains(needle), "{to}: {}", err(&regression.replace(from, to)));
+        }
+        let named = ok.replace("  model: {path: m}", "  model: {path: m}\n  label_names: [a, b, c]\n  task: multi_label");
+        let e = err(&named.replace("epochs: 1", "epochs: 1\n  class_weights: [1, 2]"));
+        assert!(e.contains("train.class_weights lists 2 weights for 3 classes"), "{e}");
+        parse(Path::new("p.yaml"), &named.replace("epochs: 1", "epochs: 1\n  class_weights: [1, 2, 3]\n  select_metric: f1_macro").replace("split: validation", "split: validation\n  threshold: tune")).unwrap();
+        let pairs = ok.replace("  model: {path: m}", "  model: {path: m}\n  columns: {text: a, text_pair: b}");
+        let e = err(&pairs.replace("max_length: 64", "max_length: 64\n  truncation: head_tail\n  head_tokens: 16"));
+        assert!(e.contains("head_tail cuts single texts") && e.contains("text_pair `b`") && e.contains("pair_truncation"), "{e}");
     }
 
     #[test]

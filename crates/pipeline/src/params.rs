@@ -44,6 +44,75 @@ pub struct DownloadParams {
     /// quick runs on a subset.
     #[serde(default)]
     pub max_examples: BTreeMap<String, usize>,
+    /// What the label column holds: one class, a set of classes, or a number.
+    #[serde(default)]
+    pub task: Task,
+}
+
+/// The kind of prediction a dataset asks for (transformers' `problem_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One class per example (`label`: a class id or name).
+    #[default]
+    SingleLabel,
+    /// A set of classes per example, possibly empty (`label`: a list of class names or ids).
+    MultiLabel,
+    /// A number per example (`label`: a float).
+    Regression,
+}
+
+impl Task {
+    /// transformers' `problem_type` for the task.
+    pub fn problem_type(self) -> &'static str {
+        match self {
+            Task::SingleLabel => "single_label_classification",
+            Task::MultiLabel => "multi_label_classification",
+            Task::Regression => "regression",
+        }
+    }
+
+    /// The pipeline spelling (`single_label`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::SingleLabel => "single_label",
+            Task::MultiLabel => "multi_label",
+            Task::Regression => "regression",
+        }
+    }
+
+    /// The metric `select_metric: accuracy` (the default) stands for: the task's headline.
+    pub fn headline(self) -> Metric {
+        match self {
+            Task::SingleLabel => Metric::Accuracy,
+            Task::MultiLabel => Metric::F1Micro,
+            Task::Regression => Metric::Pearson,
+        }
+    }
+
+    /// The metrics a validation of this task reports (and `select_metric` may name).
+    pub fn metrics(self) -> &'static [Metric] {
+        match self {
+            Task::SingleLabel => &[Metric::Accuracy, Metric::F1, Metric::F1Micro, Metric::F1Macro, Metric::Loss],
+            Task::MultiLabel => &[Metric::Accuracy, Metric::F1Micro, Metric::F1Macro, Metric::Loss],
+            Task::Regression => &[Metric::Pearson, Metric::Spearman, Metric::Mse, Metric::Loss],
+        }
+    }
+
+    /// The metric `m` selects by for this task: `accuracy` (the default) is the headline for
+    /// multi-label (`f1_micro`) and regression (`pearson`); a metric the task has not is an error
+    /// naming the ones it has.
+    pub fn select(self, m: Metric) -> Result<Metric, String> {
+        let m = match (self, m) {
+            (Task::MultiLabel | Task::Regression, Metric::Accuracy) => self.headline(),
+            _ => m,
+        };
+        if self.metrics().contains(&m) {
+            return Ok(m);
+        }
+        let names: Vec<&str> = self.metrics().iter().map(|m| m.name()).collect();
+        Err(format!("train.select_metric `{}` does not apply to a {} task; use one of {}", m.name(), self.name(), names.join(", ")))
+    }
 }
 
 /// A dataset on the Hub (`repo`) or local files (`files`: split -> path or glob).
@@ -83,6 +152,9 @@ pub struct Columns {
     pub text: String,
     #[serde(default = "Columns::label_default")]
     pub label: String,
+    /// The second text of a sentence pair (absent: one text per example).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair: Option<String>,
 }
 
 impl Columns {
@@ -96,7 +168,7 @@ impl Columns {
 
 impl Default for Columns {
     fn default() -> Self {
-        Columns { text: Columns::text_default(), label: Columns::label_default() }
+        Columns { text: Columns::text_default(), label: Columns::label_default(), text_pair: None }
     }
 }
 
@@ -146,6 +218,22 @@ pub struct TokenizeParams {
     /// Largest shard file, in MiB.
     #[serde(default = "TokenizeParams::shard_default")]
     pub shard_mib: u64,
+    /// How a sentence pair that is too long is cut (`truncation` applies to single texts).
+    #[serde(default)]
+    pub pair_truncation: PairTruncation,
+}
+
+/// transformers' truncation strategies for a pair of texts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairTruncation {
+    /// A token at a time from the longer of the two.
+    #[default]
+    LongestFirst,
+    /// From the first text only.
+    OnlyFirst,
+    /// From the second text only.
+    OnlySecond,
 }
 
 impl TokenizeParams {
@@ -200,10 +288,55 @@ pub enum Init {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
+    /// The task's headline: accuracy (single-label), `f1_micro` (multi-label), `pearson`
+    /// (regression).
     #[default]
     Accuracy,
+    /// Binary F1 of the positive class for two classes, macro F1 otherwise (single-label).
     F1,
+    F1Micro,
+    F1Macro,
+    Pearson,
+    Spearman,
+    Mse,
     Loss,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::F1 => "f1",
+            Metric::F1Micro => "f1_micro",
+            Metric::F1Macro => "f1_macro",
+            Metric::Pearson => "pearson",
+            Metric::Spearman => "spearman",
+            Metric::Mse => "mse",
+            Metric::Loss => "loss",
+        }
+    }
+
+    /// Whether a larger value is better.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Metric::Loss | Metric::Mse)
+    }
+}
+
+/// `train.class_weights`: a rule or one weight per class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    Rule(WeightRule),
+    /// One weight per class (multi-label: BCE's `pos_weight` per label).
+    List(Vec<f64>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightRule {
+    /// Single-label: `n / (classes × count)` on train (scikit-learn's `balanced`); multi-label:
+    /// `negatives / positives` of each label on train (BCE's `pos_weight`).
+    Balanced,
 }
 
 /// `train`: fine-tuning hyper-parameters.
@@ -267,6 +400,17 @@ pub struct TrainParams {
     /// is not set, so selection and the report agree.
     #[serde(default)]
     pub positive_class: Option<String>,
+    /// Weights of the classes in the loss (single-label cross-entropy's `weight`, multi-label
+    /// BCE's `pos_weight`); absent: unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+    /// Cross-entropy label smoothing (single-label), in [0, 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl TrainParams {
@@ -329,6 +473,36 @@ pub struct EvaluateParams {
     pub precision: Precision,
     #[serde(default = "seed_42")]
     pub seed: u64,
+    /// Multi-label: the probability above which a label is predicted, or `tune` (the threshold
+    /// that maximises micro F1 on `train.validation_split`, applied to `split`).
+    #[serde(default, skip_serializing_if = "Threshold::is_default")]
+    pub threshold: Threshold,
+}
+
+/// `evaluate.threshold`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Threshold {
+    Value(f64),
+    Rule(ThresholdRule),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdRule {
+    Tune,
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold::Value(0.5)
+    }
+}
+
+impl Threshold {
+    fn is_default(&self) -> bool {
+        *self == Threshold::default()
+    }
 }
 
 impl EvaluateParams {

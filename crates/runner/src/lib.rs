@@ -281,13 +281,21 @@ pub fn gc(pipelines: &[Pipeline], opts: &RunOptions, dry_run: bool) -> anyhow::R
 }
 
 /// Checks, once the download artifact exists (cached or just made) and before any later stage
-/// runs, what the pipeline file alone could not: the splits train and evaluate read exist, and
-/// the positive classes name classes of the dataset.
+/// runs, what the pipeline file alone could not: the splits train and evaluate read exist, the
+/// positive classes name classes of the dataset, and train's and evaluate's settings fit its task
+/// (select_metric, class weights, label smoothing, threshold).
 fn check_against_download(p: &Pipeline, download: &Path) -> anyhow::Result<()> {
     let info: pipeline::files::DatasetInfo = pipeline::files::read(&download.join("dataset/info.json"))?;
     let labels: pipeline::files::Labels = pipeline::files::read(&download.join("dataset/labels.json"))?;
     let splits: BTreeSet<String> = info.splits.into_keys().collect();
     let source = format!("the download artifact {}", download.display());
+    let fail = |e: String| anyhow::anyhow!("pipeline `{}`: {e} (the download artifact {} holds a {} task with classes {:?})", p.name, download.display(), labels.task.name(), labels.names);
+    if let Some(t) = p.typed::<pipeline::TrainParams>(Stage::Train).transpose().map_err(fail)? {
+        t.check_task(labels.task, Some(labels.names.len())).map_err(fail)?;
+    }
+    if let Some(e) = p.typed::<pipeline::EvaluateParams>(Stage::Evaluate).transpose().map_err(fail)? {
+        e.check_task(labels.task).map_err(fail)?;
+    }
     p.check_reads(Some(&splits), Some(&labels.names), &source).map_err(|(_, e)| anyhow::anyhow!("pipeline `{}`: {e}", p.name))
 }
 

@@ -10,11 +10,36 @@ pub struct Batch {
     pub ids: Vec<i64>,
     /// 1 for real tokens, 0 for padding.
     pub mask: Vec<i64>,
-    pub labels: Vec<i64>,
+    /// Token types (0 at padding), when the split has them (sentence pairs).
+    pub types: Option<Vec<i64>>,
+    pub targets: Targets,
     /// The examples' indices in the split.
     pub index: Vec<usize>,
     /// Real (unpadded) tokens in the batch.
     pub tokens: usize,
+}
+
+/// The labels of some examples, by the split's [`crate::LabelKind`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Targets {
+    Class(Vec<i64>),
+    /// Row-major `rows × labels`, 1.0 where the example carries the label.
+    Multi { labels: usize, hot: Vec<f32> },
+    Score(Vec<f32>),
+}
+
+impl Targets {
+    pub fn len(&self) -> usize {
+        match self {
+            Targets::Class(v) => v.len(),
+            Targets::Multi { labels, hot } => hot.len() / (*labels).max(1),
+            Targets::Score(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Gathers `index` from a split and pads with `pad_id` to `pad_to` when given (and longer), else
@@ -27,7 +52,7 @@ pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usi
     let rows = index.len();
     let mut ids = vec![pad_id as i64; rows * len];
     let mut mask = vec![0i64; rows * len];
-    let mut labels = Vec::with_capacity(rows);
+    let mut types = split.has_token_types().then(|| vec![0i64; rows * len]);
     let mut buf = Vec::with_capacity(len);
     let mut tokens = 0;
     for (r, &i) in index.iter().enumerate() {
@@ -38,7 +63,13 @@ pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usi
             ids[r * len + c] = id as i64;
             mask[r * len + c] = 1;
         }
-        labels.push(split.label(i) as i64);
+        if let Some(t) = types.as_mut() {
+            buf.clear();
+            split.types_into(i, &mut buf);
+            for (c, &x) in buf.iter().enumerate() {
+                t[r * len + c] = i64::from(x);
+            }
+        }
     }
-    Batch { rows, len, ids, mask, labels, index: index.to_vec(), tokens }
+    Batch { rows, len, ids, mask, types, targets: split.targets(index), index: index.to_vec(), tokens }
 }

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use crate::{Error, Result, HEADER_LEN, MAGIC, VERSION};
+use crate::{Error, LabelKind, Result, HEADER_LEN, MAGIC, TOKEN_TYPES, VERSION};
 
 /// One validated, memory-mapped shard.
 pub struct Shard {
@@ -12,6 +12,9 @@ pub struct Shard {
     map: Mmap,
     n: usize,
     width: usize,
+    kind: LabelKind,
+    /// Where the token types start, when the shard has them.
+    types_at: Option<usize>,
     offsets_at: usize,
     labels_at: usize,
     full_at: usize,
@@ -46,8 +49,20 @@ impl Shard {
             return Err(invalid("bad magic".into()));
         }
         let version = u32_at(b, 8);
+        if version == 1 {
+            return Err(invalid(format!("format version 1 (class ids only, from before sentence pairs, multi-label and regression); this build reads version {VERSION}")));
+        }
         if version != VERSION {
             return Err(invalid(format!("format version {version}, this build reads {VERSION}")));
+        }
+        let kind = LabelKind::from_code(u32_at(b, 48), u32_at(b, 52)).ok_or_else(|| invalid(format!("label kind {} with {} labels", u32_at(b, 48), u32_at(b, 52))))?;
+        let flags = u32_at(b, 56);
+        if flags & !TOKEN_TYPES != 0 {
+            return Err(invalid(format!("unknown flags {flags:#x}")));
+        }
+        let has_types = flags & TOKEN_TYPES != 0;
+        if b[60..64] != [0; 4] {
+            return Err(invalid("reserved header bytes are not zero".into()));
         }
         let width = u32_at(b, 12) as usize;
         if width != 2 && width != 4 {
@@ -57,9 +72,10 @@ impl Shard {
         let t64 = u64_at(b, 24);
         let expected = (|| {
             let n = n64.checked_add(1)?.checked_mul(8)?;
-            let per = n64.checked_mul(8)?;
+            let per = n64.checked_mul(4 * kind.words() as u64 + 4)?;
             let ids = t64.checked_mul(width as u64)?;
-            (HEADER_LEN as u64).checked_add(n)?.checked_add(per)?.checked_add(ids)
+            let types = if has_types { t64 } else { 0 };
+            (HEADER_LEN as u64).checked_add(n)?.checked_add(per)?.checked_add(ids)?.checked_add(types)
         })()
         .ok_or_else(|| invalid("counts overflow".into()))?;
         if expected != b.len() as u64 {
@@ -71,8 +87,9 @@ impl Shard {
         }
         let offsets_at = HEADER_LEN;
         let labels_at = offsets_at + (n + 1) * 8;
-        let full_at = labels_at + n * 4;
+        let full_at = labels_at + n * 4 * kind.words();
         let ids_at = full_at + n * 4;
+        let types_at = has_types.then_some(ids_at + t64 as usize * width);
         let mut prev = u64_at(b, offsets_at);
         if prev != 0 {
             return Err(invalid("first offset is not 0".into()));
@@ -87,7 +104,27 @@ impl Shard {
         if prev != t64 {
             return Err(invalid("last offset does not match the token count".into()));
         }
-        Ok(Shard { path: path.to_path_buf(), map, n, width, offsets_at, labels_at, full_at, ids_at })
+        let shard = Shard { path: path.to_path_buf(), map, n, width, kind, types_at, offsets_at, labels_at, full_at, ids_at };
+        if let Some(at) = types_at {
+            if shard.map[at..].iter().any(|&x| x > 1) {
+                return Err(invalid("a token type other than 0 or 1".into()));
+            }
+        }
+        if kind == LabelKind::Score {
+            if let Some(i) = (0..n).find(|&i| !shard.score(i).is_finite()) {
+                return Err(invalid(format!("example {i}'s score is not a finite number")));
+            }
+        }
+        Ok(shard)
+    }
+
+    pub fn kind(&self) -> LabelKind {
+        self.kind
+    }
+
+    /// Whether the examples carry token types (sentence pairs).
+    pub fn has_token_types(&self) -> bool {
+        self.types_at.is_some()
     }
 
     pub fn path(&self) -> &Path {
@@ -114,9 +151,33 @@ impl Shard {
         b - a
     }
 
-    pub fn label(&self, i: usize) -> i32 {
+    fn word(&self, i: usize, w: usize) -> u32 {
         assert!(i < self.n, "example {i} out of range ({} examples)", self.n);
-        u32_at(&self.map, self.labels_at + i * 4) as i32
+        u32_at(&self.map, self.labels_at + (i * self.kind.words() + w) * 4)
+    }
+
+    /// The class id of example `i` (the first label word: use with [`LabelKind::Class`]).
+    pub fn label(&self, i: usize) -> i32 {
+        self.word(i, 0) as i32
+    }
+
+    /// The score of example `i` ([`LabelKind::Score`]).
+    pub fn score(&self, i: usize) -> f32 {
+        f32::from_bits(self.word(i, 0))
+    }
+
+    /// Whether example `i` carries label `j` ([`LabelKind::MultiHot`]).
+    pub fn has_label(&self, i: usize, j: usize) -> bool {
+        j / 32 < self.kind.words() && self.word(i, j / 32) >> (j % 32) & 1 == 1
+    }
+
+    /// Appends the token types of example `i` to `out` (zeros when the shard has none).
+    pub fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        let (a, b) = self.range(i);
+        match self.types_at {
+            Some(at) => out.extend(self.map[at + a..at + b].iter().map(|&x| u32::from(x))),
+            None => out.extend(std::iter::repeat_n(0, b - a)),
+        }
     }
 
     /// Tokens the text had before truncation.
@@ -172,6 +233,9 @@ impl Split {
         }
         files.sort();
         let shards = files.iter().map(|f| Shard::open(f)).collect::<Result<Vec<_>>>()?;
+        if let Some(odd) = shards.iter().find(|s| s.kind != shards[0].kind || s.has_token_types() != shards[0].has_token_types()) {
+            return Err(Error::Invalid { path: odd.path.clone(), why: format!("its labels or token types differ from {}'s", shards[0].path.display()) });
+        }
         let mut starts = Vec::with_capacity(shards.len());
         let mut len = 0;
         for s in &shards {
@@ -203,6 +267,48 @@ impl Split {
     pub fn label(&self, i: usize) -> i32 {
         let (s, j) = self.locate(i);
         s.label(j)
+    }
+
+    pub fn score(&self, i: usize) -> f32 {
+        let (s, j) = self.locate(i);
+        s.score(j)
+    }
+
+    pub fn has_label(&self, i: usize, label: usize) -> bool {
+        let (s, j) = self.locate(i);
+        s.has_label(j, label)
+    }
+
+    pub fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        let (s, j) = self.locate(i);
+        s.types_into(j, out)
+    }
+
+    /// What the labels are (a split's shards agree).
+    pub fn kind(&self) -> LabelKind {
+        self.shards.first().map_or(LabelKind::Class, |s| s.kind)
+    }
+
+    pub fn has_token_types(&self) -> bool {
+        self.shards.first().is_some_and(|s| s.has_token_types())
+    }
+
+    /// The labels of examples `index`, in order.
+    pub fn targets(&self, index: &[usize]) -> crate::Targets {
+        use crate::Targets;
+        match self.kind() {
+            LabelKind::Class => Targets::Class(index.iter().map(|&i| i64::from(self.label(i))).collect()),
+            LabelKind::Score => Targets::Score(index.iter().map(|&i| self.score(i)).collect()),
+            LabelKind::MultiHot { labels } => {
+                let l = labels as usize;
+                Targets::Multi { labels: l, hot: index.iter().flat_map(|&i| (0..l).map(move |j| if self.has_label(i, j) { 1.0 } else { 0.0 })).collect() }
+            }
+        }
+    }
+
+    /// The labels of every example.
+    pub fn all_targets(&self) -> crate::Targets {
+        self.targets(&(0..self.len).collect::<Vec<_>>())
     }
 
     pub fn full_length(&self, i: usize) -> u32 {

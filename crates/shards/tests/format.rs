@@ -62,9 +62,6 @@ fn every_truncation_and_byte_flip_is_rejected() {
         assert!(e.contains("bad.shard"), "{e}");
     }
     for i in 0..good.len() {
-        if (48..64).contains(&i) {
-            continue; // reserved bytes are not checked
-        }
         let mut b = good.clone();
         b[i] ^= 0x41;
         std::fs::write(&p, &b).unwrap();
@@ -86,6 +83,58 @@ fn ids_beyond_u16_widen_the_shard_and_are_never_truncated() {
     let mut w = ShardWriter::new(tmp.path(), "small", 30_521, 1 << 20);
     let e = w.push(&[5, 70_000], 0, 2).unwrap_err().to_string();
     assert!(e.contains("70000") && e.contains("largest id"), "{e}");
+}
+
+#[test]
+fn pairs_label_sets_and_scores_round_trip() {
+    use shards::{Label, LabelKind, Targets};
+    let tmp = tempfile::tempdir().unwrap();
+    // 40 labels: a set spans two words.
+    let mut w = ShardWriter::new(tmp.path(), "multi", 99, 200).labels(LabelKind::MultiHot { labels: 40 }).token_types(true);
+    let sets: Vec<Vec<u32>> = (0..20u32).map(|i| if i % 5 == 0 { vec![] } else { vec![i % 40, (i * 7 + 33) % 40, i % 40] }).collect();
+    for (i, set) in sets.iter().enumerate() {
+        let ids: Vec<u32> = (0..(i as u32 % 6 + 1)).collect();
+        let types: Vec<u32> = ids.iter().map(|&k| u32::from(k >= 2)).collect();
+        w.push_example(&ids, Some(&types), Label::Set(set), ids.len() as u32).unwrap();
+    }
+    assert!(w.finish().unwrap().len() > 1);
+    let s = Split::open(tmp.path(), "multi").unwrap();
+    assert_eq!((s.kind(), s.has_token_types()), (LabelKind::MultiHot { labels: 40 }, true));
+    for (i, set) in sets.iter().enumerate() {
+        for j in 0..40 {
+            assert_eq!(s.has_label(i, j), set.contains(&(j as u32)), "example {i} label {j}");
+        }
+        let mut t = Vec::new();
+        s.types_into(i, &mut t);
+        assert_eq!(t, (0..s.length(i) as u32).map(|k| u32::from(k >= 2)).collect::<Vec<_>>());
+    }
+    let b = pad_batch(&s, &[5, 1], 0, None, 1);
+    assert_eq!(b.types.as_deref(), Some(&[0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0][..]));
+    let Targets::Multi { labels: 40, hot } = b.targets else { panic!("multi-hot targets") };
+    assert_eq!(hot.iter().sum::<f32>(), 0.0 + 2.0, "example 5 has no label, example 1 two");
+
+    let mut w = ShardWriter::new(tmp.path(), "reg", 99, 1 << 20).labels(LabelKind::Score);
+    w.push_example(&[1, 2], None, Label::Score(-0.25), 2).unwrap();
+    w.push_example(&[3], None, Label::Score(4.5), 1).unwrap();
+    let e = w.push_example(&[3], None, Label::Class(1), 1).unwrap_err().to_string();
+    assert!(e.contains("Class(1)") && e.contains("Score"), "{e}");
+    let e = w.push_example(&[3], Some(&[0]), Label::Score(1.0), 1).unwrap_err().to_string();
+    assert!(e.contains("token types"), "{e}");
+    w.finish().unwrap();
+    let s = Split::open(tmp.path(), "reg").unwrap();
+    assert_eq!(s.all_targets(), Targets::Score(vec![-0.25, 4.5]));
+    assert!(pad_batch(&s, &[0], 0, None, 1).types.is_none());
+}
+
+#[test]
+fn a_version_1_shard_is_refused_with_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = write(tmp.path(), &[(vec![1, 2], 0)], 100, 1 << 20);
+    let mut b = std::fs::read(&files[0]).unwrap();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&files[0], &b).unwrap();
+    let e = Split::open(tmp.path(), "train").err().unwrap().to_string();
+    assert!(e.contains("format version 1") && e.contains("rerun the tokenize stage"), "{e}");
 }
 
 /// Replaces a shard's checksum with the right one for its (modified) body.
@@ -132,7 +181,7 @@ proptest! {
         let p = tmp.path().join("x.shard");
         let mut b = vec![0u8; shards::HEADER_LEN];
         b[..8].copy_from_slice(shards::MAGIC);
-        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        b[8..12].copy_from_slice(&shards::VERSION.to_le_bytes());
         b[12..16].copy_from_slice(&width.to_le_bytes());
         b[16..24].copy_from_slice(&n.to_le_bytes());
         b[24..32].copy_from_slice(&t.to_le_bytes());
@@ -178,7 +227,7 @@ proptest! {
         let mut b = bytes;
         if header && b.len() >= 16 {
             b[..8].copy_from_slice(shards::MAGIC);
-            b[8..12].copy_from_slice(&1u32.to_le_bytes());
+            b[8..12].copy_from_slice(&shards::VERSION.to_le_bytes());
             b[12..16].copy_from_slice(&2u32.to_le_bytes());
         }
         std::fs::write(&p, &b).unwrap();

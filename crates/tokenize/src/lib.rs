@@ -2,9 +2,10 @@
 //! into token shards (see the `shards` crate). Artifact layout:
 //!
 //! ```text
-//! <split>-NNNNN.shard   token ids, labels, untruncated lengths
+//! <split>-NNNNN.shard   token ids (and token types of sentence pairs), labels (class ids,
+//!                       label sets or scores), untruncated lengths
 //! tokenizer.json        the tokenizer used, with our truncation (none) and padding (none)
-//! labels.json           class names, copied from the dataset
+//! labels.json           the task and class names, copied from the dataset
 //! meta.json             max_length, truncation, special ids, vocabulary size and largest id,
 //!                       per-split stats (pipeline::files::TokenizeMeta)
 //! ```
@@ -18,10 +19,11 @@ use anyhow::{bail, Context as _};
 use pipeline::TokenizeParams;
 use polars::prelude::*;
 use rayon::prelude::*;
-use pipeline::files::TokenizeMeta;
+use pipeline::files::{Labels, TokenizeMeta};
+use pipeline::{Task, Truncation};
 
 /// Bump when the shard contents or meta.json change meaning.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub fn stage_def() -> artifact::StageDef {
     artifact::stage_def!("tokenize", SCHEMA_VERSION)
@@ -31,16 +33,69 @@ pub fn validate(p: &TokenizeParams) -> anyhow::Result<()> {
     pipeline::Params::validate(p).map_err(anyhow::Error::msg)
 }
 
-/// Reads `text` and `label` from a normalized split file.
-pub fn read_split(path: &Path) -> anyhow::Result<(Vec<String>, Vec<i64>)> {
+/// A normalized split file: texts, second texts of pairs, and labels.
+pub struct SplitRows {
+    pub text: Vec<String>,
+    pub text_pair: Option<Vec<String>>,
+    pub labels: RowLabels,
+}
+
+/// Labels as the dataset artifact holds them.
+pub enum RowLabels {
+    Class(Vec<i64>),
+    Sets(Vec<Vec<u32>>),
+    Scores(Vec<f64>),
+}
+
+/// Reads `text`, `text_pair` (when present) and `label` from a normalized split file; the label
+/// column must hold what `task` reads.
+pub fn read_split(path: &Path, task: Task) -> anyhow::Result<SplitRows> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let df = ParquetReader::new(f).finish().with_context(|| format!("reading {}", path.display()))?;
-    let text = df.column("text").and_then(|c| c.str().cloned()).with_context(|| format!("{}: no utf8 `text` column", path.display()))?;
-    let label = df.column("label").and_then(|c| c.i64().cloned()).with_context(|| format!("{}: no int64 `label` column", path.display()))?;
-    Ok((
-        text.into_iter().map(|t| t.unwrap_or_default().to_string()).collect(),
-        label.into_iter().map(|l| l.unwrap_or_default()).collect(),
-    ))
+    let strings = |name: &str| -> anyhow::Result<Vec<String>> {
+        let c = df.column(name).and_then(|c| c.str().cloned()).with_context(|| format!("{}: no utf8 `{name}` column (rerun the download stage)", path.display()))?;
+        Ok(c.into_iter().map(|t| t.unwrap_or_default().to_string()).collect())
+    };
+    let text = strings("text")?;
+    let text_pair = if df.get_column_names().iter().any(|c| c.as_str() == "text_pair") { Some(strings("text_pair")?) } else { None };
+    let col = df.column("label").with_context(|| format!("{}: no `label` column (rerun the download stage)", path.display()))?;
+    let wrong = || anyhow::anyhow!("{}: the `label` column has type {}, which is not what a {} task reads (rerun the download stage)", path.display(), col.dtype(), task.name());
+    let labels = match task {
+        Task::SingleLabel => RowLabels::Class(col.i64().map_err(|_| wrong())?.into_iter().map(|l| l.unwrap_or_default()).collect()),
+        Task::Regression => RowLabels::Scores(col.f64().map_err(|_| wrong())?.into_iter().map(|l| l.unwrap_or(f64::NAN)).collect()),
+        Task::MultiLabel => {
+            let lists = col.list().map_err(|_| wrong())?;
+            let mut sets = Vec::with_capacity(lists.len());
+            for l in lists.into_iter() {
+                let ids = match l {
+                    Some(s) => s.i64().map_err(|_| wrong())?.into_iter().map(|x| x.unwrap_or_default() as u32).collect(),
+                    None => Vec::new(),
+                };
+                sets.push(ids);
+            }
+            RowLabels::Sets(sets)
+        }
+    };
+    Ok(SplitRows { text, text_pair, labels })
+}
+
+impl RowLabels {
+    fn get(&self, i: usize) -> shards::Label<'_> {
+        match self {
+            RowLabels::Class(v) => shards::Label::Class(v[i] as i32),
+            RowLabels::Sets(v) => shards::Label::Set(&v[i]),
+            RowLabels::Scores(v) => shards::Label::Score(v[i] as f32),
+        }
+    }
+}
+
+/// The shards' label kind for a task of `names`.
+fn label_kind(labels: &Labels) -> shards::LabelKind {
+    match labels.task {
+        Task::SingleLabel => shards::LabelKind::Class,
+        Task::MultiLabel => shards::LabelKind::MultiHot { labels: labels.names.len() as u32 },
+        Task::Regression => shards::LabelKind::Score,
+    }
 }
 
 /// Runs the stage: `download` is the download artifact's directory.
@@ -76,18 +131,28 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<To
     if splits.is_empty() {
         bail!("{}: the dataset has no splits", ds.display());
     }
+    let labels: Labels = pipeline::files::read(&ds.join("labels.json"))?;
+    let mut pairs = None;
     let mut split_stats = std::collections::BTreeMap::new();
     for split in &splits {
         let t = std::time::Instant::now();
-        let (texts, labels) = read_split(&ds.join(format!("{split}.parquet")))?;
-        let encoded: Vec<anyhow::Result<(Vec<u32>, u32)>> =
-            texts.par_iter().map(|text| tk.encode(text, p)).collect();
-        let mut writer = shards::ShardWriter::new(out, split, max_id, p.shard_mib << 20);
+        let rows = read_split(&ds.join(format!("{split}.parquet")), labels.task)?;
+        if *pairs.get_or_insert(rows.text_pair.is_some()) != rows.text_pair.is_some() {
+            bail!("{}: some splits have a text_pair column and some do not (rerun the download stage)", ds.display());
+        }
+        if rows.text_pair.is_some() && p.truncation == Truncation::HeadTail {
+            bail!("tokenize.truncation head_tail cuts single texts; this dataset has sentence pairs (download.columns.text_pair), which tokenize.pair_truncation cuts (longest_first, only_first, only_second): remove truncation");
+        }
+        let encoded: Vec<anyhow::Result<tok::Encoded>> = match &rows.text_pair {
+            Some(second) => rows.text.par_iter().zip(second).map(|(a, b)| tk.encode_pair(a, b, p)).collect(),
+            None => rows.text.par_iter().map(|text| tk.encode(text, p).map(|(ids, full)| tok::Encoded { ids, types: None, full })).collect(),
+        };
+        let mut writer = shards::ShardWriter::new(out, split, max_id, p.shard_mib << 20).labels(label_kind(&labels)).token_types(rows.text_pair.is_some());
         let mut st = stats::Stats::new(tk.unk_id);
-        for (i, (e, label)) in encoded.into_iter().zip(&labels).enumerate() {
-            let (ids, full) = e.with_context(|| format!("split `{split}`, row {i}"))?;
-            st.add(&ids, full as usize, p.max_length);
-            writer.push(&ids, *label as i32, full)?;
+        for (i, e) in encoded.into_iter().enumerate() {
+            let e = e.with_context(|| format!("split `{split}`, row {i}"))?;
+            st.add(&e.ids, e.full as usize, p.max_length);
+            writer.push_example(&e.ids, e.types.as_deref(), rows.labels.get(i), e.full)?;
         }
         let files = writer.finish()?;
         let s = st.summary(files.len(), t.elapsed().as_secs_f64());
@@ -109,6 +174,7 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<To
         sep_id: tk.sep_id,
         unk_id: tk.unk_id,
         tokenizer_source: tk.source.clone(),
+        pair_truncation: pairs.unwrap_or(false).then_some(p.pair_truncation),
         splits: split_stats,
     };
     pipeline::files::write(&out.join("meta.json"), &meta)?;

@@ -3,8 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use pipeline::{TokenizeParams, Truncation};
-use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection};
+use pipeline::{PairTruncation, TokenizeParams, Truncation};
+use tokenizers::{Encoding, PostProcessor, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// A tokenizer with the ids the stage needs.
 pub struct Tok {
@@ -108,7 +108,58 @@ fn from_vocab(model_dir: &Path) -> anyhow::Result<Tokenizer> {
     Ok(t)
 }
 
+/// One example's ids, its token types (sentence pairs), and its untruncated length.
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub types: Option<Vec<u32>>,
+    pub full: u32,
+}
+
+/// An encoding of bare ids (no offsets or words), for the post-processor.
+fn bare(ids: Vec<u32>) -> Encoding {
+    let n = ids.len();
+    Encoding::new(ids, vec![0; n], vec![String::new(); n], vec![None; n], vec![(0, 0); n], vec![0; n], vec![1; n], vec![], Default::default())
+}
+
 impl Tok {
+    /// A text's tokens without special tokens (the fast path's ids when it applies).
+    fn body(&self, text: &str) -> anyhow::Result<Encoding> {
+        if let Some(ids) = self.fast.as_ref().and_then(|f| f.body(text)) {
+            return Ok(bare(ids));
+        }
+        self.tokenizer.encode_fast(text, false).map_err(|e| anyhow::anyhow!("tokenizing: {e}"))
+    }
+
+    /// Encodes a sentence pair as transformers' `tokenizer(a, b, truncation=..., max_length=...)`
+    /// does: both texts tokenized alone, cut to `max_length` (special tokens included) by
+    /// `pair_truncation` with the tokenizers library's own rule, then joined by the tokenizer's
+    /// post-processor (BERT: `[CLS] a [SEP] b [SEP]`, token types 0 then 1; RoBERTa:
+    /// `<s> a </s></s> b </s>`).
+    pub fn encode_pair(&self, a: &str, b: &str, p: &TokenizeParams) -> anyhow::Result<Encoded> {
+        let (ea, eb) = (self.body(a)?, self.body(b)?);
+        let specials = self.tokenizer.get_post_processor().map(|pp| pp.added_tokens(true)).unwrap_or(0);
+        let full = (ea.len() + eb.len() + specials) as u32;
+        let params = TruncationParams {
+            max_length: p.max_length.saturating_sub(specials),
+            strategy: match p.pair_truncation {
+                PairTruncation::LongestFirst => TruncationStrategy::LongestFirst,
+                PairTruncation::OnlyFirst => TruncationStrategy::OnlyFirst,
+                PairTruncation::OnlySecond => TruncationStrategy::OnlySecond,
+            },
+            ..Default::default()
+        };
+        let (la, lb) = (ea.len(), eb.len());
+        let (ea, eb) = tokenizers::utils::truncation::truncate_encodings(ea, Some(eb), &params).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot cut a pair of {la} + {lb} tokens to tokenize.max_length {} by pair_truncation {}: {e}; use pair_truncation: longest_first or a larger max_length",
+                p.max_length,
+                serde_json::to_value(p.pair_truncation).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+            )
+        })?;
+        let done = self.tokenizer.post_process(ea, eb, true).map_err(|e| anyhow::anyhow!("adding special tokens: {e}"))?;
+        Ok(Encoded { ids: done.get_ids().to_vec(), types: Some(done.get_type_ids().to_vec()), full })
+    }
+
     /// Encodes one text: ids with special tokens, truncated to `max_length` by the pipeline's
     /// rule, and the length the text would have had untruncated (special tokens included).
     pub fn encode(&self, text: &str, p: &TokenizeParams) -> anyhow::Result<(Vec<u32>, u32)> {

@@ -21,11 +21,11 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use pipeline::files::{Hparams, Labels, Mfu, TokenizeMeta, TrainSummary};
-use pipeline::{Precision, TrainParams};
+use pipeline::{ClassWeights, Precision, Task, TrainParams, WeightRule};
 use tch::Kind;
 
 /// Bump when the artifact's layout or the training algorithm's meaning changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The stage's identity: code, dependencies, the libtorch loaded, and the rule that the tokenize
 /// input was made from the download input (the model it trains).
@@ -49,19 +49,67 @@ pub fn compute_kind(p: Precision, device: tch::Device) -> Kind {
     }
 }
 
-/// The class whose F1 validation reports (and `select_metric: f1` selects by).
-pub fn positive_class(p: &TrainParams, names: &[String]) -> anyhow::Result<usize> {
-    pipeline::positive_index("train.positive_class", p.positive_class.as_deref(), names).map_err(anyhow::Error::msg)
+/// Single-label with two classes: the class whose F1 validation reports (and `select_metric:
+/// f1` selects by).
+pub fn positive_class(p: &TrainParams, labels: &Labels) -> anyhow::Result<Option<usize>> {
+    if labels.task != Task::SingleLabel || labels.names.len() != 2 {
+        return Ok(None);
+    }
+    pipeline::positive_index("train.positive_class", p.positive_class.as_deref(), &labels.names).map(Some).map_err(anyhow::Error::msg)
 }
 
-/// Class names from a tokenize artifact.
-pub fn label_names(tokenize: &Path) -> anyhow::Result<Vec<String>> {
+/// The task and class names of a tokenize artifact.
+pub fn labels(tokenize: &Path) -> anyhow::Result<Labels> {
     let path = tokenize.join("labels.json");
-    let names = pipeline::files::read::<Labels>(&path)?.names;
-    if names.len() < 2 {
-        bail!("{}: needs at least two classes, found {names:?}", path.display());
+    let labels: Labels = pipeline::files::read(&path)?;
+    let least = if labels.task == Task::SingleLabel { 2 } else { 1 };
+    if labels.names.len() < least {
+        bail!("{}: a {} task needs at least {least} class names, found {:?}", path.display(), labels.task.name(), labels.names);
     }
-    Ok(names)
+    Ok(labels)
+}
+
+/// `class_weights` resolved on `train`: the listed weights, or `balanced` — single-label
+/// `n / (classes × count)` per class (scikit-learn's), multi-label `negatives / positives` per
+/// label (BCE's `pos_weight`). A class absent from train cannot be balanced: the error names it.
+pub fn class_weights(p: &TrainParams, labels: &Labels, train: &shards::Split) -> anyhow::Result<Option<Vec<f64>>> {
+    let rule = match &p.class_weights {
+        None => return Ok(None),
+        Some(ClassWeights::List(w)) => return Ok(Some(w.clone())),
+        Some(ClassWeights::Rule(r)) => *r,
+    };
+    let WeightRule::Balanced = rule;
+    let n = train.len() as f64;
+    let counts: Vec<f64> = match train.all_targets() {
+        shards::Targets::Class(y) => {
+            let mut c = vec![0.0; labels.names.len()];
+            y.iter().for_each(|&l| c[l as usize] += 1.0);
+            c
+        }
+        shards::Targets::Multi { labels: l, hot } => (0..l).map(|j| hot.iter().skip(j).step_by(l).sum::<f32>() as f64).collect(),
+        shards::Targets::Score(_) => bail!("train.class_weights apply to classification; this is a regression task"),
+    };
+    if let Some(j) = counts.iter().position(|&c| c == 0.0 || (labels.task == Task::MultiLabel && c == n)) {
+        bail!(
+            "train.class_weights: balanced: class `{}` {} in the {} train examples, so it has no balancing weight; list the weights instead (train.class_weights: [..])",
+            labels.names[j],
+            if counts[j] == 0.0 { "never occurs" } else { "occurs in every one" },
+            train.len()
+        );
+    }
+    Ok(Some(match labels.task {
+        Task::MultiLabel => counts.iter().map(|&c| (n - c) / c).collect(),
+        _ => counts.iter().map(|&c| n / (counts.len() as f64 * c)).collect(),
+    }))
+}
+
+/// The loss for the task.
+pub fn objective(p: &TrainParams, task: Task, weights: Option<&[f64]>, device: tch::Device) -> model::loss::Objective {
+    match task {
+        Task::SingleLabel => model::loss::Objective::single_label(weights, p.label_smoothing, device),
+        Task::MultiLabel => model::loss::Objective::multi_label(weights, device),
+        Task::Regression => model::loss::Objective::Regression,
+    }
 }
 
 /// Peak dense bf16 FLOP/s of known GPUs, for model FLOP utilisation.
@@ -86,8 +134,10 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     validate(p)?;
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
     let (pad_id, max_length) = (meta.pad_id, meta.max_length);
-    let names = label_names(tokenize)?;
-    let positive = positive_class(p, &names)?;
+    let labels = labels(tokenize)?;
+    let names = labels.names.clone();
+    let select = p.check_task(labels.task, Some(names.len())).map_err(anyhow::Error::msg)?;
+    let positive = positive_class(p, &labels)?;
     let config_path = model_dir.join("config.json");
     let config = model::Config::from_file(&config_path)?;
     let family = config.family();
@@ -109,8 +159,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let device = model::device::resolve(&p.device)?;
     let kind = compute_kind(p.precision, device);
     let (mut m, report) = match p.init {
-        pipeline::Init::Pretrained => model::Model::load(config.clone(), names.len() as i64, &model_dir.join("model.safetensors"), device, p.seed)?,
-        pipeline::Init::Random => (model::Model::random(config.clone(), names.len() as i64, device, p.seed)?, model::LoadReport::default()),
+        pipeline::Init::Pretrained => model::Model::load(config.clone(), labels.outputs() as i64, &model_dir.join("model.safetensors"), device, p.seed)?,
+        pipeline::Init::Random => (model::Model::random(config.clone(), labels.outputs() as i64, device, p.seed)?, model::LoadReport::default()),
     };
     m.compute = kind;
     if !report.initialized.is_empty() {
@@ -128,6 +178,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         ),
         Err(e) => return Err(e.into()),
     };
+    let weights = class_weights(p, &labels, &train)?;
+    let objective = objective(p, labels.task, weights.as_deref(), device);
     eprintln!(
         "training {} parameters on {} ({}), {} train / {} validation examples",
         m.params.numel(),
@@ -149,6 +201,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         positive_class: positive,
         names: names.clone(),
         progress: true,
+        objective: &objective,
+        select,
     };
     let outcome = trainer::run(job)?;
     m.params.save(&out.join("final.safetensors"), Kind::Float)?;
@@ -159,19 +213,22 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         std::fs::copy(out.join("final.safetensors"), out.join("best.safetensors")).context("copying weights")?;
     }
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config.classifier_json(&names))?)?;
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config.classifier_json(&names, labels.task.problem_type()))?)?;
     let hparams = Hparams {
         params: p.clone(),
+        task: labels.task,
+        select_metric: select,
+        class_weights: weights,
         total_steps: outcome.total_steps,
         device: model::device::describe(device),
         precision: if kind == Kind::BFloat16 { "bf16" } else { "fp32" }.into(),
         max_length,
         labels: names.clone(),
-        positive_class: names[positive].clone(),
+        positive_class: positive.map(|i| names[i].clone()),
         initialized: report.initialized.clone(),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
-    let summary = summarize(p, &outcome, &config, device);
+    let summary = summarize(select, &outcome, &config, device);
     pipeline::files::write(&out.join("summary.json"), &summary)?;
     let st = &outcome.state;
     eprintln!(
@@ -181,15 +238,15 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         outcome.samples_per_second,
         outcome.tokens_per_second,
         summary.flop_utilisation.as_ref().map(|m| format!(", MFU {:.1}%", 100.0 * m.mfu)).unwrap_or_default(),
-        serde_json::to_value(p.select_metric).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        st.best_metric(p.select_metric).map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
+        select.name(),
+        st.best_metric(select).map(|m| format!("{m:.4}")).unwrap_or_else(|| "-".into()),
         st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
     );
     Ok(summary)
 }
 
 /// `summary.json`: what a run did, and on a GPU its model FLOP utilisation.
-fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::Config, device: tch::Device) -> TrainSummary {
+fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &model::Config, device: tch::Device) -> TrainSummary {
     let st = &outcome.state;
     let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
     let flops = 3.0 * st.tokens as f64 * config.family().flops_per_token(avg_len);
@@ -209,8 +266,8 @@ fn summarize(p: &TrainParams, outcome: &trainer::Outcome, config: &model::Config
         samples_per_second: outcome.samples_per_second,
         tokens_per_second: outcome.tokens_per_second,
         best_step: st.best_step,
-        best_metric: st.best_metric(p.select_metric),
-        select_metric: p.select_metric,
+        best_metric: st.best_metric(select),
+        select_metric: select,
         best_validation: st.best_eval.clone(),
         last_validation: outcome.last_eval.clone(),
         flop_utilisation: mfu,

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::batches::Plan;
+use model::loss::Objective;
 use crate::optim::{lr_lambda, AdamW};
 
 /// Where the loop stands; saved in `state.json` with each checkpoint.
@@ -41,13 +42,10 @@ pub struct State {
     pub done: bool,
 }
 
-/// The figure of a validation that `select_metric` selects by.
+/// The figure of a validation that `m` (the resolved `select_metric`) selects by; a metric the
+/// validation lacks counts as the worst.
 pub fn metric(ev: &Validation, m: Metric) -> f64 {
-    match m {
-        Metric::Accuracy => ev.accuracy,
-        Metric::F1 => ev.f1,
-        Metric::Loss => ev.loss,
-    }
+    ev.get(m).unwrap_or(if m.higher_is_better() { f64::NEG_INFINITY } else { f64::INFINITY })
 }
 
 impl State {
@@ -70,10 +68,16 @@ pub struct Job<'a> {
     pub work: PathBuf,
     /// Stop (after checkpointing) once this many optimizer steps are done; for interruption tests.
     pub stop_after: Option<u64>,
-    pub positive_class: usize,
+    /// Single-label with two classes: the class validation F1 is of.
+    pub positive_class: Option<usize>,
     /// Class names, in id order.
     pub names: Vec<String>,
     pub progress: bool,
+    /// The loss.
+    pub objective: &'a Objective,
+    /// What weights are selected by (`select_metric` resolved for the task, see
+    /// [`pipeline::Task::select`]).
+    pub select: Metric,
 }
 
 /// How a run ended.
@@ -89,24 +93,39 @@ pub struct Outcome {
     pub tokens_per_second: f64,
 }
 
-fn higher_is_better(m: Metric) -> bool {
-    !matches!(m, Metric::Loss)
-}
-
-/// Loss, accuracy and F1 (of class `positive` of `names` for two classes, macro otherwise) on
-/// `split`; the caller explains a failed batch (it knows which setting sets the batch size).
-pub fn evaluate(m: &model::Model, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: usize, names: &[String]) -> Result<Validation, BatchError> {
-    let pred = model::infer::predict(m, split, batch, pad, device, &mut |_| {})?;
-    let labels: Vec<i64> = split.labels().into_iter().map(i64::from).collect();
-    let p = pred.argmax();
-    let n = m.num_labels as usize;
-    let positive = positive.min(n.saturating_sub(1));
-    Ok(Validation {
-        loss: pred.loss,
-        accuracy: metrics::accuracy(&labels, &p),
-        f1: metrics::f1(&labels, &p, n, positive),
-        examples: labels.len(),
-        positive_class: names.get(positive).cloned().unwrap_or_else(|| positive.to_string()),
+/// The loss and the task's metrics on `split`: single-label accuracy, F1 (of class `positive`
+/// for two classes, macro otherwise), micro and macro F1; multi-label subset accuracy and micro
+/// and macro F1 at threshold 0.5; regression Pearson, Spearman and MSE. The caller explains a
+/// failed batch (it knows which setting sets the batch size).
+pub fn evaluate(m: &model::Model, objective: &Objective, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: Option<usize>, names: &[String]) -> Result<Validation, BatchError> {
+    let pred = model::infer::predict(m, objective, split, batch, pad, device, &mut |_| {})?;
+    let base = Validation { loss: pred.loss, examples: split.len(), ..Default::default() };
+    Ok(match split.all_targets() {
+        shards::Targets::Class(labels) => {
+            let p = pred.argmax();
+            let n = m.num_labels as usize;
+            let positive = positive.unwrap_or(1).min(n.saturating_sub(1));
+            let per_class = metrics::per_class(&metrics::confusion(&labels, &p, n));
+            Validation {
+                accuracy: Some(metrics::accuracy(&labels, &p)),
+                f1: Some(metrics::f1(&labels, &p, n, positive)),
+                positive_class: (n == 2).then(|| names.get(positive).cloned().unwrap_or_else(|| positive.to_string())),
+                f1_micro: Some(metrics::accuracy(&labels, &p)),
+                f1_macro: Some(per_class.iter().map(|c| c.f1).sum::<f64>() / n.max(1) as f64),
+                ..base
+            }
+        }
+        shards::Targets::Multi { labels, hot } => {
+            let truth: Vec<bool> = hot.iter().map(|&x| x > 0.5).collect();
+            let predicted: Vec<bool> = pred.probs.iter().flatten().map(|&p| p > 0.5).collect();
+            let ml = metrics::multi_label(&truth, &predicted, labels);
+            Validation { accuracy: Some(ml.subset_accuracy), f1_micro: Some(ml.micro.f1), f1_macro: Some(ml.macro_f1), ..base }
+        }
+        shards::Targets::Score(y) => {
+            let y: Vec<f64> = y.iter().map(|&v| f64::from(v)).collect();
+            let p: Vec<f64> = pred.probs.iter().map(|r| f64::from(r[0])).collect();
+            Validation { pearson: Some(metrics::pearson(&y, &p)), spearman: Some(metrics::spearman(&y, &p)), mse: Some(metrics::mse(&y, &p)), ..base }
+        }
     })
 }
 
@@ -256,7 +275,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("opening log.jsonl")?;
     let progress = if job.progress { artifact::Progress::new("steps", total_steps, st.step) } else { artifact::Progress::hidden() };
     let mut last_eval = None;
-    let higher = higher_is_better(p.select_metric);
+    let higher = job.select.higher_is_better();
     // Pending per-step losses (device scalars), checked for NaN at each log point.
     let mut pending: Vec<(u64, Tensor)> = Vec::new();
     let mut window = (Instant::now(), 0u64, 0u64, st.step);
@@ -276,10 +295,10 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let t_eval = Instant::now();
         if let Some(val) = job.val {
             let ev = progress
-                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class, &job.names))
+                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, job.objective, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class, &job.names))
                 .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
-            let m = metric(&ev, p.select_metric);
-            let better = match st.best_metric(p.select_metric) {
+            let m = metric(&ev, job.select);
+            let better = match st.best_metric(job.select) {
                 None => true,
                 Some(b) => (higher && m > b) || (!higher && m < b),
             };
@@ -296,14 +315,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             let line = LogLine::Eval { step: st.step, epoch: st.epoch, eval: ev.clone(), best: better };
             writeln!(log, "{}", serde_json::to_string(&line)?)?;
-            progress.println(&format!(
-                "step {}: validation loss {:.4}, accuracy {:.4}, f1 {:.4}{}",
-                st.step,
-                ev.loss,
-                ev.accuracy,
-                ev.f1,
-                if better { " (best)" } else { "" }
-            ));
+            let figures: Vec<String> = ev.figures().iter().map(|(name, v)| format!("{name} {v:.4}")).collect();
+            progress.println(&format!("step {}: validation {}{}", st.step, figures.join(", "), if better { " (best)" } else { "" }));
             *last_eval = Some(ev);
         }
         save_checkpoint(job, opt, st, best, writer)?;
@@ -324,7 +337,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             let loss = model::device::guard(rows, len, job.device, || {
                 let (x, labels) = model::infer::to_device(&b, job.device);
                 let logits = job.model.forward(&x, true);
-                let loss = logits.cross_entropy_for_logits(&labels);
+                let loss = job.objective.loss(&logits, &labels);
                 (&loss / accum as f64).backward();
                 loss.detach()
             })

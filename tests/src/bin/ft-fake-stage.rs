@@ -103,8 +103,9 @@ fn write_dataset_files(out: &std::path::Path, splits: &str) -> anyhow::Result<()
     use pipeline::files::{DatasetInfo, Labels, Origin, SplitInfo};
     let dir = out.join("dataset");
     std::fs::create_dir_all(&dir)?;
-    let splits = splits.split(',').map(|s| (s.to_string(), SplitInfo { rows: 1, class_counts: vec![1, 0] })).collect();
+    let splits = splits.split(',').map(|s| (s.to_string(), SplitInfo { rows: 1, class_counts: vec![1, 0], scores: None })).collect();
     let info = DatasetInfo {
+        task: pipeline::Task::SingleLabel,
         source: Origin::default(),
         splits,
         validation_carved: None,
@@ -113,6 +114,6 @@ fn write_dataset_files(out: &std::path::Path, splits: &str) -> anyhow::Result<()
         split_map: BTreeMap::new(),
     };
     pipeline::files::write(&dir.join("info.json"), &info)?;
-    pipeline::files::write(&dir.join("labels.json"), &Labels { names: vec!["neg".into(), "pos".into()] })?;
+    pipeline::files::write(&dir.join("labels.json"), &Labels { task: pipeline::Task::SingleLabel, names: vec!["neg".into(), "pos".into()] })?;
     Ok(())
 }

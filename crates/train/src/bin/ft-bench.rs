@@ -60,16 +60,18 @@ fn main() -> anyhow::Result<()> {
     });
     if let Some(split) = &cli.eval_split {
         let device = model::device::resolve(&params.device)?;
-        let names = train::label_names(&cli.tokens)?;
+        let labels = train::labels(&cli.tokens)?;
         let config = model::Config::from_file(&cli.out.join("config.json"))?;
-        let mut m = model::Model::random(config, names.len() as i64, device, 0)?;
+        let mut m = model::Model::random(config, labels.outputs() as i64, device, 0)?;
         m.compute = train::compute_kind(params.precision, device);
         m.params.load_exact(&cli.out.join("best.safetensors"))?;
         let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
-        let positive = train::positive_class(&params, &names)?;
-        let ev = train::trainer::evaluate(&m, &s, 256, meta.pad_id, device, positive, &names)
+        let positive = train::positive_class(&params, &labels)?;
+        let hp: pipeline::files::Hparams = pipeline::files::read(&cli.out.join("hparams.json"))?;
+        let objective = train::objective(&params, labels.task, hp.class_weights.as_deref(), device);
+        let ev = train::trainer::evaluate(&m, &objective, &s, 256, meta.pad_id, device, positive, &labels.names)
             .map_err(|e| e.explain(&format!("evaluating `{split}`"), "the batch of 256 (fixed in ft-bench) or tokenize.max_length"))?;
         let secs = t.elapsed().as_secs_f64();
         out["eval"] = serde_json::to_value(&ev)?;

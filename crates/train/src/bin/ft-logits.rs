@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
         bail!("{}: `ids` must be a list of equally long lists of integers, and `mask` of the same shape", cli.batch.display());
     }
     let (ids, mask) = (b.ids.concat(), b.mask.concat());
-    let (x, _) = model::inputs::upload(n, len, &ids, Some(&mask), &[], device);
+    let x = model::inputs::upload(n, len, &ids, None, Some(&mask), device);
     let logits = tch::no_grad(|| m.forward(&x, false)).to_device(tch::Device::Cpu);
     let flat: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).context("reading the logits back")?;
     let out: Vec<&[f32]> = flat.chunks(cli.num_labels.max(1) as usize).collect();
