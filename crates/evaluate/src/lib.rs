@@ -242,7 +242,7 @@ fn tune_threshold(p: &EvaluateParams, train: &artifact::Artifact, tokenize: &Pat
     let truth: Vec<bool> = hot.iter().map(|&x| x > 0.5).collect();
     let mut best: (f64, f64) = (0.5, f64::NEG_INFINITY);
     for k in 1..20 {
-        let t = k as f64 * 0.05;
+        let t = k as f64 / 20.0;
         let decided: Vec<bool> = pred.probs.iter().flatten().map(|&x| f64::from(x) > t).collect();
         let f1 = metrics::multi_label(&truth, &decided, labels).micro.f1;
         if f1 > best.1 || (f1 == best.1 && (t - 0.5).abs() < (best.0 - 0.5).abs()) {
