@@ -188,3 +188,27 @@ fn pairs_encode_as_python_tokenizers_does() {
         }
     }
 }
+
+/// Every family takes every task: the STS-B-shaped pipeline (sentence pairs, a score) on each
+/// family's tiny model, two epochs, and its export predicts our scores in transformers — pairs
+/// tokenized by each family's own tokenizer (RoBERTa's `</s></s>`, no token types but BERT's).
+#[test]
+fn every_family_regresses_on_sentence_pairs_as_transformers_does() {
+    let _rng = tests::torch_rng();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(repo().join("pipelines/smoke-regression.yaml")).unwrap();
+    for family in ["roberta", "xlm-roberta", "distilbert", "modernbert"] {
+        let file = format!("regression-{family}.yaml");
+        let text = base
+            .replace("tests/fixtures/tiny-bert", &format!("tests/fixtures/families/{family}"))
+            .replace("epochs: 12", "epochs: 2")
+            .replace("tests/fixtures", &tests::fixtures().display().to_string())
+            .replace("name: smoke-regression", &format!("name: {family}\nstore: {}", tmp.path().join("store").display()));
+        let out = run(&pipeline::parse(Path::new(&file), &text).unwrap_or_else(|e| panic!("{e}")));
+        let eval = out[3].artifact.clone().unwrap();
+        let m: EvalMetrics = pipeline::files::read(&eval.join("metrics.json")).unwrap();
+        assert!(matches!(m.scores, TaskScores::Regression(_)), "{family}");
+        let test_split = out[0].artifact.clone().unwrap().join("dataset/test.parquet");
+        transformers_predicts_as_ours(&out[4].artifact.clone().unwrap(), &test_split, &eval.join("predictions.parquet"), 0.5, &m.task);
+    }
+}

@@ -332,3 +332,34 @@ fn a_max_length_beyond_the_familys_positions_is_refused_before_training() {
     assert!(e.contains("tokenize.max_length 64 exceeds the 62 positions of roberta") && e.contains("config.json"), "{e}");
     assert!(!tmp.path().join("work").exists(), "nothing ran");
 }
+
+/// `class_weights: balanced` is scikit-learn's `n / (classes × count)` for single-label and
+/// `negatives / positives` per label for multi-label; a class train never has is named.
+#[test]
+fn balanced_class_weights_follow_scikit_learn_and_name_an_absent_class() {
+    use pipeline::files::Labels;
+    use pipeline::Task;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = ShardWriter::new(tmp.path(), "single", 63, 1 << 20);
+    for l in [0, 0, 0, 1] {
+        w.push(&[2, 5, 3], l, 3).unwrap();
+    }
+    w.finish().unwrap();
+    let mut w = ShardWriter::new(tmp.path(), "multi", 63, 1 << 20).labels(shards::LabelKind::MultiHot { labels: 2 });
+    for set in [&[0u32][..], &[0, 1], &[], &[0]] {
+        w.push_example(&[2, 5, 3], None, shards::Label::Set(set), 3).unwrap();
+    }
+    w.finish().unwrap();
+    let p = params("class_weights: balanced");
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let single = shards::Split::open(tmp.path(), "single").unwrap();
+    let two = Labels { task: Task::SingleLabel, names: names(&["a", "b"]) };
+    assert_eq!(train::class_weights(&p, &two, &single).unwrap(), Some(vec![4.0 / 6.0, 2.0]));
+    let three = Labels { task: Task::SingleLabel, names: names(&["a", "b", "c"]) };
+    let e = train::class_weights(&p, &three, &single).unwrap_err().to_string();
+    assert!(e.contains("class `c` never occurs in the 4 train examples") && e.contains("list the weights"), "{e}");
+    let multi = shards::Split::open(tmp.path(), "multi").unwrap();
+    let labels = Labels { task: Task::MultiLabel, names: names(&["x", "y"]) };
+    assert_eq!(train::class_weights(&p, &labels, &multi).unwrap(), Some(vec![1.0 / 3.0, 3.0]));
+    assert_eq!(train::class_weights(&params("class_weights: [1.0, 2.5]"), &labels, &multi).unwrap(), Some(vec![1.0, 2.5]));
+}

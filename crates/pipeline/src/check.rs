@@ -162,6 +162,9 @@ impl TrainParams {
     /// single-label only. `classes` is the number of classes when known.
     pub fn check_task(&self, task: Task, classes: Option<usize>) -> Result<Metric, String> {
         let metric = task.select(self.select_metric)?;
+        if self.positive_class.is_some() && task != Task::SingleLabel {
+            return Err(format!("train.positive_class picks the class of a two-class F1; this is a {} task (remove it)", task.name()));
+        }
         if self.label_smoothing > 0.0 && task != Task::SingleLabel {
             return Err(format!("train.label_smoothing applies to single-label classification; this is a {} task (remove it)", task.name()));
         }
@@ -192,6 +195,9 @@ impl Params for EvaluateParams {
 impl EvaluateParams {
     /// A threshold is for multi-label predictions only.
     pub fn check_task(&self, task: Task) -> Result<(), String> {
+        if self.positive_class.is_some() && task != Task::SingleLabel {
+            return Err(format!("evaluate.positive_class picks the class of a two-class F1; this is a {} task (remove it)", task.name()));
+        }
         if task != Task::MultiLabel && self.threshold != Threshold::default() {
             return Err(format!("evaluate.threshold applies to multi-label classification; this is a {} task (remove it)", task.name()));
         }

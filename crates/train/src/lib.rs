@@ -128,16 +128,9 @@ fn peak_flops() -> Option<(String, f64)> {
     Some((name, peak))
 }
 
-/// Runs the stage: `model_dir` holds config.json and model.safetensors (the download artifact's
-/// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory.
-pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<TrainSummary> {
-    validate(p)?;
-    let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
-    let (pad_id, max_length) = (meta.pad_id, meta.max_length);
-    let labels = labels(tokenize)?;
-    let names = labels.names.clone();
-    let select = p.check_task(labels.task, Some(names.len())).map_err(anyhow::Error::msg)?;
-    let positive = positive_class(p, &labels)?;
+/// The model's config.json, checked against the tokenize artifact: every id has an embedding row
+/// and max_length fits the family's positions.
+fn checked_config(model_dir: &Path, meta: &TokenizeMeta) -> anyhow::Result<model::Config> {
     let config_path = model_dir.join("config.json");
     let config = model::Config::from_file(&config_path)?;
     let family = config.family();
@@ -148,27 +141,45 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
             family.vocab_size()
         );
     }
-    if max_length as i64 > family.max_length() {
+    if meta.max_length as i64 > family.max_length() {
         bail!(
-            "tokenize.max_length {max_length} exceeds the {} positions of {} ({}); lower tokenize.max_length",
+            "tokenize.max_length {} exceeds the {} positions of {} ({}); lower tokenize.max_length",
+            meta.max_length,
             family.max_length(),
             config.model_type,
             config_path.display()
         );
     }
-    let device = model::device::resolve(&p.device)?;
-    let kind = compute_kind(p.precision, device);
-    let (mut m, report) = match p.init {
-        pipeline::Init::Pretrained => model::Model::load(config.clone(), labels.outputs() as i64, &model_dir.join("model.safetensors"), device, p.seed)?,
-        pipeline::Init::Random => (model::Model::random(config.clone(), labels.outputs() as i64, device, p.seed)?, model::LoadReport::default()),
+    Ok(config)
+}
+
+/// The pretrained weights with a new head of `outputs` (or random weights, `init: random`),
+/// saying which parameters the checkpoint lacked or had to spare.
+fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: &Path, device: tch::Device) -> anyhow::Result<(model::Model, model::LoadReport)> {
+    let (m, report) = match p.init {
+        pipeline::Init::Pretrained => model::Model::load(config.clone(), outputs, &model_dir.join("model.safetensors"), device, p.seed)?,
+        pipeline::Init::Random => (model::Model::random(config.clone(), outputs, device, p.seed)?, model::LoadReport::default()),
     };
-    m.compute = kind;
     if !report.initialized.is_empty() {
         eprintln!("initialized (not in the checkpoint): {}", report.initialized.join(", "));
     }
     if !report.unused.is_empty() {
         eprintln!("not used from the checkpoint: {}", report.unused.join(", "));
     }
+    Ok((m, report))
+}
+
+/// Runs the stage: `model_dir` holds config.json and model.safetensors (the download artifact's
+/// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory.
+pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<TrainSummary> {
+    validate(p)?;
+    let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
+    let (pad_id, max_length) = (meta.pad_id, meta.max_length);
+    let labels = labels(tokenize)?;
+    let names = labels.names.clone();
+    let select = p.check_task(labels.task, Some(names.len())).map_err(anyhow::Error::msg)?;
+    let positive = positive_class(p, &labels)?;
+    let config = checked_config(model_dir, &meta)?;
     let train = shards::Split::open(tokenize, "train")?;
     let val = match shards::Split::open(tokenize, &p.validation_split) {
         Ok(v) => v,
@@ -178,7 +189,12 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         ),
         Err(e) => return Err(e.into()),
     };
+    // Before the model is loaded: a class that cannot be balanced fails at once.
     let weights = class_weights(p, &labels, &train)?;
+    let device = model::device::resolve(&p.device)?;
+    let kind = compute_kind(p.precision, device);
+    let (mut m, report) = load_model(p, &config, labels.outputs() as i64, model_dir, device)?;
+    m.compute = kind;
     let objective = objective(p, labels.task, weights.as_deref(), device);
     eprintln!(
         "training {} parameters on {} ({}), {} train / {} validation examples",
