@@ -13,3 +13,9 @@ mod tasks;
 mod tokenize;
 mod tools;
 mod train;
+
+/// Runs a pipeline through the runner with the stage binaries `cargo xtask test` built.
+fn run_pipeline(p: &pipeline::Pipeline) -> Vec<runner::StageOutcome> {
+    let opts = runner::RunOptions { bin_dir: tests::release_dir(), ..Default::default() };
+    runner::run(p, &opts, |_| {}).unwrap_or_else(|e| panic!("{e:#}"))
+}

@@ -5,10 +5,7 @@ use std::path::Path;
 
 use tests::{release_dir as bin_dir, repo};
 
-fn run(p: &pipeline::Pipeline) -> Vec<runner::StageOutcome> {
-    let opts = runner::RunOptions { bin_dir: bin_dir(), ..Default::default() };
-    runner::run(p, &opts, |_| {}).unwrap()
-}
+use crate::run_pipeline as run;
 
 #[test]
 fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {

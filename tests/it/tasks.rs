@@ -7,12 +7,9 @@
 use std::path::Path;
 
 use pipeline::files::{EvalMetrics, TaskScores};
-use tests::{release_dir as bin_dir, repo};
+use tests::repo;
 
-fn run(p: &pipeline::Pipeline) -> Vec<runner::StageOutcome> {
-    let opts = runner::RunOptions { bin_dir: bin_dir(), ..Default::default() };
-    runner::run(p, &opts, |_| {}).unwrap()
-}
+use crate::run_pipeline as run;
 
 #[test]
 fn every_task_kind_learns_its_task_and_exports_what_transformers_predicts_alike() {

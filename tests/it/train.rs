@@ -35,10 +35,6 @@ fn task(n: usize) -> (tempfile::TempDir, shards::Split, shards::Split) {
     (tmp, train, val)
 }
 
-fn names() -> Vec<String> {
-    vec!["neg".into(), "pos".into()]
-}
-
 fn params(yaml: &str) -> TrainParams {
     serde_yaml_ng::from_str(yaml).unwrap()
 }
@@ -76,7 +72,7 @@ fn tiny_bert_learns_a_separable_task() {
     let t = std::time::Instant::now();
     let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     let secs = t.elapsed().as_secs_f64();
-    let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+    let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some((1, "pos"))).unwrap();
     assert!(ev.accuracy.unwrap() >= 0.99, "train accuracy {ev:?}");
     assert!(out.last_eval.unwrap().accuracy.unwrap() >= 0.99);
     // The loss went down: the last logged mean is far below the first.
@@ -122,7 +118,7 @@ fn every_family_learns_and_resumes_bit_identically() {
             let p = params("device: cpu\nepochs: 6\nlearning_rate: 2.0e-3\nbatch_size: 16\nwarmup_ratio: 0.1\nlog_every_steps: 5\n");
             let mut m = model::Model::random(family(name), 2, tch::Device::Cpu, 1).unwrap();
             let out = train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
-            let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+            let ev = train::trainer::evaluate(&m, cross_entropy(), &train_s, 64, 0, tch::Device::Cpu, Some((1, "pos"))).unwrap();
             assert!(ev.accuracy.unwrap() >= 0.99, "{name}: train accuracy {ev:?}");
             assert!(out.last_eval.unwrap().accuracy.unwrap() >= 0.99, "{name}");
         }
@@ -210,7 +206,7 @@ fn bf16_compute_trains_on_cpu() {
     assert_eq!(m.compute, tch::Kind::BFloat16);
     train::trainer::run(job(&p, &mut m, &train_s, &val, &tmp.path().join("w"), None)).unwrap();
     assert_eq!(m.params.tensors[0].kind(), tch::Kind::Float, "master weights stay fp32");
-    let ev = train::trainer::evaluate(&m, cross_entropy(), &val, 64, 0, tch::Device::Cpu, Some(1), &names()).unwrap();
+    let ev = train::trainer::evaluate(&m, cross_entropy(), &val, 64, 0, tch::Device::Cpu, Some((1, "pos"))).unwrap();
     assert!(ev.accuracy.unwrap() >= 0.95, "{ev:?}");
 }
 

@@ -111,7 +111,7 @@ pub fn curves(path: &Path, log: &[LogLine]) -> anyhow::Result<()> {
         .map_err(err(path))?;
     c1.configure_mesh().x_desc("step").draw().map_err(err(path))?;
     c1.draw_series(LineSeries::new(loss, &BLUE)).map_err(err(path))?;
-    let lo = acc.iter().chain(&f1).map(|p| p.1).fold(1.0, f64::min).min(0.5).max(-1.0);
+    let lo = acc.iter().chain(&f1).map(|p| p.1).fold(1.0, f64::min).clamp(-1.0, 0.5);
     let mut c2 = ChartBuilder::on(&right)
         .caption("Validation", ("sans-serif", 20))
         .margin(12)

@@ -93,23 +93,23 @@ pub struct Outcome {
     pub tokens_per_second: f64,
 }
 
-/// The loss and the task's metrics on `split`: single-label accuracy, F1 (of class `positive`
-/// for two classes, macro otherwise), micro and macro F1; multi-label subset accuracy and micro
+/// The loss and the task's metrics on `split`: single-label accuracy, F1 (of class `positive`,
+/// id and name, for two classes; macro otherwise), micro and macro F1; multi-label subset accuracy and micro
 /// and macro F1 at threshold 0.5; regression Pearson, Spearman and MSE. The caller explains a
 /// failed batch (it knows which setting sets the batch size).
-pub fn evaluate(m: &model::Model, objective: &Objective, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: Option<usize>, names: &[String]) -> Result<Validation, BatchError> {
+pub fn evaluate(m: &model::Model, objective: &Objective, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: Option<(usize, &str)>) -> Result<Validation, BatchError> {
     let pred = model::infer::predict(m, objective, split, batch, pad, device, &mut |_| {})?;
     let base = Validation { loss: pred.loss, examples: split.len(), ..Default::default() };
     Ok(match split.all_targets() {
         shards::Targets::Class(labels) => {
             let p = pred.argmax();
             let n = m.num_labels as usize;
-            let positive = positive.unwrap_or(1).min(n.saturating_sub(1));
+            let index = positive.map_or(1, |(i, _)| i).min(n.saturating_sub(1));
             let per_class = metrics::per_class(&metrics::confusion(&labels, &p, n));
             Validation {
                 accuracy: Some(metrics::accuracy(&labels, &p)),
-                f1: Some(metrics::f1(&labels, &p, n, positive)),
-                positive_class: (n == 2).then(|| names.get(positive).cloned().unwrap_or_else(|| positive.to_string())),
+                f1: Some(metrics::f1(&labels, &p, n, index)),
+                positive_class: positive.filter(|_| n == 2).map(|(_, name)| name.to_string()),
                 f1_micro: Some(metrics::accuracy(&labels, &p)),
                 f1_macro: Some(per_class.iter().map(|c| c.f1).sum::<f64>() / n.max(1) as f64),
                 ..base
@@ -295,7 +295,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let t_eval = Instant::now();
         if let Some(val) = job.val {
             let ev = progress
-                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, job.objective, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class, &job.names))
+                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, job.objective, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class.map(|i| (i, job.names[i].as_str()))))
                 .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
             let m = metric(&ev, job.select);
             let better = match st.best_metric(job.select) {

@@ -71,7 +71,7 @@ fn main() -> anyhow::Result<()> {
         let positive = train::positive_class(&params, &labels)?;
         let hp: pipeline::files::Hparams = pipeline::files::read(&cli.out.join("hparams.json"))?;
         let objective = train::objective(&params, labels.task, hp.class_weights.as_deref(), device);
-        let ev = train::trainer::evaluate(&m, &objective, &s, 256, meta.pad_id, device, positive, &labels.names)
+        let ev = train::trainer::evaluate(&m, &objective, &s, 256, meta.pad_id, device, positive.map(|i| (i, labels.names[i].as_str())))
             .map_err(|e| e.explain(&format!("evaluating `{split}`"), "the batch of 256 (fixed in ft-bench) or tokenize.max_length"))?;
         let secs = t.elapsed().as_secs_f64();
         out["eval"] = serde_json::to_value(&ev)?;
