@@ -89,7 +89,7 @@ impl RowLabels {
     }
 }
 
-/// The shards' label kind for a task of `names`.
+/// The shards' label kind for the dataset's task (multi-label: one bit per class name).
 fn label_kind(labels: &Labels) -> shards::LabelKind {
     match labels.task {
         Task::SingleLabel => shards::LabelKind::Class,
