@@ -68,6 +68,12 @@ pub struct Args {
     /// Seed of the data subset and validation carve, and of both sides' training.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Epochs of the full fine-tunes (default: 1 on cpu, 3 on cuda).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Learning rate of the full fine-tunes (default: 5e-5 on cpu, 1e-4 on cuda).
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// Full fine-tunes per side for time-to-accuracy.
     #[arg(long, default_value_t = 1)]
     full_runs: usize,
@@ -114,8 +120,8 @@ impl Plan {
             subset: a.subset.unwrap_or(if cuda { 0 } else { 1000 }),
             max_length: a.max_length.unwrap_or(if cuda { 256 } else { 128 }),
             batch: a.batch_size.unwrap_or(if cuda { 128 } else { 16 }),
-            lr: if cuda { 1e-4 } else { 5e-5 },
-            epochs: if cuda { 3.0 } else { 1.0 },
+            lr: a.learning_rate.unwrap_or(if cuda { 1e-4 } else { 5e-5 }),
+            epochs: a.epochs.unwrap_or(if cuda { 3.0 } else { 1.0 }),
             warmup_steps: if cuda { 10 } else { 2 },
             measured_steps: if cuda { 50 } else { 8 },
             repeats: a.repeats,
