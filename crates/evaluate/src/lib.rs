@@ -99,7 +99,7 @@ pub fn run(p: &EvaluateParams, tokenize: &artifact::Artifact, train: &artifact::
     };
     let config = model::Config::from_file(&train.dir.join("config.json"))?;
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.dir.join("meta.json"))?;
-    let split = open_split(&tokenize.dir, &p.split, "evaluate.split")?;
+    let split = shards::Split::open_setting(&tokenize.dir, &p.split, "evaluate.split")?;
     let device = model::device::resolve(&p.device)?;
     let mut m = model::Model::random(config, labels.outputs() as i64, device, 0)?;
     m.compute = match (p.precision, device) {
@@ -170,14 +170,6 @@ pub fn headline(s: &TaskScores) -> (&'static str, f64, Option<(f64, f64)>) {
     }
 }
 
-fn open_split(dir: &Path, split: &str, key: &str) -> anyhow::Result<shards::Split> {
-    match shards::Split::open(dir, split) {
-        Ok(s) => Ok(s),
-        Err(shards::Error::NoSplit { present, .. }) => bail!("{key} `{split}` is not in the tokenize artifact; splits present: {present:?}"),
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn single_label(p: &EvaluateParams, labels: &[i64], pred: &model::infer::Predictions, names: &[String], positive: usize, out: &Path) -> anyhow::Result<Outcome> {
     let preds = pred.argmax();
     let probs: Vec<Vec<f64>> = pred.probs.iter().map(|r| r.iter().map(|&x| x as f64).collect()).collect();
@@ -236,7 +228,7 @@ fn tune_threshold(p: &EvaluateParams, train: &artifact::Artifact, tokenize: &Pat
     if name == p.split {
         bail!("evaluate.threshold: tune chooses the threshold on train.validation_split `{name}`, which is the split evaluated; evaluate another split or give a threshold");
     }
-    let split = open_split(tokenize, &name, "train.validation_split")?;
+    let split = shards::Split::open_setting(tokenize, &name, "train.validation_split")?;
     let pred = model::infer::predict(m, objective, &split, p.batch_size, pad, device, &mut |_| {}).map_err(|e| e.explain("tuning the threshold", "evaluate.batch_size"))?;
     let shards::Targets::Multi { labels, hot } = split.all_targets() else { bail!("{}: split `{name}` has no label sets", tokenize.display()) };
     let truth: Vec<bool> = hot.iter().map(|&x| x > 0.5).collect();

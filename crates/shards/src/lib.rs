@@ -90,6 +90,8 @@ pub enum Error {
     IdTooLarge { id: u32, max_id: u32, width: usize },
     #[error("split `{split}` not found in {dir}; splits present: {present:?}")]
     NoSplit { split: String, dir: std::path::PathBuf, present: Vec<String> },
+    #[error("{key} `{split}` is not in the tokenize artifact; splits present: {present:?}")]
+    NoSetSplit { key: String, split: String, present: Vec<String> },
     #[error("{path}: {why}")]
     Example { path: std::path::PathBuf, why: String },
 }

@@ -245,6 +245,15 @@ impl Split {
         Ok(Split { shards, starts, len })
     }
 
+    /// [`Split::open`] for the split a setting names: a missing split is an error naming the
+    /// setting `key` and the splits present.
+    pub fn open_setting(dir: &Path, split: &str, key: &str) -> Result<Split> {
+        Split::open(dir, split).map_err(|e| match e {
+            Error::NoSplit { split, present, .. } => Error::NoSetSplit { key: key.to_string(), split, present },
+            e => e,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

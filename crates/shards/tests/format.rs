@@ -48,6 +48,8 @@ fn missing_split_lists_present() {
     write(tmp.path(), &[(vec![1, 2], 0)], 100, 1 << 20);
     let e = Split::open(tmp.path(), "test").err().unwrap().to_string();
     assert!(e.contains("`test`") && e.contains("train"), "{e}");
+    let e = Split::open_setting(tmp.path(), "test", "evaluate.split").err().unwrap().to_string();
+    assert!(e.contains("evaluate.split `test` is not in the tokenize artifact") && e.contains("[\"train\"]"), "{e}");
 }
 
 #[test]

@@ -181,14 +181,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let positive = positive_class(p, &labels)?;
     let config = checked_config(model_dir, &meta)?;
     let train = shards::Split::open(tokenize, "train")?;
-    let val = match shards::Split::open(tokenize, &p.validation_split) {
-        Ok(v) => v,
-        Err(shards::Error::NoSplit { present, .. }) => bail!(
-            "train.validation_split `{}` is not in the tokenize artifact; splits present: {present:?}",
-            p.validation_split
-        ),
-        Err(e) => return Err(e.into()),
-    };
+    let val = shards::Split::open_setting(tokenize, &p.validation_split, "train.validation_split")?;
     // Before the model is loaded: a class that cannot be balanced fails at once.
     let weights = class_weights(p, &labels, &train)?;
     let device = model::device::resolve(&p.device)?;
