@@ -1,15 +1,19 @@
 """The benchmark's task-kind data, made from the IMDB subset (bench/subset.py's output), so both
-sides train on the same real text:
+sides train on the same real text. Every cue a label depends on lies inside the text the model
+sees at the bench's max_length of 128 tokens:
 
-pairs/       a GLUE-like pair task (as QNLI or MRPC ask whether two texts belong together):
-             text = the first half of a review, text_pair = the second half of the same review
-             (label `same`) or of another review of the split (`different`), half and half.
-multilabel/  a multi-label task with independent cues: `positive` (the review's sentiment),
-             `long` (more than 230 words), `acting` (mentions acting or actors), `music`
-             (mentions music, a score or songs); a review may carry none.
+pairs/       a QNLI-like pair task (does the passage hold the answer to the question?):
+             text = a quote of QUOTE consecutive words, text_pair = the first PASSAGE words of a
+             review; label `holds` when the quote was cut from that passage, `lacks` when it was
+             cut from another review's passage of the split (half and half). Only both texts
+             together decide the label.
+multilabel/  a multi-label task with independent cues on the first PASSAGE words of a review:
+             `positive` (the review's sentiment), `acting` (acting, actors, cast, performance),
+             `story` (story, plot, script), `funny` (funny, comedy, laughs, hilarious); a text may
+             carry none.
 
 usage: tasks_data.py SUBSET_DIR OUT_DIR SEED   (writes OUT_DIR/{pairs,multilabel}/{split}.parquet,
-prints the row counts as JSON)
+prints the row counts and each label's share of train as JSON)
 """
 import json
 import random
@@ -20,45 +24,67 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+PASSAGE = 70
+QUOTE = 8
+CUES = {
+    "acting": r"\b(act(ing|ors?|ress(es)?)|cast|performances?)\b",
+    "story": r"\b(story|stories|plot|script)\b",
+    "funny": r"\b(funny|comed(y|ies)|laugh\w*|hilarious)\b",
+}
 
-def halves(text):
-    words = text.split()
-    cut = len(words) // 2
-    return " ".join(words[:cut]), " ".join(words[cut:])
+
+def passage(text):
+    return text.replace("<br />", " ").split()[:PASSAGE]
+
+
+def quote(words, rng):
+    start = rng.randrange(max(1, len(words) - QUOTE + 1))
+    return " ".join(words[start:start + QUOTE])
+
+
+def pairs(passages, rng):
+    quotes, texts, labels = [], [], []
+    for i, words in enumerate(passages):
+        holds = rng.random() < 0.5
+        if holds:
+            q = quote(words, rng)
+        else:
+            # A quote from another passage, never one that happens to occur in this one.
+            while True:
+                q = quote(passages[rng.choice([k for k in range(len(passages)) if k != i])], rng)
+                if q not in " ".join(words):
+                    break
+        quotes.append(q)
+        texts.append(" ".join(words))
+        labels.append("holds" if holds else "lacks")
+    return {"text": quotes, "text_pair": texts, "label": labels}
+
+
+def tags(words, sentiment):
+    low = " ".join(words).lower()
+    row = ["positive"] if sentiment == 1 else []
+    row += [name for name, cue in CUES.items() if re.search(cue, low)]
+    return row
 
 
 def main():
     src, out, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)
-    counts = {}
+    report = {}
     for split in ("train", "validation", "test"):
         t = pq.read_table(src / f"{split}.parquet").to_pydict()
-        texts, labels = t["text"], t["label"]
-        first, second, same = [], [], []
-        parts = [halves(x) for x in texts]
-        for i, (a, b) in enumerate(parts):
-            keep = rng.random() < 0.5
-            j = i if keep else rng.choice([k for k in range(len(parts)) if k != i])
-            first.append(a)
-            second.append(parts[j][1])
-            same.append("same" if keep else "different")
+        passages = [passage(x) for x in t["text"]]
         (out / "pairs").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"text": first, "text_pair": second, "label": same}), out / "pairs" / f"{split}.parquet")
-        tags = []
-        for x, y in zip(texts, labels):
-            low = x.lower()
-            row = ["positive"] if y == 1 else []
-            if len(x.split()) > 230:
-                row.append("long")
-            if re.search(r"\bact(ing|or|ors|ress)\b", low):
-                row.append("acting")
-            if re.search(r"\b(music|score|songs?)\b", low):
-                row.append("music")
-            tags.append(row)
+        pq.write_table(pa.table(pairs(passages, rng)), out / "pairs" / f"{split}.parquet")
+        labels = [tags(w, y) for w, y in zip(passages, t["label"])]
+        texts = [" ".join(w) for w in passages]
         (out / "multilabel").mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"text": texts, "label": tags}), out / "multilabel" / f"{split}.parquet")
-        counts[split] = len(texts)
-    print(json.dumps(counts))
+        pq.write_table(pa.table({"text": texts, "label": labels}), out / "multilabel" / f"{split}.parquet")
+        report[split] = len(texts)
+        if split == "train":
+            names = ["positive", *CUES]
+            report["train_label_share"] = {n: round(sum(n in row for row in labels) / len(labels), 3) for n in names}
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -188,6 +188,15 @@ impl Runs {
             n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
         }
     }
+    /// The mean and the sample variance, from two runs up.
+    fn mean_var(&self) -> Option<(f64, f64)> {
+        let n = self.0.len();
+        if n < 2 {
+            return None;
+        }
+        let mean = self.0.iter().sum::<f64>() / n as f64;
+        Some((mean, self.0.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64))
+    }
     fn show(&self, unit: &str) -> String {
         let (Some(m), Some(lo), Some(hi)) = (self.median(), self.0.iter().copied().reduce(f64::min), self.0.iter().copied().reduce(f64::max))
         else {
@@ -213,7 +222,7 @@ struct Row {
     reference_name: String,
     reference: Runs,
     higher_is_better: bool,
-    target: &'static str,
+    target: String,
 }
 
 impl Row {
@@ -300,8 +309,8 @@ enum Data<'a> {
     /// The `train`/`validation`/`test` parquet files `bench/subset.py` wrote to `dir`.
     Subset { dir: &'a Path, label_names: &'a Value },
     /// A task-kind dataset of `bench/tasks_data.py` in `dir` (`text`, `text_pair` for pairs,
-    /// `label`), of `task`.
-    Task { dir: &'a Path, task: &'a str, pairs: bool },
+    /// `label`), of `task`; train with `seed` and evaluate the final weights.
+    Task { dir: &'a Path, task: &'a str, pairs: bool, seed: u64 },
 }
 
 /// The benchmark pipeline: the shipped imdb-minilm pipeline with the run's model, dataset,
@@ -316,6 +325,7 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
         None => json!({ "repo": a.model, "revision": "main" }),
     };
     v["download"]["validation"]["seed"] = json!(a.seed);
+    let (mut train_seed, mut final_weights) = (a.seed, false);
     match data {
         Data::Carved => {}
         Data::Source => v["download"]["validation"]["fraction"] = json!(0.0),
@@ -325,7 +335,7 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
             v["download"]["dataset"] = json!({ "files": files });
             v["download"]["label_names"] = json!(label_names);
         }
-        Data::Task { dir, task, pairs } => {
+        Data::Task { dir, task, pairs, seed } => {
             let files: serde_json::Map<String, Value> =
                 ["train", "validation", "test"].iter().map(|s| (s.to_string(), json!(dir.join(format!("{s}.parquet"))))).collect();
             v["download"]["dataset"] = json!({ "files": files });
@@ -333,14 +343,20 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
             if pairs {
                 v["download"]["columns"] = json!({"text": "text", "text_pair": "text_pair", "label": "label"});
             }
+            train_seed = seed;
+            // HF Trainer reports its final weights; ours are then the same, not validation's pick.
+            final_weights = true;
         }
     }
     v["tokenize"]["max_length"] = json!(plan.max_length);
     v["train"] = json!({
         "device": plan.device(), "precision": plan.precision(), "epochs": plan.epochs,
-        "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50, "seed": a.seed,
+        "learning_rate": plan.lr, "weight_decay": 0.01, "batch_size": plan.batch, "log_every_steps": 50, "seed": train_seed,
     });
     v["evaluate"] = json!({"split": "test", "device": plan.device(), "bootstrap": 0});
+    if final_weights {
+        v["evaluate"]["weights"] = json!("final");
+    }
     if matches!(data, Data::Source) {
         // Only the download of this pipeline runs (for bench/subset.py); the splits the later
         // stages name must still be among the source's, which has no validation split.
@@ -409,7 +425,7 @@ fn nums(v: &Value, key: &str) -> Runs {
 
 /// HF Trainer's full fine-tune on our token ids (`bench/hf_train.py imdb`): train, then
 /// evaluate the test split `evals` times.
-fn hf_fine_tune(a: &Args, plan: &Plan, model_dir: &Path, tokens: &Path, evals: usize, log: &Path) -> anyhow::Result<Value> {
+fn hf_fine_tune(plan: &Plan, model_dir: &Path, tokens: &Path, evals: usize, seed: u64, log: &Path) -> anyhow::Result<Value> {
     json_of(
         Command::new(python())
             .arg(root().join("bench/hf_train.py"))
@@ -429,7 +445,7 @@ fn hf_fine_tune(a: &Args, plan: &Plan, model_dir: &Path, tokens: &Path, evals: u
             .arg("--eval-repeats")
             .arg(evals.to_string())
             .arg("--seed")
-            .arg(a.seed.to_string())
+            .arg(seed.to_string())
             .args(plan.hf_dynamic().then_some("--dynamic")),
         log,
     )
@@ -437,30 +453,30 @@ fn hf_fine_tune(a: &Args, plan: &Plan, model_dir: &Path, tokens: &Path, evals: u
 
 /// The tasks section: a pairs and a multi-label dataset made from the subset's reviews, a full
 /// fine-tune per side on the same token ids; training samples/s and the task's headline (test
-/// accuracy for pairs, micro F1 at threshold 0.5 for multi-label).
+/// accuracy for pairs, micro F1 at threshold 0.5 for multi-label). Run `r` of `--full-runs`
+/// trains both sides with seed `seed + r`, and both report their final weights, so that the
+/// quality rows compare two samples of the same procedure and can say whether they differ
+/// beyond the spread of seeds.
 fn task_rows(a: &Args, plan: &Plan, bins: &Path, subset: &Path, logs: &Path) -> anyhow::Result<Vec<Row>> {
     let dir = plan.out.join("tasks");
     let counts = json_of(Command::new(python()).arg(root().join("bench/tasks_data.py")).arg(subset).arg(&dir).arg(a.seed.to_string()), &logs.join("tasks-data.log"))?;
-    eprintln!("== tasks: pairs and multi-label from the subset's reviews {counts} ({} runs per side)", plan.full_runs);
+    eprintln!("== tasks: pairs and multi-label from the subset's reviews {counts} ({} runs per side, seeds {}..)", plan.full_runs, a.seed);
     let mut rows = Vec::new();
     for (kind, task, pairs, headline, hf_key) in [
-        ("pairs", "single_label", true, "test accuracy (same review or not)", "test_accuracy"),
-        ("multilabel", "multi_label", false, "test micro F1 (positive, long, acting, music)", "test_f1_micro"),
+        ("pairs", "single_label", true, "test accuracy (does the passage hold the quote)", "test_accuracy"),
+        ("multilabel", "multi_label", false, "test micro F1 (positive, acting, story, funny)", "test_f1_micro"),
     ] {
-        let p = write_pipeline(a, plan, &format!("bench-{kind}"), Data::Task { dir: &dir.join(kind), task, pairs })?;
         let (mut ours_rate, mut ours_score, mut hf_rate, mut hf_score) = (Runs::default(), Runs::default(), Runs::default(), Runs::default());
         for r in 0..plan.full_runs {
+            let seed = a.seed + r as u64;
+            let p = write_pipeline(a, plan, &format!("bench-{kind}-seed{seed}"), Data::Task { dir: &dir.join(kind), task, pairs, seed })?;
             let o = run_stages(&p, plan, bins, None, &[Stage::Train, Stage::Evaluate])?;
             let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
             ours_rate.0.push(summary.samples_per_second);
             let m: pipeline::files::EvalMetrics = pipeline::files::read(&artifact_of(&o, Stage::Evaluate)?.join("metrics.json"))?;
-            ours_score.0.push(match &m.scores {
-                pipeline::files::TaskScores::SingleLabel(s) => s.accuracy,
-                pipeline::files::TaskScores::MultiLabel(s) => s.micro.f1,
-                pipeline::files::TaskScores::Regression(s) => s.pearson,
-            });
+            ours_score.0.push(m.headline().1);
             let model_dir = artifact_of(&o, Stage::Download)?.join("model");
-            let v = hf_fine_tune(a, plan, &model_dir, &artifact_of(&o, Stage::Tokenize)?, 1, &logs.join(format!("hf-{kind}-{r}.log")))?;
+            let v = hf_fine_tune(plan, &model_dir, &artifact_of(&o, Stage::Tokenize)?, 1, seed, &logs.join(format!("hf-{kind}-{r}.log")))?;
             hf_rate.0.push(num(&v, &["samples_per_s"])?);
             hf_score.0.push(num(&v, &[hf_key])?);
         }
@@ -474,11 +490,30 @@ fn task_rows(a: &Args, plan: &Plan, bins: &Path, subset: &Path, logs: &Path) -> 
             reference_name: hf_name.clone(),
             reference: hf_rate,
             higher_is_better: true,
-            target: if plan.cuda { "" } else { "≥ 1.2x" },
+            target: if plan.cuda { "" } else { "≥ 1.2x" }.into(),
         });
-        rows.push(Row { section, figure: headline.into(), unit: "%", ours: ours_score, reference_name: hf_name, reference: hf_score, higher_is_better: true, target: "within noise" });
+        let target = format!("within noise: {}", noise_verdict(&ours_score, &hf_score));
+        rows.push(Row { section, figure: headline.into(), unit: "%", ours: ours_score, reference_name: hf_name, reference: hf_score, higher_is_better: true, target });
     }
     Ok(rows)
+}
+
+/// Whether two sides' runs differ by more than their seeds do: the difference of the means
+/// against twice its standard error (each side's sample variance over its runs), which is about
+/// a 95% two-sided test for a handful of runs.
+fn noise_verdict(ours: &Runs, reference: &Runs) -> String {
+    let (Some((mo, vo)), Some((mr, vr))) = (ours.mean_var(), reference.mean_var()) else {
+        return "no verdict (needs --full-runs 2 or more)".into();
+    };
+    let diff = mo - mr;
+    let bound = 2.0 * (vo / ours.0.len() as f64 + vr / reference.0.len() as f64).sqrt();
+    let pts = |x: f64| format!("{:.1}", 100.0 * x);
+    format!(
+        "{} (mean difference {} pts, 2 standard errors {} pts)",
+        if diff.abs() <= bound { "yes" } else { "no" },
+        pts(diff),
+        pts(bound)
+    )
 }
 
 /// Machine, versions and settings, for the table's header.
@@ -548,7 +583,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                 reference_name: name.into(),
                 reference: nums(&py, key),
                 higher_is_better: false,
-                target,
+                target: target.into(),
             });
         }
 
@@ -650,7 +685,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                 reference_name: hf_name.clone(),
                 reference: hf.0.clone(),
                 higher_is_better: true,
-                target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" },
+                target: if !plan.cuda { "≥ 1.2x" } else if what == "fixed padding" { "≥ 1.3x" } else { "" }.into(),
             });
         }
         rows.push(Row {
@@ -661,7 +696,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: hf_name.clone(),
             reference: hf.2.clone(),
             higher_is_better: true,
-            target: "",
+            target: "".into(),
         });
         rows.push(Row {
             section: "train",
@@ -671,7 +706,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: hf_name.clone(),
             reference: hf.1.clone(),
             higher_is_better: false,
-            target: "",
+            target: "".into(),
         });
     }
 
@@ -688,7 +723,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             ours_eval.0.push(m.examples_per_second);
             let summary: pipeline::files::TrainSummary = pipeline::files::read(&artifact_of(&o, Stage::Train)?.join("summary.json"))?;
             ours_rate.0.push(summary.samples_per_second);
-            let v = hf_fine_tune(&a, &plan, &model_dir, &sub_tok, plan.repeats, &logs.join(format!("hf-imdb-{r}.log")))?;
+            let v = hf_fine_tune(&plan, &model_dir, &sub_tok, plan.repeats, a.seed, &logs.join(format!("hf-imdb-{r}.log")))?;
             hf_rate.0.push(num(&v, &["samples_per_s"])?);
             hf_wall.0.push(num(&v, &["train_seconds"])? + num(&v, &["eval_seconds"])?);
             hf_acc.0.push(num(&v, &["test_accuracy"])?);
@@ -708,7 +743,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: hf_full.clone(),
             reference: hf_rate,
             higher_is_better: true,
-            target: if plan.cuda { "" } else { "≥ 1.2x" },
+            target: if plan.cuda { "" } else { "≥ 1.2x" }.into(),
         });
         rows.push(Row {
             section: "time to accuracy",
@@ -718,7 +753,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: hf_full.clone(),
             reference: hf_acc,
             higher_is_better: true,
-            target: "",
+            target: "".into(),
         });
         rows.push(Row {
             section: "time to accuracy",
@@ -728,7 +763,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: hf_full.clone(),
             reference: hf_wall,
             higher_is_better: false,
-            target: if plan.cuda { "≥ 2x" } else { "" },
+            target: if plan.cuda { "≥ 2x" } else { "" }.into(),
         });
         rows.push(Row {
             section: "evaluate",
@@ -738,7 +773,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: "HF Trainer.evaluate".into(),
             reference: hf_eval,
             higher_is_better: true,
-            target: "",
+            target: "".into(),
         });
     }
 
@@ -779,7 +814,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             reference_name: "— (a notebook reruns everything)".into(),
             reference: Runs::default(),
             higher_is_better: false,
-            target: "< 1 s",
+            target: "< 1 s".into(),
         });
 
     }

@@ -497,6 +497,17 @@ pub struct EvalMetrics {
 }
 
 impl EvalMetrics {
+    /// The task's headline metric and its value: single-label accuracy, multi-label micro F1,
+    /// regression Pearson.
+    pub fn headline(&self) -> (crate::params::Metric, f64) {
+        let value = match &self.scores {
+            TaskScores::SingleLabel(s) => s.accuracy,
+            TaskScores::MultiLabel(s) => s.micro.f1,
+            TaskScores::Regression(s) => s.pearson,
+        };
+        (self.task.headline(), value)
+    }
+
     /// The single-label scores, when the task is single-label.
     pub fn single(&self) -> Option<&Scores> {
         match &self.scores {
