@@ -9,6 +9,7 @@ mod model_parity;
 mod pipelines;
 mod runner_cache;
 mod smoke;
+mod sweep;
 mod tasks;
 mod tokenize;
 mod tools;

@@ -3,6 +3,7 @@
 
 mod bench;
 mod setup;
+mod sweep;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,17 @@ enum Cmd {
         /// Use this artifact store instead of the pipeline's.
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Set a key of the pipeline, checked as the file is: `--set train.learning_rate=3e-5`
+        /// (repeatable; the value is YAML).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = pipeline::Setting::parse)]
+        set: Vec<pipeline::Setting>,
+        /// Sweep a key over values: `--grid train.learning_rate=1e-5,3e-5` (repeatable; every
+        /// combination runs, with the file's `sweep:` section, and a table ends the run).
+        #[arg(long, value_name = "KEY=V1,V2,...", value_parser = pipeline::Axis::parse)]
+        grid: Vec<pipeline::Axis>,
+        /// Stop a sweep at its first failing combination (default: record it and go on).
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Run the test suite (sets up libtorch first when needed).
     Test {
@@ -138,10 +150,6 @@ fn cargo_build(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(path: &Path) -> anyhow::Result<pipeline::Pipeline> {
-    Ok(pipeline::load(path)?)
-}
-
 fn main() {
     if let Err(e) = real_main() {
         if let Some(f) = e.downcast_ref::<runner::StageFailed>() {
@@ -155,24 +163,29 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store } => {
-            let p = load(&pipeline)?;
+        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store, set, grid, fail_fast } => {
+            let s = pipeline::load_sweep(&pipeline, &set, &grid)?;
             if only.is_some() && from.is_some() {
                 bail!("--only and --from cannot be combined");
             }
+            let p = &s.base;
             let bin_dir = match bin_dir {
                 Some(d) => d,
-                None => build_stages(&runner::binaries_needed(&p))?,
+                None => build_stages(&runner::binaries_needed(p))?,
             };
             let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store };
             let t = Instant::now();
-            runner::run(&p, &opts, |o| {
-                if json {
-                    println!("{}", serde_json::to_string(o).unwrap_or_default());
-                } else {
-                    print_outcome(o, explain);
-                }
-            })?;
+            if s.combinations.is_empty() {
+                runner::run(p, &opts, |o| {
+                    if json {
+                        println!("{}", serde_json::to_string(o).unwrap_or_default());
+                    } else {
+                        print_outcome(o, explain);
+                    }
+                })?;
+            } else {
+                sweep::run(&s, &opts, json, fail_fast, |o| print_outcome(o, explain))?;
+            }
             eprintln!("pipeline `{}`: {:.2} s", p.name, t.elapsed().as_secs_f64());
             Ok(())
         }
@@ -245,7 +258,8 @@ fn real_main() -> anyhow::Result<()> {
             } else {
                 pipelines
             };
-            let parsed = files.iter().map(|f| load(f)).collect::<anyhow::Result<Vec<_>>>()?;
+            // A file with a sweep references every combination's artifacts.
+            let parsed: Vec<pipeline::Pipeline> = files.iter().map(|f| sweep::expand(f)).collect::<anyhow::Result<Vec<_>>>()?.into_iter().flatten().collect();
             let bin_dir = match bin_dir {
                 Some(d) => d,
                 None => {

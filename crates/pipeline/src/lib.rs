@@ -5,6 +5,7 @@
 mod check;
 pub mod files;
 mod params;
+mod sweep;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 
 pub use check::{did_you_mean, positive_index, split_exists, Params};
 pub use params::*;
+pub use sweep::{load_sweep, show_value, Axis, Setting, Sweep};
 
 /// The stages, in pipeline order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -90,6 +92,8 @@ pub struct Pipeline {
     /// The artifact store, relative to the current directory when not absolute.
     pub store: PathBuf,
     pub stages: Vec<Section>,
+    /// The file's `sweep:` section: keys with several values (see [`load_sweep`]).
+    pub sweep: Vec<Axis>,
 }
 
 impl Pipeline {
@@ -107,7 +111,7 @@ pub enum Error {
     Parse { path: PathBuf, message: String },
 }
 
-const TOP_KEYS: &[&str] = &["name", "store", "download", "tokenize", "train", "evaluate", "export"];
+const TOP_KEYS: &[&str] = &["name", "store", "download", "tokenize", "train", "evaluate", "export", "sweep"];
 
 /// Parses one stage's parameters (typed, defaults applied, validated) into canonical JSON.
 fn typed_section<'de, A: MapAccess<'de>>(stage: Stage, map: &mut A) -> Result<serde_json::Value, A::Error> {
@@ -138,8 +142,15 @@ impl<'de> Visitor<'de> for PipelineVisitor {
         let mut name: Option<String> = None;
         let mut store: Option<PathBuf> = None;
         let mut stages: Vec<Section> = Vec::new();
+        let mut sweep: Option<Vec<Axis>> = None;
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
+                "sweep" => {
+                    if sweep.is_some() {
+                        return Err(de::Error::duplicate_field("sweep"));
+                    }
+                    sweep = Some(sweep::sweep_section(map.next_value()?).map_err(de::Error::custom)?);
+                }
                 "name" => {
                     if name.is_some() {
                         return Err(de::Error::duplicate_field("name"));
@@ -184,7 +195,7 @@ impl<'de> Visitor<'de> for PipelineVisitor {
         if stages.is_empty() {
             return Err(de::Error::custom("a pipeline needs at least one stage section"));
         }
-        Ok(Pipeline { name, store: store.unwrap_or_else(|| PathBuf::from("data")), stages })
+        Ok(Pipeline { name, store: store.unwrap_or_else(|| PathBuf::from("data")), stages, sweep: sweep.unwrap_or_default() })
     }
 }
 
