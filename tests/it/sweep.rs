@@ -82,8 +82,47 @@ fn a_grid_runs_every_combination_caches_shared_stages_and_tables_the_results() {
     assert!(stdout.contains("| train.learning_rate | validation accuracy | test accuracy |"), "{stdout}");
     assert!(stdout.lines().filter(|l| l.contains(" cached ")).count() == 10, "both combinations come from cache:\n{stdout}");
 
+    runs_lists_the_store_and_compares_two_runs(&tmp.path().join("store"), &file);
+
     // A bad setting fails before anything runs, naming it.
     let out = Command::new(release_bin("xtask")).current_dir(repo()).arg("run").arg(&file).args(["--set", "train.epochs=two", "--bin-dir"]).arg(release_dir()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("with --set train.epochs=two: train.epochs: invalid type"), "{stderr}");
+}
+
+/// `cargo xtask runs` over the sweep's store: the two trained combinations, the one parameter
+/// that differs between them, their metrics and keys; `--compare` by key prefix.
+fn runs_lists_the_store_and_compares_two_runs(store: &std::path::Path, file: &std::path::Path) {
+    let xtask = |args: &[&str]| {
+        let out = Command::new(release_bin("xtask")).current_dir(repo()).arg("runs").args(args).arg("--store").arg(store).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, stdout, stderr) = xtask(&["--json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["differing"], serde_json::json!(["train.learning_rate"]), "{v}");
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let mut lrs: Vec<f64> = runs.iter().map(|r| r["params"]["train.learning_rate"].as_f64().unwrap()).collect();
+    lrs.sort_by(f64::total_cmp);
+    assert_eq!(lrs, [1e-3, 3e-3]);
+    for r in runs {
+        assert_eq!(r["validation"]["metric"], "accuracy");
+        assert_eq!(r["evaluations"][0]["split"], "test");
+        assert!(r["evaluations"][0]["value"].as_f64().unwrap() > 0.6 && r["device"].as_str().unwrap().starts_with("cpu"), "{r}");
+    }
+    // The file's own values (epochs 8) made neither run (they trained with --set epochs=10).
+    let (ok, stdout, _) = xtask(&[file.to_str().unwrap()]);
+    assert!(ok && stdout.contains("no train artifacts") && stdout.contains("made by the pipelines named"), "{stdout}");
+    let keys: Vec<&str> = runs.iter().map(|r| r["train_key"].as_str().unwrap()).collect();
+    let (ok, stdout, stderr) = xtask(&["--compare", &keys[0][..6], &keys[1][..6], "--json"]);
+    assert!(ok, "{stderr}");
+    let c: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(c["params"].as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c["params"][0]["key"], "train.learning_rate");
+    assert!(c["inputs"].as_array().unwrap().is_empty(), "same download and tokenize: {c}");
+    let (ok, _, stderr) = xtask(&["--compare", "", &keys[1][..6]]);
+    assert!(!ok && stderr.contains("is ambiguous") && stderr.contains(keys[0]), "{stderr}");
+    let (ok, _, stderr) = xtask(&["--compare", "zzzz", &keys[1][..6]]);
+    assert!(!ok && stderr.contains("no train artifact's key starts with `zzzz`"), "{stderr}");
 }

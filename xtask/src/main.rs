@@ -2,6 +2,7 @@
 //! in the `ft-<stage>` binaries, which this builds and runs.
 
 mod bench;
+mod runs;
 mod setup;
 mod sweep;
 
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 use pipeline::Stage;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Fine-tuning pipelines: run, test, bench, setup, doctor, gc, verify")]
+#[command(name = "cargo xtask", about = "Fine-tuning pipelines: run, runs, test, bench, setup, doctor, gc, verify")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -75,6 +76,24 @@ enum Cmd {
     Setup,
     /// Print the libtorch in use and whether CUDA and cuDNN work.
     Doctor,
+    /// Every train artifact of a store with the evaluations made from it: pipeline, date, the
+    /// parameters that differ between the rows, validation and evaluate metrics, wall time,
+    /// device, keys.
+    Runs {
+        /// List only the runs of these pipelines (and of their sweeps' combinations): train
+        /// artifacts whose parameters, and their download's and tokenize's, are the pipeline's
+        /// (whatever code version made them).
+        pipelines: Vec<PathBuf>,
+        /// The store (default: the first pipeline's, else `data`).
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// The parameter, input and metric differences of two runs (train keys or unique
+        /// prefixes).
+        #[arg(long, num_args = 2, value_names = ["KEY1", "KEY2"])]
+        compare: Option<Vec<String>>,
+    },
     /// Re-hash every artifact in a store and report the bad ones.
     Verify {
         #[arg(long, default_value = "data")]
@@ -224,6 +243,11 @@ fn real_main() -> anyhow::Result<()> {
                 bail!("ft-doctor failed");
             }
             Ok(())
+        }
+        Cmd::Runs { pipelines, store, json, compare } => {
+            let parsed: Vec<pipeline::Pipeline> = pipelines.iter().map(|f| sweep::expand(f)).collect::<anyhow::Result<Vec<_>>>()?.into_iter().flatten().collect();
+            let store = store.or_else(|| parsed.first().map(|p| p.store.clone())).unwrap_or_else(|| PathBuf::from("data"));
+            runs::runs(&store, (!pipelines.is_empty()).then_some(parsed.as_slice()), compare.as_deref(), json)
         }
         Cmd::Verify { store } => {
             let s = artifact::Store::open(&store)?;
