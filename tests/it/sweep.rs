@@ -6,6 +6,11 @@ use std::process::Command;
 
 use tests::{fixtures, release_bin, release_dir, repo};
 
+/// `cargo xtask run FILE ARGS` with the stage binaries the tests use.
+fn run(file: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(release_bin("xtask")).current_dir(repo()).arg("run").arg(file).args(args).arg("--bin-dir").arg(release_dir()).output().unwrap()
+}
+
 #[test]
 fn a_grid_runs_every_combination_caches_shared_stages_and_tables_the_results() {
     let _rng = tests::torch_rng();
@@ -18,14 +23,7 @@ fn a_grid_runs_every_combination_caches_shared_stages_and_tables_the_results() {
     // tiny model (128 positions) refuses in tokenize, so two of the four combinations fail there.
     let file = tmp.path().join("sweep.yaml");
     std::fs::write(&file, format!("{text}sweep:\n  train.learning_rate: [1.0e-3, 3.0e-3]\n")).unwrap();
-    let out = Command::new(release_bin("xtask"))
-        .current_dir(repo())
-        .arg("run")
-        .arg(&file)
-        .args(["--set", "train.epochs=10", "--grid", "tokenize.max_length=64,200", "--json", "--bin-dir"])
-        .arg(release_dir())
-        .output()
-        .unwrap();
+    let out = run(&file, &["--set", "train.epochs=10", "--grid", "tokenize.max_length=64,200", "--json"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a sweep with failing combinations must fail at the end\n{stderr}");
@@ -59,24 +57,10 @@ fn a_grid_runs_every_combination_caches_shared_stages_and_tables_the_results() {
     assert!(stderr.contains("tokenize.max_length 200 exceeds the model's max_position_embeddings 128"), "{stderr}");
 
     // --fail-fast stops at the first failure; a second run of the good combinations is cached.
-    let out = Command::new(release_bin("xtask"))
-        .current_dir(repo())
-        .arg("run")
-        .arg(&file)
-        .args(["--set", "train.epochs=10", "--grid", "tokenize.max_length=200,64", "--fail-fast", "--bin-dir"])
-        .arg(release_dir())
-        .output()
-        .unwrap();
+    let out = run(&file, &["--set", "train.epochs=10", "--grid", "tokenize.max_length=200,64", "--fail-fast"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--fail-fast stopped the sweep") && !stderr.contains("combination 2/4"), "{stderr}");
-    let out = Command::new(release_bin("xtask"))
-        .current_dir(repo())
-        .arg("run")
-        .arg(&file)
-        .args(["--set", "train.epochs=10", "--set", "tokenize.max_length=64", "--bin-dir"])
-        .arg(release_dir())
-        .output()
-        .unwrap();
+    let out = run(&file, &["--set", "train.epochs=10", "--set", "tokenize.max_length=64"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("| train.learning_rate | validation accuracy | test accuracy |"), "{stdout}");
@@ -85,7 +69,7 @@ fn a_grid_runs_every_combination_caches_shared_stages_and_tables_the_results() {
     runs_lists_the_store_and_compares_two_runs(&tmp.path().join("store"), &file);
 
     // A bad setting fails before anything runs, naming it.
-    let out = Command::new(release_bin("xtask")).current_dir(repo()).arg("run").arg(&file).args(["--set", "train.epochs=two", "--bin-dir"]).arg(release_dir()).output().unwrap();
+    let out = run(&file, &["--set", "train.epochs=two"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("with --set train.epochs=two: train.epochs: invalid type"), "{stderr}");
 }

@@ -353,11 +353,11 @@ pub fn load_params<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Err
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
     use super::*;
 
-    const ONE_FILE: &str = "name: p
+    pub(crate) const ONE_FILE: &str = "name: p
 download:
   dataset:
     files:

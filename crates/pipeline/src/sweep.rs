@@ -267,20 +267,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const FILE: &str = "name: p
-download:
-  dataset:
-    files:
-      train: all.csv
-  model: {path: m}
-tokenize:
-  max_length: 64
-train:
-  epochs: 1
-  learning_rate: 1.0e-4
-evaluate:
-  split: validation
-";
+    /// The parser tests' one-file pipeline, with a learning rate and a split it will have.
+    fn base_text() -> String {
+        crate::tests::ONE_FILE.replace("epochs: 1", "epochs: 1\n  learning_rate: 1.0e-4").replace("split: test", "split: validation")
+    }
 
     fn file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let d = tempfile::tempdir().unwrap();
@@ -295,7 +285,7 @@ evaluate:
 
     #[test]
     fn a_setting_changes_one_key_and_is_checked_as_the_file_is() {
-        let (_d, path) = file(FILE);
+        let (_d, path) = file(&base_text());
         let s = load_sweep(&path, &[Setting::parse("train.learning_rate=3e-5").unwrap(), Setting::parse("tokenize.max_length=128").unwrap()], &[]).unwrap();
         assert_eq!(param(&s.base, Stage::Train, "learning_rate"), serde_json::json!(3e-5));
         assert_eq!(param(&s.base, Stage::Tokenize, "max_length"), serde_json::json!(128));
@@ -326,7 +316,7 @@ evaluate:
 
     #[test]
     fn a_grid_and_a_sweep_section_make_every_combination() {
-        let text = format!("{FILE}sweep:\n  train.learning_rate: [1.0e-5, 2.0e-5]\n  train.epochs: [1, 2, 3]\n");
+        let text = format!("{}sweep:\n  train.learning_rate: [1.0e-5, 2.0e-5]\n  train.epochs: [1, 2, 3]\n", base_text());
         let (_d, path) = file(&text);
         let s = load_sweep(&path, &[], &[]).unwrap();
         assert_eq!(s.axes, ["train.learning_rate", "train.epochs"]);
@@ -351,7 +341,7 @@ evaluate:
         assert!(Axis::parse("train.epochs=1,1").unwrap_err().contains("lists 1 twice"));
         assert!(Axis::parse("train.epochs=1,").unwrap_err().contains("one or more values"));
         for (section, needle) in [("sweep: [1, 2]\n", "must map dotted keys"), ("sweep:\n  train.epochs: 3\n", "expected a list of values"), ("sweep:\n  trian.epochs: [1]\n", "`trian` is not a stage")] {
-            let (_d, path) = file(&format!("{FILE}{section}"));
+            let (_d, path) = file(&format!("{}{section}", base_text()));
             let e = load_sweep(&path, &[], &[]).err().unwrap().to_string();
             assert!(e.contains(needle), "{section}: {e}");
         }
