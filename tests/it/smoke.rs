@@ -30,6 +30,7 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     let report = std::fs::read_to_string(eval_dir.join("report.md")).unwrap();
     assert!(report.contains("`best.safetensors` of train artifact") && report.contains("Accuracy by text length"), "{report}");
     model_card_shows_the_selected_weights(&first);
+    tensorboard_reads_the_curves(&first[2].artifact.clone().unwrap());
     let second = run(&p);
     assert!(second.iter().all(|o| o.cached), "{second:?}");
     reports_progress_off_a_terminal(&first, tmp.path());
@@ -128,6 +129,38 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     // Evaluation takes well under artifact::TICK_GAP here: a line for its end alone.
     let ticks: Vec<&str> = eval.lines().filter(|l| l.contains("/160 examples; ")).collect();
     assert!(ticks.len() == 1 && ticks[0].starts_with("160/160 examples; "), "{eval}");
+}
+
+/// TensorBoard's own event reader finds every scalar of train's log in the artifact's `tb/`,
+/// at the log's steps and values (as f32).
+fn tensorboard_reads_the_curves(train: &Path) {
+    let Some(python) = tests::venv_python_with("tensorboard") else {
+        return tests::skip("reading train's event files with TensorBoard", "the venv cannot import tensorboard", true);
+    };
+    let out = std::process::Command::new(&python).arg(repo().join("tests/fixtures/tb_check.py")).arg(train).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = pipeline::files::LogLine::parse_all(&train.join("log.jsonl"), &std::fs::read_to_string(train.join("log.jsonl")).unwrap()).unwrap();
+    let (mut windows, mut evals) = (Vec::new(), Vec::new());
+    for l in &log {
+        match l {
+            pipeline::files::LogLine::Train { step, loss, lr, .. } => windows.push((*step, *loss, *lr)),
+            pipeline::files::LogLine::Eval { step, eval, .. } => evals.push((*step, eval.accuracy.unwrap())),
+        }
+    }
+    let series = |tag: &str| -> Vec<(u64, f64)> { tb[tag].as_array().unwrap_or_else(|| panic!("no {tag} in {tb}")).iter().map(|p| (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())).collect() };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs().max(1e-12) + 1e-7 * a.abs();
+    let loss = series("train/loss");
+    assert_eq!(loss.len(), windows.len());
+    for ((s, v), (step, l, _)) in loss.iter().zip(&windows) {
+        assert!(*s == *step && close(*v, *l), "train/loss {s} {v} vs log {step} {l}");
+    }
+    assert!(series("train/learning_rate").iter().zip(&windows).all(|((s, v), (step, _, lr))| s == step && close(*v, *lr)));
+    let acc = series("validation/accuracy");
+    assert!(acc.len() == evals.len() && acc.iter().zip(&evals).all(|((s, v), (step, a))| s == step && close(*v, *a)), "{acc:?} vs {evals:?}");
+    for tag in ["train/grad_norm", "train/samples_per_second", "train/tokens_per_second", "validation/loss", "validation/f1"] {
+        assert!(!series(tag).is_empty(), "{tag}");
+    }
 }
 
 /// The model card's validation table is the best checkpoint's (not the last validation's), with

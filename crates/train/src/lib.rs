@@ -8,6 +8,7 @@
 //! hparams.json        the resolved hyper-parameters (schedule length, warmup, device, precision)
 //! log.jsonl           one line per log step (loss, lr, grad_norm, samples/s, tokens/s) and eval
 //! summary.json        throughput, best step and metric, final validation metrics
+//! tb/events.out.tfevents.<time>.ft   the log's scalars for TensorBoard (tensorboard.rs)
 //! ```
 //!
 //! While it runs, checkpoints live in `STORE/.checkpoints/train-<key>/`; a rerun after a crash or
@@ -15,6 +16,7 @@
 
 pub mod batches;
 pub mod optim;
+pub mod tensorboard;
 pub mod trainer;
 
 use std::path::Path;
@@ -222,6 +224,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         std::fs::copy(out.join("final.safetensors"), out.join("best.safetensors")).context("copying weights")?;
     }
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
+    tensorboard::write(&out.join("log.jsonl"), out)?;
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config.classifier_json(&names, labels.task.problem_type()))?)?;
     let hparams = Hparams {
         params: p.clone(),
