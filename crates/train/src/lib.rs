@@ -27,7 +27,7 @@ use pipeline::{ClassWeights, Precision, Task, TrainParams, WeightRule};
 use tch::Kind;
 
 /// Bump when the artifact's layout or the training algorithm's meaning changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The stage's identity: code, dependencies, the libtorch loaded, and the rule that the tokenize
 /// input was made from the download input (the model it trains).
