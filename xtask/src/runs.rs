@@ -31,22 +31,36 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
     }
 }
 
-/// The train artifact's parameters and those of the artifacts it was made from (download,
-/// tokenize), as far as the store still holds them.
-fn lineage_params(store: &Store, train: &Artifact) -> BTreeMap<String, Value> {
+/// The canonical parameters of the store's artifacts, each manifest read once however many
+/// runs share it.
+#[derive(Default)]
+struct ParamsCache(BTreeMap<(String, String), Option<Lineage>>);
+
+/// An artifact's parameters and its inputs.
+type Lineage = (Value, BTreeMap<String, artifact::InputRef>);
+
+impl ParamsCache {
+    fn get(&mut self, store: &Store, stage: &str, key: &str) -> Option<&Lineage> {
+        self.0
+            .entry((stage.to_string(), key.to_string()))
+            .or_insert_with(|| Artifact::open(&store.root.join(stage).join(key)).ok().map(|a| (a.manifest.params, a.manifest.inputs)))
+            .as_ref()
+    }
+}
+
+/// The train artifact's parameters and those of the artifacts it was made from (tokenize and,
+/// through it and directly, download), as far as the store still holds them.
+fn lineage_params(store: &Store, cache: &mut ParamsCache, train: &Artifact) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     flatten("train", &train.manifest.params, &mut out);
-    for (name, input) in &train.manifest.inputs {
-        if input.key.is_empty() {
+    let mut pending: Vec<(String, artifact::InputRef)> = train.manifest.inputs.iter().map(|(n, i)| (n.clone(), i.clone())).collect();
+    while let Some((name, input)) = pending.pop() {
+        if input.key.is_empty() || out.keys().any(|k| k.starts_with(&format!("{name}."))) {
             continue;
         }
-        if let Ok(a) = Artifact::open(&store.root.join(&input.stage).join(&input.key)) {
-            flatten(name, &a.manifest.params, &mut out);
-            for (up, i) in &a.manifest.inputs {
-                if let (false, Ok(b)) = (i.key.is_empty(), Artifact::open(&store.root.join(&i.stage).join(&i.key))) {
-                    flatten(up, &b.manifest.params, &mut out);
-                }
-            }
+        if let Some((params, inputs)) = cache.get(store, &input.stage, &input.key) {
+            flatten(&name, params, &mut out);
+            pending.extend(inputs.iter().map(|(n, i)| (n.clone(), i.clone())));
         }
     }
     out
@@ -69,28 +83,34 @@ fn made_by(params: &BTreeMap<String, Value>, pipelines: &[pipeline::Pipeline]) -
 }
 
 fn load_runs(store: &Store, pipelines: &[pipeline::Pipeline]) -> Vec<Run> {
-    let evaluations = store.list("evaluate");
+    // Each evaluation under the train key it was made from.
+    let mut by_train: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
+    for e in store.list("evaluate") {
+        if let Some(i) = e.manifest.inputs.get("train") {
+            by_train.entry(i.key.clone()).or_default().push(e);
+        }
+    }
+    let mut cache = ParamsCache::default();
     store
         .list("train")
         .into_iter()
         .map(|train| {
-            let key = train.manifest.key.clone();
-            let evals = evaluations
-                .iter()
-                .filter(|e| e.manifest.inputs.get("train").is_some_and(|i| i.key == key))
-                .filter_map(|e| Artifact::open(&e.path).ok())
+            let evaluations = by_train
+                .remove(&train.manifest.key)
+                .unwrap_or_default()
+                .into_iter()
                 .map(|e| {
                     let m = pipeline::files::read::<EvalMetrics>(&e.dir.join("metrics.json")).ok();
                     (e, m)
                 })
                 .collect();
-            let params = lineage_params(store, &train);
+            let params = lineage_params(store, &mut cache, &train);
             Run {
                 pipelines: made_by(&params, pipelines),
                 params,
                 summary: pipeline::files::read(&train.dir.join("summary.json")).ok(),
                 device: pipeline::files::read::<Hparams>(&train.dir.join("hparams.json")).ok().map(|h| h.device),
-                evaluations: evals,
+                evaluations,
                 train,
             }
         })
@@ -127,8 +147,25 @@ fn utc(t: u64) -> String {
 }
 
 fn validation(r: &Run) -> Option<(pipeline::Metric, f64)> {
-    let s = r.summary.as_ref()?;
-    Some((s.select_metric, s.best_metric?))
+    r.summary.as_ref()?.selected()
+}
+
+fn validation_json(r: &Run) -> Value {
+    json!(validation(r).map(|(m, v)| json!({"metric": m.name(), "value": v})))
+}
+
+fn evaluations_json(r: &Run) -> Value {
+    r.evaluations
+        .iter()
+        .map(|(e, m)| {
+            json!({
+                "key": e.manifest.key,
+                "split": m.as_ref().map(|m| m.split.clone()),
+                "metric": m.as_ref().map(|m| m.headline().0.name()),
+                "value": m.as_ref().map(|m| m.headline().1),
+            })
+        })
+        .collect()
 }
 
 fn run_json(r: &Run, diff: &[String]) -> Value {
@@ -137,16 +174,11 @@ fn run_json(r: &Run, diff: &[String]) -> Value {
         "created_unix": r.train.manifest.created_unix,
         "date": utc(r.train.manifest.created_unix),
         "params": diff.iter().map(|k| (k.clone(), r.params.get(k).cloned().unwrap_or(Value::Null))).collect::<serde_json::Map<_, _>>(),
-        "validation": validation(r).map(|(m, v)| json!({"metric": m.name(), "value": v})),
+        "validation": validation_json(r),
         "train_wall_seconds": r.train.manifest.wall_seconds,
         "device": r.device,
         "train_key": r.train.manifest.key,
-        "evaluations": r.evaluations.iter().map(|(e, m)| json!({
-            "key": e.manifest.key,
-            "split": m.as_ref().map(|m| m.split.clone()),
-            "metric": m.as_ref().map(|m| m.headline().0.name()),
-            "value": m.as_ref().map(|m| m.headline().1),
-        })).collect::<Vec<_>>(),
+        "evaluations": evaluations_json(r),
     })
 }
 
@@ -215,8 +247,8 @@ fn compare(a: &Run, b: &Run, json_out: bool) -> String {
             "a": a.train.manifest.key, "b": b.train.manifest.key,
             "params": params.iter().map(|k| json!({"key": k, "a": a.params.get(k), "b": b.params.get(k)})).collect::<Vec<_>>(),
             "inputs": inputs.iter().map(|(k, x, y)| json!({"input": k, "a": x, "b": y})).collect::<Vec<_>>(),
-            "validation": {"a": run_json(a, &[])["validation"], "b": run_json(b, &[])["validation"]},
-            "evaluations": {"a": run_json(a, &[])["evaluations"], "b": run_json(b, &[])["evaluations"]},
+            "validation": {"a": validation_json(a), "b": validation_json(b)},
+            "evaluations": {"a": evaluations_json(a), "b": evaluations_json(b)},
         })
         .to_string();
     }

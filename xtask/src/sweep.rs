@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 struct Row {
     values: Vec<Setting>,
     outcomes: Vec<runner::StageOutcome>,
-    /// The train stage's select metric on validation (its best, or last, validation).
+    /// The train stage's select metric and its best value on validation.
     validation: Option<(Metric, f64)>,
     /// The evaluate stage's headline metric on its split.
     test: Option<(Metric, String, f64)>,
@@ -50,10 +50,7 @@ fn read_row(values: &[Setting], outcomes: Vec<runner::StageOutcome>, error: Opti
     let dir = |stage: Stage| outcomes.iter().find(|o| o.stage == stage.name()).and_then(|o| o.artifact.clone());
     let summary: Option<TrainSummary> = dir(Stage::Train).and_then(|d| pipeline::files::read(&d.join("summary.json")).ok());
     let metrics: Option<EvalMetrics> = dir(Stage::Evaluate).and_then(|d| pipeline::files::read(&d.join("metrics.json")).ok());
-    let validation = summary.as_ref().and_then(|s| {
-        let v = s.best_validation.as_ref().or(s.last_validation.as_ref())?;
-        Some((s.select_metric, v.get(s.select_metric)?))
-    });
+    let validation = summary.as_ref().and_then(TrainSummary::selected);
     let test = metrics.map(|m| {
         let (metric, value) = m.headline();
         (metric, m.split.clone(), value)

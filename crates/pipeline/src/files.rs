@@ -288,6 +288,14 @@ pub struct TrainSummary {
     pub flop_utilisation: Option<Mfu>,
 }
 
+impl TrainSummary {
+    /// The metric that selected the weights and its best value on validation (none without a
+    /// validation).
+    pub fn selected(&self) -> Option<(Metric, f64)> {
+        Some((self.select_metric, self.best_metric?))
+    }
+}
+
 /// One line of train's `log.jsonl`: a training window or a validation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

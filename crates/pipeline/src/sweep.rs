@@ -105,14 +105,16 @@ impl Setting {
             .get_mut(first)
             .ok_or_else(|| format!("the pipeline has no `{first}` section; a setting changes keys of the stages it has"))?;
         for (i, part) in rest.iter().enumerate() {
-            let here = [first].iter().chain(&rest[..i]).copied().collect::<Vec<_>>().join(".");
             if at.is_null() {
                 *at = Value::Mapping(Mapping::new());
             }
-            if !at.is_mapping() {
-                return Err(format!("`{here}` is {}, not a mapping with keys", show_value(at)));
-            }
-            let Some(map) = at.as_mapping_mut() else { return Err(format!("`{here}` is not a mapping")) };
+            let map = match at {
+                Value::Mapping(map) => map,
+                other => {
+                    let here = [first].iter().chain(&rest[..i]).copied().collect::<Vec<_>>().join(".");
+                    return Err(format!("`{here}` is {}, not a mapping with keys", show_value(other)));
+                }
+            };
             if i + 1 == rest.len() {
                 map.insert(Value::from(*part), self.value.clone());
                 return Ok(());
@@ -230,20 +232,28 @@ fn product(axes: &[Axis]) -> Vec<Vec<&Value>> {
     })
 }
 
-/// Applies the settings, then the swept values (at least one of either), one at a time,
-/// parsing after each so that an error names the first one that breaks the pipeline.
+/// Applies the settings, then the swept values (at least one of either), and parses the result
+/// once. When that fails, the document is rebuilt one setting at a time to name the first one
+/// that breaks the pipeline.
 fn with_settings(path: &Path, doc: &Value, settings: &[Setting], swept: &[Setting]) -> Result<Pipeline, Error> {
-    let mut doc = doc.clone();
-    let mut applied = String::new();
-    let mut last = None;
-    for (s, flag) in settings.iter().map(|s| (s, "--set")).chain(swept.iter().map(|s| (s, "sweep"))) {
-        let err = |message: String| Error::Parse { path: path.to_path_buf(), message: format!(" with {applied}{flag} {s}: {message}") };
-        s.apply(&mut doc).map_err(err)?;
-        let text = serde_yaml_ng::to_string(&doc).map_err(|e| err(e.to_string()))?;
-        last = Some(parse(path, &text).map_err(|e| err(located_message(e)))?);
-        applied.push_str(&format!("{flag} {s}, "));
-    }
-    last.ok_or_else(|| Error::Parse { path: path.to_path_buf(), message: " no setting to apply".into() })
+    let all: Vec<(&Setting, &str)> = settings.iter().map(|s| (s, "--set")).chain(swept.iter().map(|s| (s, "sweep"))).collect();
+    let build = |upto: usize| -> Result<Pipeline, (usize, String)> {
+        let mut doc = doc.clone();
+        for (i, (s, _)) in all[..upto].iter().enumerate() {
+            s.apply(&mut doc).map_err(|m| (i, m))?;
+        }
+        let text = serde_yaml_ng::to_string(&doc).map_err(|e| (upto.saturating_sub(1), e.to_string()))?;
+        parse(path, &text).map_err(|e| (upto.saturating_sub(1), located_message(e)))
+    };
+    let failure = match build(all.len()) {
+        Ok(p) => return Ok(p),
+        // An error in applying names its setting already; a parse error needs the search.
+        Err(f) => (1..=all.len()).find_map(|n| build(n).err()).unwrap_or(f),
+    };
+    let (i, message) = failure;
+    let applied: String = all[..i].iter().map(|(s, flag)| format!("{flag} {s}, ")).collect();
+    let (s, flag) = all.get(i).copied().ok_or_else(|| Error::Parse { path: path.to_path_buf(), message: format!(" {message}") })?;
+    Err(Error::Parse { path: path.to_path_buf(), message: format!(" with {applied}{flag} {s}: {message}") })
 }
 
 /// A parse error of a document rebuilt from settings: its line and column point into text the
