@@ -7,6 +7,7 @@ mod download;
 mod families;
 mod model_parity;
 mod pipelines;
+mod predict;
 mod runner_cache;
 mod smoke;
 mod sweep;

@@ -39,6 +39,11 @@ fn smoke_pipeline_learns_caches_and_exports_a_loadable_model() {
     matches_the_golden_listing(&export);
 
     transformers_agrees(&export, &["the movie was great and the acting was wonderful", "frankly the plot was boring", "ok"]);
+
+    let train = first[2].artifact.clone().unwrap();
+    let test_split = first[0].artifact.clone().unwrap().join("dataset/test.parquet");
+    crate::predict::equals_evaluate(&train, &test_split, &eval_dir.join("predictions.parquet"), 0.5, tmp.path());
+    crate::predict::labels_a_csv_as_transformers_does(&train, &export, &eval_dir.join("predictions.parquet"), &tmp.path().join("store"), tmp.path());
 }
 
 /// Each family's tiny model in a local directory goes through the whole pipeline with nothing

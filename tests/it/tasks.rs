@@ -50,6 +50,7 @@ fn every_task_kind_learns_its_task_and_exports_what_transformers_predicts_alike(
         assert!(card.contains(&format!("`problem_type: {problem_type}`")), "{card}");
         let test_split = out[0].artifact.clone().unwrap().join("dataset/test.parquet");
         transformers_predicts_as_ours(&export, &test_split, &eval.join("predictions.parquet"), threshold, &m.task);
+        crate::predict::equals_evaluate(&out[2].artifact.clone().unwrap(), &test_split, &eval.join("predictions.parquet"), threshold, tmp.path());
     }
 }
 

@@ -32,12 +32,16 @@ pub enum Section {
     /// Sentence pairs and multi-label, made from the subset's reviews (bench/tasks_data.py): a
     /// full fine-tune per side, training samples/s and the task's headline.
     Tasks,
+    /// `ft-predict` vs transformers' `pipeline("text-classification")` on the first 1,000 test
+    /// reviews, one classifier (the model with a seeded head) for both: examples/s, and whether
+    /// the labels agree.
+    Predict,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Which parts to run (comma-separated; default: all).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache, Section::Tasks])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache, Section::Tasks, Section::Predict])]
     sections: Vec<Section>,
     /// `cpu` or `cuda` (both sides run there).
     #[arg(long, default_value = "cpu")]
@@ -145,6 +149,15 @@ impl Plan {
     /// reference run does; on CUDA the reference figures pad to max_length (static shapes).
     fn hf_dynamic(&self) -> bool {
         !self.cuda
+    }
+
+    /// Rows per forward pass of the predict section, both sides.
+    fn predict_batch(&self) -> usize {
+        if self.cuda {
+            256
+        } else {
+            64
+        }
     }
 
     fn has(&self, s: Section) -> bool {
@@ -501,6 +514,73 @@ fn task_rows(a: &Args, plan: &Plan, bins: &Path, subset: &Path, logs: &Path) -> 
 /// Whether two sides' runs differ by more than their seeds do: the difference of the means
 /// against twice its standard error (each side's sample variance over its runs), which is about
 /// a 95% two-sided test for a handful of runs.
+/// The reviews predict is timed on.
+const PREDICT_REVIEWS: usize = 1000;
+
+/// The predict section (see [`Section::Predict`]): each side runs `repeats` times over the same
+/// reviews with the same classifier and batch size; ours is tokenization and inference as
+/// ft-predict reports them (loading and writing left out, as the pipeline's construction is).
+fn predict_rows(plan: &Plan, bins: &Path, model_dir: &Path, test: &Path, seed: u64, logs: &Path) -> anyhow::Result<Vec<Row>> {
+    eprintln!("== predict ({PREDICT_REVIEWS} test reviews, batch {}, {} runs per side)", plan.predict_batch(), plan.repeats);
+    let dir = plan.out.join("predict");
+    std::fs::create_dir_all(&dir)?;
+    json_of(
+        Command::new(python())
+            .arg(root().join("bench/predict_bench.py"))
+            .arg("prepare")
+            .arg(model_dir)
+            .arg(test)
+            .arg(PREDICT_REVIEWS.to_string())
+            .arg(plan.max_length.to_string())
+            .arg(seed.to_string())
+            .arg(&dir),
+        &logs.join("predict-prepare.log"),
+    )?;
+    let out = dir.join("ours.parquet");
+    let mut ours = Runs::default();
+    for r in 0..plan.repeats {
+        let v = json_of(
+            Command::new(bins.join("ft-predict"))
+                .arg(dir.join("classifier"))
+                .arg(dir.join("reviews.parquet"))
+                .arg("--out")
+                .arg(&out)
+                .args(["--device", plan.device(), "--batch-size", &plan.predict_batch().to_string(), "--json"]),
+            &logs.join(format!("predict-ours-{r}.log")),
+        )?;
+        ours.0.push(num(&v, &["examples_per_second"])?);
+    }
+    let hf = json_of(
+        Command::new(python()).arg(root().join("bench/predict_bench.py")).arg("time").arg(&dir).arg(plan.predict_batch().to_string()).arg(plan.repeats.to_string()).arg(&out),
+        &logs.join("predict-hf.log"),
+    )?;
+    let texts = num(&hf, &["texts"])?;
+    let same = num(&hf, &["same_labels"])?;
+    let reference_name = format!("transformers pipeline(\"text-classification\"), batch_size {}", plan.predict_batch());
+    Ok(vec![
+        Row {
+            section: "predict",
+            figure: format!("examples/s over {texts} test reviews @{} (tokenize + inference), same classifier", plan.max_length),
+            unit: "ex/s",
+            ours,
+            reference_name: reference_name.clone(),
+            reference: nums(&hf, "examples_per_s_runs"),
+            higher_is_better: true,
+            target: if plan.cuda { "" } else { "≥ 2x" }.into(),
+        },
+        Row {
+            section: "predict",
+            figure: "labels the same as the reference's".into(),
+            unit: "%",
+            ours: Runs(vec![same / texts.max(1.0)]),
+            reference_name,
+            reference: Runs::default(),
+            higher_is_better: true,
+            target: "100%".into(),
+        },
+    ])
+}
+
 fn noise_verdict(ours: &Runs, reference: &Runs) -> String {
     let (Some((mo, vo)), Some((mr, vr))) = (ours.mean_var(), reference.mean_var()) else {
         return "no verdict (needs --full-runs 2 or more)".into();
@@ -543,7 +623,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     setup::ensure_bench()?;
     plan.resolve_model(&a)?;
     let bins = crate::build_stages(&Stage::ALL)?;
-    crate::cargo_build(&["-p", "train", "--bin", "ft-bench"])?;
+    crate::cargo_build(&["-p", "train", "--bin", "ft-bench", "-p", "predict", "--bin", "ft-predict"])?;
     let _hub = start_hub(&plan.out)?;
     let logs = plan.out.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -591,9 +671,12 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 
     // The subset pipeline, for everything after tokenize.
     let mut subset_dir = None;
+    // The whole dataset's download artifact (the subset's source).
+    let mut whole = None;
     let sub = if plan.subset > 0 {
         let source = write_pipeline(&a, &plan, "bench-source", Data::Source)?;
         let dl = artifact_of(&run_stages(&source, &plan, &bins, Some(Stage::Download), &[])?, Stage::Download)?;
+        whole = Some(dl.clone());
         let dir = plan.out.join("subset");
         let counts = json_of(
             Command::new(python()).arg(root().join("bench/subset.py")).arg(dl.join("dataset")).arg(&dir).arg(plan.subset.to_string()).arg(a.seed.to_string()),
@@ -609,6 +692,7 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
     };
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Download), &[])?;
     let sub_dl = artifact_of(&o, Stage::Download)?;
+    let whole = whole.unwrap_or_else(|| sub_dl.clone());
     let o = run_stages(&sub, &plan, &bins, Some(Stage::Tokenize), &[])?;
     let sub_tok = artifact_of(&o, Stage::Tokenize)?;
     let model_dir = sub_dl.join("model");
@@ -782,6 +866,10 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             Some(dir) => rows.extend(task_rows(&a, &plan, &bins, dir, &logs)?),
             None => eprintln!("== no tasks section: it is made from a subset (--subset N, N > 0)"),
         }
+    }
+
+    if plan.has(Section::Predict) {
+        rows.extend(predict_rows(&plan, &bins, &model_dir, &whole.join("dataset/test.parquet"), a.seed, &logs)?);
     }
 
     if plan.has(Section::Cache) {

@@ -69,6 +69,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Label new texts with a trained model: `cargo xtask predict MODEL INPUT --out FILE`
+    /// (MODEL: an export directory, a train or export artifact key, or a Hugging Face model
+    /// directory; `--help` lists the options of ft-predict).
+    Predict {
+        /// ft-predict's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Our stages and the Python reference side by side on the same data: one table of figures
     /// and ratios (median over repeats), also written as JSON.
     Bench(bench::Args),
@@ -225,6 +233,15 @@ fn real_main() -> anyhow::Result<()> {
                 .args(&args)
                 .status()
                 .context("running cargo test")?;
+            if !st.success() {
+                std::process::exit(st.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        Cmd::Predict { args } => {
+            setup::ensure()?;
+            cargo_build(&["-p", "predict", "--bin", "ft-predict"])?;
+            let st = Command::new(target_dir().join("release/ft-predict")).args(&args).status().context("running ft-predict")?;
             if !st.success() {
                 std::process::exit(st.code().unwrap_or(1));
             }

@@ -146,7 +146,7 @@ pub fn read_table(path: &Path, delimiter: Option<char>) -> anyhow::Result<DataFr
                 .map_parse_options(|o| o.with_separator(sep as u8))
                 .try_into_reader_with_file_path(Some(path.to_path_buf()))
                 .and_then(|r| r.finish())
-                .map_err(|e| anyhow::anyhow!("{name}: not a readable CSV file (UTF-8, a header row, fields separated by {sep:?}; set download.dataset.delimiter for another): {e}"))?
+                .map_err(|e| anyhow::anyhow!("{name}: not a readable CSV file (UTF-8, a header row, fields separated by {sep:?}; for another, set download.dataset.delimiter in a pipeline, --delimiter for ft-predict): {e}"))?
         }
         // GLUE's format: a header row, tabs, and no quoting (a `"` is an ordinary character).
         "tsv" => CsvReadOptions::default()
@@ -176,16 +176,15 @@ fn null_rows<T>(values: impl Iterator<Item = Option<T>>) -> Vec<usize> {
 }
 
 /// A text column as strings; a missing column, another type or a null is an error naming the
-/// file, the column and the rows.
-fn text_column(df: &DataFrame, file: &str, name: &str, key: &str) -> anyhow::Result<Vec<String>> {
+/// file, the column, the rows and `setting`, what chooses the column (`download.columns.text`,
+/// `--column`).
+pub fn text_column(df: &DataFrame, file: &str, name: &str, setting: &str) -> anyhow::Result<Vec<String>> {
     let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
-    let col = df
-        .column(name)
-        .map_err(|_| anyhow::anyhow!("{file}: no {key} column `{name}`; columns present: {cols:?} (set download.columns.{key} in the pipeline)"))?;
-    let ca = col.str().map_err(|_| anyhow::anyhow!("{file}: column `{name}` (download.columns.{key}) has type {}, expected text (utf8)", col.dtype()))?;
+    let col = df.column(name).map_err(|_| anyhow::anyhow!("{file}: no column `{name}` ({setting}); columns present: {cols:?} (set {setting} to one of them)"))?;
+    let ca = col.str().map_err(|_| anyhow::anyhow!("{file}: column `{name}` ({setting}) has type {}, expected text (utf8)", col.dtype()))?;
     let nulls = null_rows(ca.iter());
     if !nulls.is_empty() {
-        bail!("{file}: column `{name}` (download.columns.{key}) is null in rows {}; drop or fill those rows", show_rows(&nulls));
+        bail!("{file}: column `{name}` ({setting}) is null in rows {}; drop or fill those rows", show_rows(&nulls));
     }
     Ok(ca.iter().map(|t| t.unwrap_or_default().to_string()).collect())
 }
@@ -193,9 +192,9 @@ fn text_column(df: &DataFrame, file: &str, name: &str, key: &str) -> anyhow::Res
 /// Extracts the texts (and second texts of pairs) and raw labels from one file's frame. Labels
 /// stay as read until every file has been read, so class names can be resolved once.
 pub fn extract(df: &DataFrame, file: &str, p: &DownloadParams) -> anyhow::Result<(Vec<String>, Option<Vec<String>>, RawLabels)> {
-    let text = text_column(df, file, &p.columns.text, "text")?;
+    let text = text_column(df, file, &p.columns.text, "download.columns.text")?;
     let pair = match &p.columns.text_pair {
-        Some(c) => Some(text_column(df, file, c, "text_pair")?),
+        Some(c) => Some(text_column(df, file, c, "download.columns.text_pair")?),
         None => None,
     };
     let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();

@@ -1,5 +1,5 @@
-//! Batched inference over a token split: examples sorted by length so padding is minimal,
-//! gradients off, results returned in the split's order.
+//! Batched inference over examples (a token split, or texts encoded in memory): sorted by
+//! length so padding is minimal, gradients off, results returned in the examples' order.
 
 use tch::{Device, Kind, Tensor};
 
@@ -12,7 +12,8 @@ pub struct Predictions {
     /// Per example: softmax probabilities (single-label), per-label sigmoid probabilities
     /// (multi-label), or the score (regression); see [`Objective::outputs`].
     pub probs: Vec<Vec<f32>>,
-    pub loss: f64,
+    /// The mean loss; `None` when the examples carry no labels.
+    pub loss: Option<f64>,
     /// Real tokens processed.
     pub tokens: usize,
 }
@@ -26,36 +27,49 @@ impl Predictions {
     }
 }
 
-/// Moves a padded batch to the device (see [`crate::inputs::upload`]): the model's inputs and
-/// the labels (see [`crate::loss::targets`]).
-pub fn to_device(b: &shards::Batch, device: Device) -> (Inputs, Tensor) {
-    (crate::inputs::upload(b.rows, b.len, &b.ids, b.types.as_deref(), Some(&b.mask), device), crate::loss::targets(&b.targets, device))
+/// Moves a padded batch's model inputs to the device (see [`crate::inputs::upload`]; its labels
+/// go by [`crate::loss::targets`]).
+pub fn to_device(b: &shards::Batch, device: Device) -> Inputs {
+    crate::inputs::upload(b.rows, b.len, &b.ids, b.types.as_deref(), Some(&b.mask), device)
 }
 
-/// Runs the model over `split` in batches of `batch_size` (sorted by length, longest first, so
-/// a batch too large for the device fails at once). `done` hears how many examples have gone
-/// through after each batch (for a progress bar; on a GPU, queued).
-pub fn predict(model: &Model, objective: &Objective, split: &shards::Split, batch_size: usize, pad_id: u32, device: Device, done: &mut dyn FnMut(usize)) -> Result<Predictions, BatchError> {
-    let n = split.len();
-    let lengths = split.lengths();
+/// Runs the model over `examples` in batches of `batch_size` (sorted by length, longest first,
+/// so a batch too large for the device fails at once), with the mean loss when the examples
+/// have labels. `done` hears how many examples have gone through after each batch (for a
+/// progress bar; on a GPU, queued).
+pub fn predict<E: shards::Examples + ?Sized>(
+    model: &Model,
+    objective: &Objective,
+    examples: &E,
+    batch_size: usize,
+    pad_id: u32,
+    device: Device,
+    done: &mut dyn FnMut(usize),
+) -> Result<Predictions, BatchError> {
+    let n = examples.len();
+    let lengths: Vec<usize> = (0..n).map(|i| examples.length(i)).collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
     // Logits and the loss stay on the device until the end: reading them back per batch would
     // make the host wait for each batch before queuing the next.
     let mut logits = Vec::new();
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut labelled = false;
     let mut tokens = 0;
     let mut finished = 0;
     tch::no_grad(|| {
         // Made in the first batch's guard: in bf16 it allocates the weights' working copy.
         let mut frozen = None;
         for chunk in order.chunks(batch_size.max(1)) {
-            let b = shards::pad_batch(split, chunk, pad_id, None, model.length_multiple(model.max_length()));
+            let b = shards::pad_batch(examples, chunk, pad_id, None, model.length_multiple(model.max_length()));
             tokens += b.tokens;
             let l = guard(b.rows, b.len, device, || {
-                let (x, labels) = to_device(&b, device);
+                let x = to_device(&b, device);
                 let l = frozen.get_or_insert_with(|| model.frozen()).forward(&x);
-                loss_sum += objective.loss(&l, &labels) * chunk.len() as f64;
+                if let Some(t) = &b.targets {
+                    loss_sum += objective.loss(&l, &crate::loss::targets(t, device)) * chunk.len() as f64;
+                    labelled = true;
+                }
                 l
             })?;
             logits.push(l);
@@ -73,5 +87,6 @@ pub fn predict(model: &Model, objective: &Objective, split: &shards::Split, batc
             probs[i] = flat[r * c..(r + 1) * c].to_vec();
         }
     }
-    Ok(Predictions { probs, loss: if n == 0 { 0.0 } else { loss_sum.double_value(&[]) / n as f64 }, tokens })
+    let loss = labelled.then(|| loss_sum.double_value(&[]) / n as f64);
+    Ok(Predictions { probs, loss, tokens })
 }

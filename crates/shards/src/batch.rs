@@ -1,6 +1,94 @@
-//! Batching helpers: gather examples and pad at load time.
+//! Batching helpers: gather examples and pad at load time, from a split on disk or from texts
+//! encoded in memory (new data to predict on, which has no labels).
 
 use crate::Split;
+
+/// Examples that batches are padded from.
+pub trait Examples {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Tokens of example `i`.
+    fn length(&self, i: usize) -> usize;
+    fn has_token_types(&self) -> bool;
+    fn ids_into(&self, i: usize, out: &mut Vec<u32>);
+    fn types_into(&self, i: usize, out: &mut Vec<u32>);
+    /// The labels of examples `index`, in order; `None` when the examples carry none.
+    fn targets(&self, index: &[usize]) -> Option<Targets>;
+}
+
+impl Examples for Split {
+    fn len(&self) -> usize {
+        Split::len(self)
+    }
+    fn length(&self, i: usize) -> usize {
+        Split::length(self, i)
+    }
+    fn has_token_types(&self) -> bool {
+        Split::has_token_types(self)
+    }
+    fn ids_into(&self, i: usize, out: &mut Vec<u32>) {
+        Split::ids_into(self, i, out)
+    }
+    fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        Split::types_into(self, i, out)
+    }
+    fn targets(&self, index: &[usize]) -> Option<Targets> {
+        Some(Split::targets(self, index))
+    }
+}
+
+/// Examples encoded in memory, without labels: texts to predict on.
+#[derive(Clone, Debug, Default)]
+pub struct Unlabelled {
+    /// Example `i` is `ids[offsets[i]..offsets[i + 1]]`.
+    offsets: Vec<usize>,
+    ids: Vec<u32>,
+    /// Token types of sentence pairs, beside `ids`.
+    types: Option<Vec<u8>>,
+}
+
+impl Unlabelled {
+    /// No examples yet; `pairs` when they will carry token types.
+    pub fn new(pairs: bool) -> Unlabelled {
+        Unlabelled { offsets: vec![0], ids: Vec::new(), types: pairs.then(Vec::new) }
+    }
+
+    /// Appends an example. Its token types are required when the examples are pairs, and
+    /// ignored otherwise.
+    pub fn push(&mut self, ids: &[u32], types: Option<&[u32]>) {
+        self.ids.extend_from_slice(ids);
+        if let Some(t) = self.types.as_mut() {
+            let given = types.unwrap_or_default();
+            t.extend((0..ids.len()).map(|k| given.get(k).map_or(0, |&x| x.min(255) as u8)));
+        }
+        self.offsets.push(self.ids.len());
+    }
+}
+
+impl Examples for Unlabelled {
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+    fn length(&self, i: usize) -> usize {
+        self.offsets[i + 1] - self.offsets[i]
+    }
+    fn has_token_types(&self) -> bool {
+        self.types.is_some()
+    }
+    fn ids_into(&self, i: usize, out: &mut Vec<u32>) {
+        out.extend_from_slice(&self.ids[self.offsets[i]..self.offsets[i + 1]]);
+    }
+    fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        if let Some(t) = &self.types {
+            out.extend(t[self.offsets[i]..self.offsets[i + 1]].iter().map(|&x| u32::from(x)));
+        }
+    }
+    fn targets(&self, _index: &[usize]) -> Option<Targets> {
+        None
+    }
+}
 
 /// A padded batch, row-major `rows × len`.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,7 +100,8 @@ pub struct Batch {
     pub mask: Vec<i64>,
     /// Token types (0 at padding), when the split has them (sentence pairs).
     pub types: Option<Vec<i64>>,
-    pub targets: Targets,
+    /// The examples' labels; `None` for examples without any (see [`Examples::targets`]).
+    pub targets: Option<Targets>,
     /// The examples' indices in the split.
     pub index: Vec<usize>,
     /// Real (unpadded) tokens in the batch.
@@ -45,7 +134,7 @@ impl Targets {
 /// Gathers `index` from a split and pads with `pad_id` to `pad_to` when given (and longer), else
 /// to the longest example rounded up to a multiple of `multiple_of` (GPU kernels, flash and
 /// memory-efficient attention among them, want lengths that are multiples of 8).
-pub fn pad_batch(split: &Split, index: &[usize], pad_id: u32, pad_to: Option<usize>, multiple_of: usize) -> Batch {
+pub fn pad_batch<E: Examples + ?Sized>(split: &E, index: &[usize], pad_id: u32, pad_to: Option<usize>, multiple_of: usize) -> Batch {
     let longest = index.iter().map(|&i| split.length(i)).max().unwrap_or(0);
     let m = multiple_of.max(1);
     let len = pad_to.map_or(longest.div_ceil(m) * m, |p| p.max(longest)).max(1);

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use proptest::prelude::*;
-use shards::{pad_batch, Shard, ShardWriter, Split};
+use shards::{pad_batch, Examples as _, Shard, ShardWriter, Split, Unlabelled};
 
 fn write(dir: &std::path::Path, examples: &[(Vec<u32>, i32)], vocab: usize, cap: u64) -> Vec<std::path::PathBuf> {
     let mut w = ShardWriter::new(dir, "train", vocab as u32 - 1, cap);
@@ -112,7 +112,7 @@ fn pairs_label_sets_and_scores_round_trip() {
     }
     let b = pad_batch(&s, &[5, 1], 0, None, 1);
     assert_eq!(b.types.as_deref(), Some(&[0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0][..]));
-    let Targets::Multi { labels: 40, hot } = b.targets else { panic!("multi-hot targets") };
+    let Some(Targets::Multi { labels: 40, hot }) = b.targets else { panic!("multi-hot targets") };
     assert_eq!(hot.iter().sum::<f32>(), 0.0 + 2.0, "example 5 has no label, example 1 two");
 
     let mut w = ShardWriter::new(tmp.path(), "reg", 99, 1 << 20).labels(LabelKind::Score);
@@ -240,4 +240,21 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn unlabelled_examples_pad_like_a_split() {
+    let mut u = Unlabelled::new(true);
+    u.push(&[5, 6, 7], Some(&[0, 1, 1]));
+    u.push(&[8], Some(&[0]));
+    assert_eq!((u.len(), u.length(0), u.length(1)), (2, 3, 1));
+    let b = pad_batch(&u, &[1, 0], 0, None, 4);
+    assert_eq!((b.rows, b.len, b.tokens), (2, 4, 4));
+    assert_eq!(b.ids, vec![8, 0, 0, 0, 5, 6, 7, 0]);
+    assert_eq!(b.mask, vec![1, 0, 0, 0, 1, 1, 1, 0]);
+    assert_eq!(b.types.as_deref(), Some(&[0, 0, 0, 0, 0, 1, 1, 0][..]));
+    assert!(b.targets.is_none(), "new data has no labels");
+    let mut single = Unlabelled::new(false);
+    single.push(&[1, 2], None);
+    assert!(pad_batch(&single, &[0], 0, None, 1).types.is_none());
 }

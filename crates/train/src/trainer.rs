@@ -99,7 +99,8 @@ pub struct Outcome {
 /// failed batch (it knows which setting sets the batch size).
 pub fn evaluate(m: &model::Model, objective: &Objective, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: Option<(usize, &str)>) -> Result<Validation, BatchError> {
     let pred = model::infer::predict(m, objective, split, batch, pad, device, &mut |_| {})?;
-    let base = Validation { loss: pred.loss, examples: split.len(), ..Default::default() };
+    // A split's examples always carry labels; only an empty split has no loss.
+    let base = Validation { loss: pred.loss.unwrap_or(0.0), examples: split.len(), ..Default::default() };
     Ok(match split.all_targets() {
         shards::Targets::Class(labels) => {
             let p = pred.argmax();
@@ -334,8 +335,10 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
             let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), plan.length_multiple);
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
+            let Some(targets) = &b.targets else { bail!("the training split has no labels") };
             let loss = model::device::guard(rows, len, job.device, || {
-                let (x, labels) = model::infer::to_device(&b, job.device);
+                let x = model::infer::to_device(&b, job.device);
+                let labels = model::loss::targets(targets, job.device);
                 let logits = job.model.forward(&x, true);
                 let loss = job.objective.loss(&logits, &labels);
                 (&loss / accum as f64).backward();

@@ -1,0 +1,269 @@
+//! Predictions on new data: a trained classifier ([`source`]) over the texts of a parquet, CSV,
+//! TSV or JSON Lines file, written as the input's rows plus the prediction columns
+//! ([`table`]):
+//!
+//! ```text
+//! single-label   predicted_label (the class name), score (its probability), prob_<class> per class
+//! multi-label    predicted_labels (the labels whose probability exceeds the threshold), prob_<label>
+//! regression     score
+//! ```
+//!
+//! Rows stay in input order. Texts are tokenized as the model's training texts were (the
+//! tokenize artifact's max_length, truncation and pair rule, when the model's lineage is in the
+//! store; else the tokenizer's `model_max_length`, cut at the end), then run through the same
+//! length-sorted batched inference as the evaluate stage, so the two give the same
+//! probabilities for the same texts and weights.
+//!
+//! Predict makes no artifact: it sits above the stages and uses their libraries (download's
+//! table reader, tokenize's encoder), and nothing depends on it.
+
+pub mod source;
+pub mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use model::loss::Objective;
+use pipeline::{PairTruncation, Precision, Task, TokenizeParams, Truncation, Weights};
+use polars::prelude::*;
+use rayon::prelude::*;
+
+/// What to predict with, on what, and where to write it.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// See [`source::resolve`].
+    pub model: String,
+    pub input: PathBuf,
+    pub out: PathBuf,
+    pub column: String,
+    pub pair_column: Option<String>,
+    /// CSV field separator (default `,`).
+    pub delimiter: Option<char>,
+    /// Where artifact keys are looked up.
+    pub store: PathBuf,
+    /// A train artifact's weights file.
+    pub weights: Weights,
+    pub batch_size: usize,
+    pub device: String,
+    pub precision: Precision,
+    /// Overrides the tokenize settings' (or the tokenizer's) max_length.
+    pub max_length: Option<usize>,
+    /// Multi-label: a label is predicted when its probability exceeds this.
+    pub threshold: f64,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Summary {
+    pub model: String,
+    pub rows: usize,
+    pub tokens: usize,
+    /// Tokenizing the texts.
+    pub tokenize_seconds: f64,
+    /// Inference.
+    pub seconds: f64,
+    /// Rows per second of tokenization and inference (loading and writing left out).
+    pub examples_per_second: f64,
+    pub device: String,
+    pub max_length: usize,
+    pub out: PathBuf,
+}
+
+/// Predicts every row of the input and writes the output file.
+pub fn run(o: &Options) -> anyhow::Result<Summary> {
+    if o.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    if !(o.threshold > 0.0 && o.threshold < 1.0) {
+        bail!("--threshold {} must lie strictly between 0 and 1", o.threshold);
+    }
+    let format = table::check_destination(&o.out, &o.input)?;
+    let src = source::resolve(&o.model, &o.store, o.weights)?;
+    let mut df = download::dataset::read_table(&o.input, o.delimiter)?;
+    let file = o.input.display().to_string();
+    let texts = download::dataset::text_column(&df, &file, &o.column, "--column")?;
+    let pairs = match &o.pair_column {
+        Some(c) => Some(download::dataset::text_column(&df, &file, c, "--pair-column")?),
+        None => None,
+    };
+    check_pairs(&src, pairs.is_some())?;
+    let added = added_columns(src.task, &src.names);
+    table::check_names(&df, &o.input, &added)?;
+    let device = model::device::resolve(&o.device)?;
+    let m = load_model(&src, o.precision, device)?;
+    let tk = tokenize::tok::load(&src.tokenizer_dir)?;
+    check_vocabulary(&tk, &m, &src)?;
+    let params = settings(&src, o.max_length, m.max_length())?;
+    let pad_id = src.tokenize.as_ref().map_or(tk.pad_id, |t| t.pad_id);
+    let t = Instant::now();
+    let examples = encode(&tk, &texts, pairs.as_deref(), &params)?;
+    let tokenize_seconds = t.elapsed().as_secs_f64();
+    let objective = match src.task {
+        Task::SingleLabel => Objective::single_label(None, 0.0, device),
+        Task::MultiLabel => Objective::multi_label(None, device),
+        Task::Regression => Objective::Regression,
+    };
+    let t = Instant::now();
+    let progress = artifact::Progress::new("examples", texts.len() as u64, 0);
+    let pred = model::infer::predict(&m, &objective, &examples, o.batch_size, pad_id, device, &mut |n| progress.tick(n as u64))
+        .map_err(|e| e.explain("prediction", "--batch-size"))?;
+    progress.finish();
+    let seconds = t.elapsed().as_secs_f64();
+    for c in output_columns(src.task, &src.names, &pred, o.threshold) {
+        df.with_column(c).context("adding the prediction columns")?;
+    }
+    table::write(&mut df, &o.out, format)?;
+    Ok(Summary {
+        model: src.what.clone(),
+        rows: texts.len(),
+        tokens: pred.tokens,
+        tokenize_seconds,
+        seconds,
+        examples_per_second: texts.len() as f64 / (tokenize_seconds + seconds).max(1e-9),
+        device: model::device::describe(device),
+        max_length: params.max_length,
+        out: o.out.clone(),
+    })
+}
+
+/// A model trained on pairs needs a second text, one trained on single texts refuses it.
+fn check_pairs(src: &source::Source, given: bool) -> anyhow::Result<()> {
+    let Some(meta) = &src.tokenize else { return Ok(()) };
+    match (meta.pair_truncation.is_some(), given) {
+        (true, false) => bail!("{} was trained on sentence pairs: name the second text's column with --pair-column", src.what),
+        (false, true) => bail!("{} was trained on single texts: drop --pair-column", src.what),
+        _ => Ok(()),
+    }
+}
+
+/// The model with its weights. A Hugging Face checkpoint must hold the classification head:
+/// an encoder alone would predict with a random one.
+fn load_model(src: &source::Source, precision: Precision, device: tch::Device) -> anyhow::Result<model::Model> {
+    let n = src.names.len() as i64;
+    let mut m = if src.exact {
+        let m = model::Model::random(src.config.clone(), n, device, 0)?;
+        m.params.load_exact(&src.weights)?;
+        m
+    } else {
+        let (m, report) = model::Model::load(src.config.clone(), n, &src.weights, device, 0)?;
+        if !report.initialized.is_empty() {
+            bail!(
+                "{}: holds no classification head ({} missing): it is an encoder, not a fine-tuned classifier; fine-tune it with a pipeline first (cargo xtask run)",
+                src.weights.display(),
+                report.initialized.join(", ")
+            );
+        }
+        m
+    };
+    m.compute = match (precision, device) {
+        (Precision::Bf16, _) | (Precision::Auto, tch::Device::Cuda(_)) => tch::Kind::BFloat16,
+        _ => tch::Kind::Float,
+    };
+    Ok(m)
+}
+
+/// The tokenizer's ids must index the model's embedding table.
+fn check_vocabulary(tk: &tokenize::tok::Tok, m: &model::Model, src: &source::Source) -> anyhow::Result<()> {
+    let vocab = tk.tokenizer.get_vocab_size(true);
+    let max_id = tk.tokenizer.get_vocab(true).values().copied().max().unwrap_or(0).max(vocab.saturating_sub(1) as u32);
+    let table = m.config.family().vocab_size();
+    if i64::from(max_id) >= table {
+        bail!(
+            "the tokenizer in {} produces ids up to {max_id} but {}'s config.json says vocab_size {table}: they do not belong together",
+            src.tokenizer_dir.display(),
+            src.what
+        );
+    }
+    Ok(())
+}
+
+/// How new texts are tokenized: as the training texts were when that is known, else the
+/// tokenizer's `model_max_length` (or the model's longest input), cut at the end.
+fn settings(src: &source::Source, max_length: Option<usize>, model_max: usize) -> anyhow::Result<TokenizeParams> {
+    let mut p = TokenizeParams { max_length: model_max, truncation: Truncation::Head, head_tokens: 0, shard_mib: 1, pair_truncation: PairTruncation::LongestFirst };
+    match &src.tokenize {
+        Some(t) => {
+            p.max_length = t.max_length;
+            p.truncation = t.truncation;
+            p.head_tokens = t.head_tokens;
+            p.pair_truncation = t.pair_truncation.unwrap_or_default();
+        }
+        None => {
+            if let Some(n) = tokenizer_max_length(&src.tokenizer_dir)? {
+                p.max_length = n.min(model_max);
+            }
+        }
+    }
+    if let Some(n) = max_length {
+        if n < 2 || n > model_max {
+            bail!("--max-length {n}: the model takes 2 to {model_max} tokens");
+        }
+        p.max_length = n;
+        if p.truncation == Truncation::HeadTail && p.head_tokens + 2 > n {
+            bail!("--max-length {n} leaves no room for the {} head tokens the model was trained with (truncation head_tail)", p.head_tokens);
+        }
+    }
+    Ok(p)
+}
+
+/// `tokenizer_config.json`'s `model_max_length`, unless absent or transformers' "no limit"
+/// sentinel (1e30).
+fn tokenizer_max_length(dir: &Path) -> anyhow::Result<Option<usize>> {
+    let path = dir.join("tokenizer_config.json");
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(None) };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
+    Ok(v.get("model_max_length").and_then(serde_json::Value::as_u64).filter(|&n| n < 1 << 24).map(|n| n as usize))
+}
+
+/// Every text (and its second text) tokenized in parallel; a failure names the row.
+fn encode(tk: &tokenize::tok::Tok, texts: &[String], pairs: Option<&[String]>, p: &TokenizeParams) -> anyhow::Result<shards::Unlabelled> {
+    let encoded: Vec<anyhow::Result<tokenize::tok::Encoded>> = match pairs {
+        Some(second) => texts.par_iter().zip(second).map(|(a, b)| tk.encode_pair(a, b, p)).collect(),
+        None => texts.par_iter().map(|t| tk.encode(t, p).map(|(ids, full)| tokenize::tok::Encoded { ids, types: None, full })).collect(),
+    };
+    let mut out = shards::Unlabelled::new(pairs.is_some());
+    for (row, e) in encoded.into_iter().enumerate() {
+        let e = e.with_context(|| format!("row {row}"))?;
+        out.push(&e.ids, e.types.as_deref());
+    }
+    Ok(out)
+}
+
+/// The names of the columns predict adds for a task.
+pub fn added_columns(task: Task, names: &[String]) -> Vec<String> {
+    let probs = names.iter().map(|n| format!("prob_{n}"));
+    match task {
+        Task::SingleLabel => ["predicted_label".to_string(), "score".into()].into_iter().chain(probs).collect(),
+        Task::MultiLabel => std::iter::once("predicted_labels".to_string()).chain(probs).collect(),
+        Task::Regression => vec!["score".into()],
+    }
+}
+
+/// The prediction columns (see the crate docs) of `pred` (per row: softmax probabilities,
+/// per-label sigmoid probabilities, or the score).
+fn output_columns(task: Task, names: &[String], pred: &model::infer::Predictions, threshold: f64) -> Vec<Column> {
+    let probs = &pred.probs;
+    let prob_columns = || names.iter().enumerate().map(|(c, n)| Column::new(format!("prob_{n}").into(), probs.iter().map(|r| r[c]).collect::<Vec<f32>>()));
+    match task {
+        Task::SingleLabel => {
+            // The evaluate stage's choice of class, ties included.
+            let best: Vec<usize> = pred.argmax().into_iter().map(|i| i as usize).collect();
+            let label: Vec<&str> = best.iter().map(|&i| names[i].as_str()).collect();
+            let score: Vec<f32> = best.iter().zip(probs).map(|(&i, r)| r[i]).collect();
+            [Column::new("predicted_label".into(), label), Column::new("score".into(), score)].into_iter().chain(prob_columns()).collect()
+        }
+        Task::MultiLabel => {
+            let sets: Vec<Series> = probs
+                .iter()
+                .map(|r| Series::new("".into(), names.iter().zip(r).filter(|(_, &p)| f64::from(p) > threshold).map(|(n, _)| n.as_str()).collect::<Vec<&str>>()))
+                .collect();
+            let mut list = Series::new("predicted_labels".into(), sets);
+            if list.is_empty() {
+                list = Series::new_empty("predicted_labels".into(), &DataType::List(Box::new(DataType::String)));
+            }
+            std::iter::once(list.into()).chain(prob_columns()).collect()
+        }
+        Task::Regression => vec![Column::new("score".into(), probs.iter().map(|r| r[0]).collect::<Vec<f32>>())],
+    }
+}

@@ -1,0 +1,115 @@
+//! The output file: the input's rows and columns, then the prediction columns, written under a
+//! temporary name beside the destination and renamed into place, so a failed run leaves no
+//! partial file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use polars::prelude::*;
+
+/// The formats an output file may have, by its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Parquet,
+    Csv,
+    Tsv,
+    JsonLines,
+}
+
+impl Format {
+    /// The format `path`'s extension names; anything else is an error naming the choices.
+    pub fn of(path: &Path) -> anyhow::Result<Format> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+        Ok(match ext.as_str() {
+            "parquet" => Format::Parquet,
+            "csv" => Format::Csv,
+            "tsv" => Format::Tsv,
+            "jsonl" | "json" => Format::JsonLines,
+            _ => bail!("--out {}: unsupported extension `.{ext}`; use .parquet, .csv, .tsv or .jsonl", path.display()),
+        })
+    }
+}
+
+/// Checks up front what would make writing fail after the work is done: a missing directory, an
+/// output that is the input.
+pub fn check_destination(out: &Path, input: &Path) -> anyhow::Result<Format> {
+    let format = Format::of(out)?;
+    let parent = parent_dir(out);
+    if !parent.is_dir() {
+        bail!("--out {}: the directory {} does not exist", out.display(), parent.display());
+    }
+    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(out), std::fs::canonicalize(input)) {
+        if a == b {
+            bail!("--out {} is the input file; write the predictions to another file", out.display());
+        }
+    }
+    Ok(format)
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Refuses an input that already has a column the predictions would add.
+pub fn check_names(df: &DataFrame, input: &Path, added: &[String]) -> anyhow::Result<()> {
+    let clash: Vec<&String> = added.iter().filter(|n| df.get_column_names().iter().any(|c| c.as_str() == n.as_str())).collect();
+    if !clash.is_empty() {
+        bail!("{}: already has the column(s) {clash:?} that predict writes; rename or drop them", input.display());
+    }
+    Ok(())
+}
+
+/// Writes `df` to `out` in `format`. CSV and TSV cannot hold lists, so list columns (the label
+/// sets of multi-label predictions) are written there as JSON arrays (`["a","b"]`).
+pub fn write(df: &mut DataFrame, out: &Path, format: Format) -> anyhow::Result<()> {
+    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let tmp = parent_dir(out).join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = write_to(df, &tmp, format).and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_to(df: &mut DataFrame, path: &Path, format: Format) -> anyhow::Result<()> {
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let what = || format!("writing {}", path.display());
+    match format {
+        Format::Parquet => {
+            ParquetWriter::new(&mut f).finish(df).with_context(what)?;
+        }
+        Format::JsonLines => JsonWriter::new(&mut f).with_json_format(JsonFormat::JsonLines).finish(df).with_context(what)?,
+        Format::Csv | Format::Tsv => {
+            let mut flat = lists_as_json(df)?;
+            let sep = if format == Format::Csv { b',' } else { b'\t' };
+            CsvWriter::new(&mut f).include_header(true).with_separator(sep).finish(&mut flat).with_context(what)?;
+        }
+    }
+    f.sync_all().with_context(what)
+}
+
+/// `df` with every list-of-strings column as a JSON-array text column; other nested columns are
+/// an error naming them (CSV has no place for them).
+fn lists_as_json(df: &DataFrame) -> anyhow::Result<DataFrame> {
+    let mut cols = Vec::with_capacity(df.width());
+    for c in df.get_columns() {
+        match c.dtype() {
+            DataType::List(inner) if **inner == DataType::String => {
+                let lists = c.list()?;
+                let text: Vec<Option<String>> = lists
+                    .into_iter()
+                    .map(|l| l.map(|s| serde_json::to_string(&s.str().map(|x| x.into_iter().map(|v| v.unwrap_or_default().to_string()).collect::<Vec<_>>()).unwrap_or_default()).unwrap_or_default()))
+                    .collect();
+                cols.push(Column::new(c.name().clone(), text));
+            }
+            dt if dt.is_nested() => {
+                bail!("the input's column `{}` has type {}, which a CSV or TSV file cannot hold; write .parquet or .jsonl", c.name(), c.dtype())
+            }
+            _ => cols.push(c.clone()),
+        }
+    }
+    Ok(DataFrame::new(cols)?)
+}
