@@ -52,18 +52,23 @@ fn string_lists(df: &DataFrame, name: &str) -> Vec<Vec<String>> {
 /// Predicts `input` (a dataset split as the download stage wrote it: `text`, maybe `text_pair`,
 /// `label`) with the train artifact `train` and checks the output against the evaluate stage's
 /// `predictions.parquet` for the same split: every row in order, the input's columns kept, the
-/// probabilities (or scores) to 1e-5 and the same decisions (multi-label: at `threshold`).
+/// probabilities (or scores) to 1e-5 and the same decisions (multi-label: at the `threshold`
+/// evaluate used, which predict finds by itself when evaluate tuned it).
 pub(crate) fn equals_evaluate(train: &Path, input: &Path, predictions: &Path, threshold: f64, tmp: &Path) {
     let input_df = read_parquet(input);
     let pairs = input_df.get_column_names().iter().any(|c| c.as_str() == "text_pair");
     let out = tmp.join("predicted.parquet");
-    let t = threshold.to_string();
-    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&train, &input, &"--out", &out, &"--threshold", &t];
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&train, &input, &"--out", &out, &"--json"];
     if pairs {
         args.extend([&"--pair-column" as &dyn AsRef<std::ffi::OsStr>, &"text_pair"]);
     }
-    succeeded(&predict(&args));
+    let run = predict(&args);
+    succeeded(&run);
+    let summary: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     let ours = read_parquet(&out);
+    if ours.get_column_names().iter().any(|c| c.as_str() == "predicted_labels") {
+        assert_eq!(summary["threshold"].as_f64(), Some(threshold), "the tuned threshold: {summary}");
+    }
     let theirs = read_parquet(predictions);
     assert_eq!(ours.height(), input_df.height());
     assert_eq!(strings(&ours, "text"), strings(&input_df, "text"), "the input's rows, in order");

@@ -520,11 +520,13 @@ const PREDICT_REVIEWS: usize = 1000;
 /// The predict section (see [`Section::Predict`]): each side runs `repeats` times over the same
 /// reviews with the same classifier and batch size; ours is tokenization and inference as
 /// ft-predict reports them (loading and writing left out, as the pipeline's construction is).
+/// At the bench's max_length in fp32 and bf16, and in fp32 at the model's own limit (512 for
+/// BERT), which a user's `truncation=True` means.
 fn predict_rows(plan: &Plan, bins: &Path, model_dir: &Path, test: &Path, seed: u64, logs: &Path) -> anyhow::Result<Vec<Row>> {
     eprintln!("== predict ({PREDICT_REVIEWS} test reviews, batch {}, {} runs per side)", plan.predict_batch(), plan.repeats);
     let dir = plan.out.join("predict");
     std::fs::create_dir_all(&dir)?;
-    json_of(
+    let prepared = json_of(
         Command::new(python())
             .arg(root().join("bench/predict_bench.py"))
             .arg("prepare")
@@ -536,49 +538,67 @@ fn predict_rows(plan: &Plan, bins: &Path, model_dir: &Path, test: &Path, seed: u
             .arg(&dir),
         &logs.join("predict-prepare.log"),
     )?;
-    let out = dir.join("ours.parquet");
+    let longest = num(&prepared, &["model_max_length"])? as usize;
+    let mut settings = vec![(plan.max_length, "fp32"), (plan.max_length, "bf16")];
+    if longest > plan.max_length {
+        settings.push((longest, "fp32"));
+    }
+    let mut rows = Vec::new();
+    for (max_length, precision) in settings {
+        let (ours, hf) = predict_pair(plan, bins, &dir, max_length, precision, logs)?;
+        let (texts, same) = (num(&hf, &["texts"])?, num(&hf, &["same_labels"])?);
+        let reference_name = format!("transformers pipeline(\"text-classification\"), {precision}, batch_size {}", plan.predict_batch());
+        rows.push(Row {
+            section: "predict",
+            figure: format!("examples/s over {texts} test reviews @{max_length}, {precision} (tokenize + inference); labels the same as the reference's: {same}"),
+            unit: "ex/s",
+            ours,
+            reference_name,
+            reference: nums(&hf, "examples_per_s_runs"),
+            higher_is_better: true,
+            target: if plan.cuda || precision != "fp32" { "" } else { "≥ 2x" }.into(),
+        });
+    }
+    Ok(rows)
+}
+
+/// One setting of the predict section: ours `repeats` times, then the reference, which also
+/// counts the labels it shares with our output.
+fn predict_pair(plan: &Plan, bins: &Path, dir: &Path, max_length: usize, precision: &str, logs: &Path) -> anyhow::Result<(Runs, Value)> {
+    let out = dir.join(format!("ours-{max_length}-{precision}.parquet"));
     let mut ours = Runs::default();
     for r in 0..plan.repeats {
         let v = json_of(
-            Command::new(bins.join("ft-predict"))
-                .arg(dir.join("classifier"))
-                .arg(dir.join("reviews.parquet"))
-                .arg("--out")
-                .arg(&out)
-                .args(["--device", plan.device(), "--batch-size", &plan.predict_batch().to_string(), "--json"]),
-            &logs.join(format!("predict-ours-{r}.log")),
+            Command::new(bins.join("ft-predict")).arg(dir.join("classifier")).arg(dir.join("reviews.parquet")).arg("--out").arg(&out).args([
+                "--device",
+                plan.device(),
+                "--precision",
+                precision,
+                "--max-length",
+                &max_length.to_string(),
+                "--batch-size",
+                &plan.predict_batch().to_string(),
+                "--json",
+            ]),
+            &logs.join(format!("predict-ours-{max_length}-{precision}-{r}.log")),
         )?;
         ours.0.push(num(&v, &["examples_per_second"])?);
     }
+    let dtype = if precision == "bf16" { "bfloat16" } else { "float32" };
     let hf = json_of(
-        Command::new(python()).arg(root().join("bench/predict_bench.py")).arg("time").arg(&dir).arg(plan.predict_batch().to_string()).arg(plan.repeats.to_string()).arg(&out),
-        &logs.join("predict-hf.log"),
+        Command::new(python())
+            .arg(root().join("bench/predict_bench.py"))
+            .arg("time")
+            .arg(dir)
+            .arg(plan.predict_batch().to_string())
+            .arg(plan.repeats.to_string())
+            .arg(&out)
+            .arg(max_length.to_string())
+            .arg(dtype)
+            .arg(plan.device()),
+        &logs.join(format!("predict-hf-{max_length}-{precision}.log")),
     )?;
-    let texts = num(&hf, &["texts"])?;
-    let same = num(&hf, &["same_labels"])?;
-    let reference_name = format!("transformers pipeline(\"text-classification\"), batch_size {}", plan.predict_batch());
-    Ok(vec![
-        Row {
-            section: "predict",
-            figure: format!("examples/s over {texts} test reviews @{} (tokenize + inference), same classifier", plan.max_length),
-            unit: "ex/s",
-            ours,
-            reference_name: reference_name.clone(),
-            reference: nums(&hf, "examples_per_s_runs"),
-            higher_is_better: true,
-            target: if plan.cuda { "" } else { "≥ 2x" }.into(),
-        },
-        Row {
-            section: "predict",
-            figure: "labels the same as the reference's".into(),
-            unit: "%",
-            ours: Runs(vec![same / texts.max(1.0)]),
-            reference_name,
-            reference: Runs::default(),
-            higher_is_better: true,
-            target: "100%".into(),
-        },
-    ])
+    Ok((ours, hf))
 }
 
 fn noise_verdict(ours: &Runs, reference: &Runs) -> String {

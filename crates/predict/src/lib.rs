@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! single-label   predicted_label (the class name), score (its probability), prob_<class> per class
-//! multi-label    predicted_labels (the labels whose probability exceeds the threshold), prob_<label>
+//! multi-label    predicted_labels (the labels whose probability exceeds the threshold: the one an
+//!                evaluation of these weights tuned, else 0.5), prob_<label>
 //! regression     score
 //! ```
 //!
@@ -49,8 +50,9 @@ pub struct Options {
     pub precision: Precision,
     /// Overrides the tokenize settings' (or the tokenizer's) max_length.
     pub max_length: Option<usize>,
-    /// Multi-label: a label is predicted when its probability exceeds this.
-    pub threshold: f64,
+    /// Multi-label: a label is predicted when its probability exceeds this (default: the
+    /// threshold an evaluation of the weights tuned, else 0.5).
+    pub threshold: Option<f64>,
 }
 
 /// What a run did.
@@ -65,6 +67,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Rows per second of tokenization and inference (loading and writing left out).
     pub examples_per_second: f64,
+    /// Multi-label: the threshold applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     pub device: String,
     pub max_length: usize,
     pub out: PathBuf,
@@ -75,8 +80,8 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
     if o.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if !(o.threshold > 0.0 && o.threshold < 1.0) {
-        bail!("--threshold {} must lie strictly between 0 and 1", o.threshold);
+    if let Some(t) = o.threshold.filter(|t| !(*t > 0.0 && *t < 1.0)) {
+        bail!("--threshold {t} must lie strictly between 0 and 1");
     }
     let format = table::check_destination(&o.out, &o.input)?;
     let src = source::resolve(&o.model, &o.store, o.weights)?;
@@ -110,7 +115,15 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
         .map_err(|e| e.explain("prediction", "--batch-size"))?;
     progress.finish();
     let seconds = t.elapsed().as_secs_f64();
-    for c in output_columns(src.task, &src.names, &pred, o.threshold) {
+    let threshold = match (o.threshold, &src.tuned_threshold) {
+        (Some(t), _) => t,
+        (None, Some((t, how))) if src.task == Task::MultiLabel => {
+            eprintln!("multi-label threshold {t} ({how}; --threshold to choose another)");
+            *t
+        }
+        _ => 0.5,
+    };
+    for c in output_columns(src.task, &src.names, &pred, threshold) {
         df.with_column(c).context("adding the prediction columns")?;
     }
     table::write(&mut df, &o.out, format)?;
@@ -122,6 +135,7 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
         seconds,
         examples_per_second: texts.len() as f64 / (tokenize_seconds + seconds).max(1e-9),
         device: model::device::describe(device),
+        threshold: (src.task == Task::MultiLabel).then_some(threshold),
         max_length: params.max_length,
         out: o.out.clone(),
     })

@@ -27,6 +27,8 @@ pub struct Source {
     pub task: Task,
     /// Class (or label) names in output order; regression: the score's name.
     pub names: Vec<String>,
+    /// Multi-label: the threshold an evaluation of these weights tuned, and where it was tuned.
+    pub tuned_threshold: Option<(f64, String)>,
     /// The artifacts read (their reader locks keep them from being collected meanwhile).
     _held: Vec<Artifact>,
 }
@@ -143,6 +145,7 @@ fn from_artifact(a: Artifact, store: &Path, weights: Weights) -> anyhow::Result<
                 tokenize: Some(meta),
                 task,
                 names,
+                tuned_threshold: tuned_threshold(store, &key, weights)?,
                 _held: vec![a, tok],
             })
         }
@@ -154,6 +157,9 @@ fn from_artifact(a: Artifact, store: &Path, weights: Weights) -> anyhow::Result<
             let mut s = from_directory(&a.dir)?;
             s.what = format!("export artifact {key}");
             s.tokenize = meta;
+            if let (Some(train), Ok(w)) = (a.manifest.inputs.get("train"), serde_json::from_value::<Weights>(a.manifest.params["weights"].clone())) {
+                s.tuned_threshold = tuned_threshold(store, &train.key, w)?;
+            }
             s._held = std::iter::once(a).chain(tokenize).collect();
             Ok(s)
         }
@@ -197,8 +203,29 @@ fn from_directory(dir: &Path) -> anyhow::Result<Source> {
         tokenize: None,
         task,
         names,
+        tuned_threshold: None,
         _held: Vec::new(),
     })
+}
+
+/// The threshold the newest evaluation of train artifact `train`'s `weights` tuned
+/// (`evaluate.threshold: tune`), if the store has one.
+fn tuned_threshold(store: &Path, train: &str, weights: Weights) -> anyhow::Result<Option<(f64, String)>> {
+    if !store.is_dir() {
+        return Ok(None);
+    }
+    for e in Store::open(store)?.list("evaluate") {
+        if e.manifest.inputs.get("train").is_none_or(|t| t.key != train) {
+            continue;
+        }
+        let Ok(m) = pipeline::files::read::<pipeline::files::EvalMetrics>(&e.dir.join("metrics.json")) else { continue };
+        if let (pipeline::files::TaskScores::MultiLabel(s), true) = (&m.scores, m.weights == weights) {
+            if let Some(split) = &s.threshold_tuned_on {
+                return Ok(Some((s.threshold, format!("tuned on split `{split}` by evaluate artifact {}", e.manifest.key))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The model's config, and the head's task and label names as transformers reads them:
@@ -228,4 +255,47 @@ pub fn read_config(path: &Path) -> anyhow::Result<(model::Config, Task, Vec<Stri
         bail!("{}: problem_type regression with num_labels {n}: predict reads one score per text", path.display());
     }
     Ok((config, task, names))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
+    use super::*;
+
+    fn config(dir: &Path, extra: Value) -> PathBuf {
+        let mut v = serde_json::json!({"model_type": "bert", "vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let p = dir.join("config.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    }
+
+    /// The head as transformers reads it, defaults included.
+    #[test]
+    fn head_task_and_names_follow_transformers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let read = |extra: Value| read_config(&config(tmp.path(), extra)).map(|(_, t, n)| (t, n));
+        assert_eq!(read(serde_json::json!({})).unwrap(), (Task::SingleLabel, vec!["LABEL_0".to_string(), "LABEL_1".into()]));
+        let (t, n) = read(serde_json::json!({"id2label": {"0": "neg", "1": "neu", "2": "pos"}})).unwrap();
+        assert_eq!((t, n.join(",")), (Task::SingleLabel, "neg,neu,pos".into()));
+        assert_eq!(read(serde_json::json!({"num_labels": 1})).unwrap().0, Task::Regression);
+        let (t, n) = read(serde_json::json!({"problem_type": "multi_label_classification", "num_labels": 2, "id2label": {"0": "a", "1": "b"}})).unwrap();
+        assert_eq!((t, n.len()), (Task::MultiLabel, 2));
+        let e = read(serde_json::json!({"problem_type": "ranking"})).unwrap_err().to_string();
+        assert!(e.contains("problem_type `ranking`"), "{e}");
+        let e = read(serde_json::json!({"problem_type": "regression", "num_labels": 3})).unwrap_err().to_string();
+        assert!(e.contains("one score per text"), "{e}");
+    }
+
+    /// A directory without safetensors weights says what to do about it.
+    #[test]
+    fn directories_without_safetensors_are_explained() {
+        let tmp = tempfile::tempdir().unwrap();
+        config(tmp.path(), serde_json::json!({}));
+        std::fs::write(tmp.path().join("pytorch_model.bin"), b"").unwrap();
+        let e = resolve(tmp.path().to_str().unwrap(), tmp.path(), Weights::Best).err().unwrap().to_string();
+        assert!(e.contains("safe_serialization=True"), "{e}");
+        let e = resolve("deadbeef", &tmp.path().join("none"), Weights::Best).err().unwrap().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
 }

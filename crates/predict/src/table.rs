@@ -113,3 +113,50 @@ fn lists_as_json(df: &DataFrame) -> anyhow::Result<DataFrame> {
     }
     Ok(DataFrame::new(cols)?)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // clippy.toml's allow-unwrap-in-tests misses some of these tests
+    use super::*;
+
+    fn frame() -> DataFrame {
+        let sets = [vec!["acting", "story"], vec![], vec!["funny"]];
+        let list = Series::new("predicted_labels".into(), sets.iter().map(|s| Series::new("".into(), s.clone())).collect::<Vec<Series>>());
+        DataFrame::new(vec![Column::new("text".into(), ["a, \"b\"", "c", "d"]), list.into()]).unwrap()
+    }
+
+    /// Label sets go to CSV as JSON arrays, to JSON Lines as arrays; the file appears whole,
+    /// with no temporary left beside it.
+    #[test]
+    fn label_sets_in_every_format() {
+        let tmp = tempfile::tempdir().unwrap();
+        let csv = tmp.path().join("o.csv");
+        write(&mut frame(), &csv, Format::of(&csv).unwrap()).unwrap();
+        let text = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(text, "text,predicted_labels\n\"a, \"\"b\"\"\",\"[\"\"acting\"\",\"\"story\"\"]\"\nc,[]\nd,\"[\"\"funny\"\"]\"\n");
+        let jsonl = tmp.path().join("o.jsonl");
+        write(&mut frame(), &jsonl, Format::JsonLines).unwrap();
+        let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&jsonl).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["predicted_labels"], serde_json::json!(["acting", "story"]));
+        let pq = tmp.path().join("o.parquet");
+        write(&mut frame(), &pq, Format::Parquet).unwrap();
+        let back = ParquetReader::new(std::fs::File::open(&pq).unwrap()).finish().unwrap();
+        assert_eq!(back.shape(), (3, 2));
+        let names: Vec<String> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn destinations_are_checked_before_any_work() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.csv");
+        std::fs::write(&input, "text\na\n").unwrap();
+        let e = check_destination(&input, &input).unwrap_err().to_string();
+        assert!(e.contains("is the input file"), "{e}");
+        let e = check_destination(&tmp.path().join("no/such/dir/o.csv"), &input).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let e = check_destination(&tmp.path().join("o.xlsx"), &input).unwrap_err().to_string();
+        assert!(e.contains("`.xlsx`") && e.contains(".parquet, .csv, .tsv or .jsonl"), "{e}");
+        assert_eq!(check_destination(&tmp.path().join("o.TSV"), &input).unwrap(), Format::Tsv);
+    }
+}

@@ -55,9 +55,10 @@ struct Cli {
     /// Longest input in tokens (default: the training data's max_length, else the tokenizer's).
     #[arg(long)]
     max_length: Option<usize>,
-    /// Multi-label: predict a label when its probability exceeds this.
-    #[arg(long, default_value_t = 0.5)]
-    threshold: f64,
+    /// Multi-label: predict a label when its probability exceeds this (default: the threshold an
+    /// evaluation of these weights tuned, `evaluate.threshold: tune`, else 0.5).
+    #[arg(long)]
+    threshold: Option<f64>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
