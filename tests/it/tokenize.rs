@@ -244,3 +244,36 @@ fn an_id_beyond_65535_on_a_small_vocabulary_survives_tokenize() {
     assert!(e.contains("ids up to 70000") && e.contains("vocab_size 30522"), "{e}");
     assert_eq!(std::fs::read_dir(&out2).unwrap().count(), 0);
 }
+
+/// The stage reads and encodes a split a chunk of rows at a time: the chunks never hold more
+/// rows than asked, cover the file in order, and shards made 7 rows at a time (pairs, and a
+/// split smaller than a chunk) are byte for byte those made in one chunk.
+#[test]
+fn chunked_tokenize_reads_bounded_chunks_and_writes_the_same_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures().join("tiny-bert"), &tmp.path().join("download/model"));
+    let ds = tmp.path().join("download/dataset");
+    std::fs::create_dir_all(&ds).unwrap();
+    let text: Vec<String> = (0..50).map(|i| format!("the film number {i} was {}", if i % 3 == 0 { "great" } else { "dull and long" })).collect();
+    let pair: Vec<String> = (0..50).map(|i| format!("a second text {}", "very ".repeat(i % 9))).collect();
+    let data = |n: usize| download::dataset::SplitData { text: text[..n].to_vec(), text_pair: Some(pair[..n].to_vec()), label: download::dataset::Labels::Class((0..n as i64).map(|i| i % 2).collect()) };
+    data(50).write_parquet(&ds.join("train.parquet")).unwrap();
+    data(5).write_parquet(&ds.join("test.parquet")).unwrap();
+    std::fs::write(ds.join("labels.json"), r#"{"task": "single_label", "names": ["neg", "pos"]}"#).unwrap();
+    let train = ds.join("train.parquet");
+    let chunks = tokenize::SplitChunks::open(&train, pipeline::Task::SingleLabel, 7).unwrap();
+    assert!(chunks.pairs && chunks.rows == 50);
+    let sizes: Vec<usize> = chunks.map(|c| c.unwrap().text.len()).collect();
+    assert_eq!(sizes, vec![7, 7, 7, 7, 7, 7, 7, 1]);
+    let p = params(16, Truncation::Head, 0);
+    let (whole, small) = (tmp.path().join("whole"), tmp.path().join("small"));
+    for (dir, rows) in [(&whole, tokenize::CHUNK_ROWS), (&small, 7)] {
+        std::fs::create_dir_all(dir).unwrap();
+        tokenize::run_chunked(&p, &tmp.path().join("download"), dir, rows).unwrap();
+    }
+    for split in ["train", "test"] {
+        let a = std::fs::read(whole.join(format!("{split}-00000.shard"))).unwrap();
+        assert_eq!(a, std::fs::read(small.join(format!("{split}-00000.shard"))).unwrap(), "{split}");
+    }
+    assert_eq!(shards::Split::open(&small, "train").unwrap().len(), 50);
+}

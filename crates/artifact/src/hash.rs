@@ -6,12 +6,28 @@ use std::path::Path;
 use crate::manifest::FileEntry;
 use crate::{IoContext, Result, STORE_FORMAT};
 
-/// blake3 of a file's bytes, as lower-case hex. Large files are memory-mapped and hashed on all
-/// cores.
+/// The block [`hash_file`] reads at a time.
+const HASH_BLOCK: usize = 16 << 20;
+
+/// blake3 of a file's bytes, as lower-case hex, and its size. The file is read in 16 MiB
+/// blocks, each hashed on all cores, so memory stays at one block whatever the file's size (a
+/// memory map would hold every page of the file in the process's resident set while hashing).
 pub fn hash_file(path: &Path) -> Result<(u64, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).at(path)?;
+    let mut buf = vec![0u8; HASH_BLOCK];
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path).at(path)?;
-    let size = std::fs::metadata(path).at(path)?.len();
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).at(path),
+        };
+        hasher.update_rayon(&buf[..n]);
+        size += n as u64;
+    }
     Ok((size, hasher.finalize().to_hex().to_string()))
 }
 
@@ -95,6 +111,18 @@ mod tests {
         let mut torch = tc.clone();
         torch.insert("libtorch".into(), "2.11.0+cpu".into());
         assert_ne!(a, compute_key("tokenize", "1-x", &torch, &p, &inputs));
+    }
+
+    /// Files larger than a block hash as blake3 hashes their bytes in one piece.
+    #[test]
+    fn files_hash_as_their_bytes_do() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [0, 1, 1024, HASH_BLOCK, 2 * HASH_BLOCK + 12_345] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let p = dir.path().join(format!("f{len}"));
+            std::fs::write(&p, &bytes).unwrap();
+            assert_eq!(hash_file(&p).unwrap(), (len as u64, blake3::hash(&bytes).to_hex().to_string()), "{len} bytes");
+        }
     }
 
     #[test]

@@ -539,6 +539,7 @@ impl SplitData {
         // LZ4: a third of zstd's write time here, for files that live one pipeline long.
         ParquetWriter::new(f)
             .with_compression(ParquetCompression::Lz4Raw)
+            .with_row_group_size(Some(pipeline::files::DATASET_ROW_GROUP))
             .finish(&mut df)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())

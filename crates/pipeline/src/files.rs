@@ -25,6 +25,11 @@ pub enum FileError {
     Write { path: PathBuf, source: std::io::Error },
 }
 
+/// Rows per row group of the dataset artifact's split files (`dataset/<split>.parquet`): the
+/// download stage writes groups of this size and the tokenize stage reads one group at a time,
+/// so that it never holds a whole split in memory.
+pub const DATASET_ROW_GROUP: usize = 65_536;
+
 /// Reads a typed JSON file. serde's message names the field (`missing field `pad_id``,
 /// `invalid type: string "x", expected u32`) and the line; the path is added here.
 pub fn read<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {

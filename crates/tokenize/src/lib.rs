@@ -47,11 +47,64 @@ pub enum RowLabels {
     Scores(Vec<f64>),
 }
 
+/// Rows of a split file read and encoded at a time: the stage holds one chunk (its texts and
+/// their ids) and one shard buffer, whatever the split's size. A chunk is one of the row groups
+/// the download stage writes.
+pub const CHUNK_ROWS: usize = pipeline::files::DATASET_ROW_GROUP;
+
+fn open_parquet(path: &Path) -> anyhow::Result<ParquetReader<std::fs::File>> {
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(ParquetReader::new(f))
+}
+
 /// Reads `text`, `text_pair` (when present) and `label` from a normalized split file; the label
 /// column must hold what `task` reads.
 pub fn read_split(path: &Path, task: Task) -> anyhow::Result<SplitRows> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let df = ParquetReader::new(f).finish().with_context(|| format!("reading {}", path.display()))?;
+    let df = open_parquet(path)?.finish().with_context(|| format!("reading {}", path.display()))?;
+    rows_of(&df, path, task)
+}
+
+/// A split file read a chunk of rows at a time, in order: each chunk is read from the file on
+/// its own (the reader skips the row groups outside it), so no more than a chunk's rows are in
+/// memory.
+pub struct SplitChunks<'a> {
+    path: &'a Path,
+    task: Task,
+    /// Rows in the file.
+    pub rows: usize,
+    /// Whether the file has sentence pairs (a `text_pair` column).
+    pub pairs: bool,
+    chunk: usize,
+    at: usize,
+}
+
+impl SplitChunks<'_> {
+    pub fn open(path: &Path, task: Task, chunk: usize) -> anyhow::Result<SplitChunks<'_>> {
+        let mut reader = open_parquet(path)?;
+        let rows = reader.num_rows().with_context(|| format!("reading {}", path.display()))?;
+        let pairs = reader.schema().with_context(|| format!("reading {}", path.display()))?.contains("text_pair");
+        Ok(SplitChunks { path, task, rows, pairs, chunk: chunk.max(1), at: 0 })
+    }
+}
+
+impl Iterator for SplitChunks<'_> {
+    type Item = anyhow::Result<SplitRows>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.rows {
+            return None;
+        }
+        let (at, len) = (self.at, self.chunk.min(self.rows - self.at));
+        self.at += len;
+        let read = || -> anyhow::Result<SplitRows> {
+            let df = open_parquet(self.path)?.with_slice(Some((at, len))).finish().with_context(|| format!("reading {}", self.path.display()))?;
+            rows_of(&df, self.path, self.task)
+        };
+        Some(read())
+    }
+}
+
+fn rows_of(df: &DataFrame, path: &Path, task: Task) -> anyhow::Result<SplitRows> {
     let strings = |name: &str| -> anyhow::Result<Vec<String>> {
         let c = df.column(name).and_then(|c| c.str().cloned()).with_context(|| format!("{}: no utf8 `{name}` column (rerun the download stage)", path.display()))?;
         Ok(c.into_iter().map(|t| t.unwrap_or_default().to_string()).collect())
@@ -100,6 +153,19 @@ fn label_kind(labels: &Labels) -> shards::LabelKind {
 
 /// Runs the stage: `download` is the download artifact's directory.
 pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<TokenizeMeta> {
+    run_chunked(p, download, out, CHUNK_ROWS)
+}
+
+/// Every text (and second text) of a chunk encoded in parallel, in order.
+fn encode_rows(tk: &tok::Tok, rows: &SplitRows, p: &TokenizeParams) -> Vec<anyhow::Result<tok::Encoded>> {
+    match &rows.text_pair {
+        Some(second) => rows.text.par_iter().zip(second).map(|(a, b)| tk.encode_pair(a, b, p)).collect(),
+        None => rows.text.par_iter().map(|text| tk.encode(text, p).map(|(ids, full)| tok::Encoded { ids, types: None, full })).collect(),
+    }
+}
+
+/// [`run`], reading and encoding `chunk_rows` rows of a split at a time (tests use tiny chunks).
+pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: usize) -> anyhow::Result<TokenizeMeta> {
     validate(p)?;
     let model_dir = download.join("model");
     let tk = tok::load(&model_dir)?;
@@ -136,24 +202,30 @@ pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<To
     let mut split_stats = std::collections::BTreeMap::new();
     for split in &splits {
         let t = std::time::Instant::now();
-        let rows = read_split(&ds.join(format!("{split}.parquet")), labels.task)?;
-        if *pairs.get_or_insert(rows.text_pair.is_some()) != rows.text_pair.is_some() {
+        let path = ds.join(format!("{split}.parquet"));
+        let chunks = SplitChunks::open(&path, labels.task, chunk_rows)?;
+        let has_pairs = chunks.pairs;
+        if *pairs.get_or_insert(has_pairs) != has_pairs {
             bail!("{}: some splits have a text_pair column and some do not (rerun the download stage)", ds.display());
         }
-        if rows.text_pair.is_some() && p.truncation == Truncation::HeadTail {
+        if has_pairs && p.truncation == Truncation::HeadTail {
             bail!("tokenize.truncation head_tail cuts single texts; this dataset has sentence pairs (download.columns.text_pair), which tokenize.pair_truncation cuts (longest_first, only_first, only_second): remove truncation");
         }
-        let encoded: Vec<anyhow::Result<tok::Encoded>> = match &rows.text_pair {
-            Some(second) => rows.text.par_iter().zip(second).map(|(a, b)| tk.encode_pair(a, b, p)).collect(),
-            None => rows.text.par_iter().map(|text| tk.encode(text, p).map(|(ids, full)| tok::Encoded { ids, types: None, full })).collect(),
-        };
-        let mut writer = shards::ShardWriter::new(out, split, max_id, p.shard_mib << 20).labels(label_kind(&labels)).token_types(rows.text_pair.is_some());
+        let mut writer = shards::ShardWriter::new(out, split, max_id, p.shard_mib << 20).labels(label_kind(&labels)).token_types(has_pairs);
         let mut st = stats::Stats::new(tk.unk_id);
-        for (i, e) in encoded.into_iter().enumerate() {
-            let e = e.with_context(|| format!("split `{split}`, row {i}"))?;
-            st.add(&e.ids, e.full as usize, p.max_length);
-            writer.push_example(&e.ids, e.types.as_deref(), rows.labels.get(i), e.full)?;
+        let progress = artifact::Progress::new(&format!("rows of {split}"), chunks.rows as u64, 0);
+        let mut row = 0;
+        for chunk in chunks {
+            let rows = chunk?;
+            for (i, e) in encode_rows(&tk, &rows, p).into_iter().enumerate() {
+                let e = e.with_context(|| format!("split `{split}`, row {}", row + i))?;
+                st.add(&e.ids, e.full as usize, p.max_length);
+                writer.push_example(&e.ids, e.types.as_deref(), rows.labels.get(i), e.full)?;
+            }
+            row += rows.text.len();
+            progress.tick(row as u64);
         }
+        progress.finish();
         let files = writer.finish()?;
         let s = st.summary(files.len(), t.elapsed().as_secs_f64());
         eprintln!("tokenize {split}: {}", stats::describe(&s));
