@@ -415,3 +415,57 @@ fn task_and_label_column_mismatches_are_one_clear_error_each() {
     let (msg, _) = err(json!({"train": floats}), json!({"task": "multi_label"}));
     assert!(msg.contains("multi_label") && msg.contains("list of class names or ids"), "{msg}");
 }
+
+/// Rows of every source format, read in tiny chunks: the same split files, byte for byte, as
+/// read whole; no chunk holds more rows than asked; a `max_examples` subset keeps the split's
+/// order.
+#[test]
+fn chunked_download_reads_bounded_chunks_and_writes_the_same_splits() {
+    let e = Env::new();
+    let d = e.tmp.path();
+    let classes = ["neg", "pos", "mixed"];
+    // CSV records with quoted commas, doubled quotes and newlines inside quotes.
+    let csv: String = std::iter::once("text,label\n".to_string())
+        .chain((0..300).map(|i| format!("\"train row {i:03}, said \"\"so\"\"\nand went on\",{}\n", classes[i % 3])))
+        .collect();
+    write(d, "train.csv", &csv);
+    let pq = d.join("train-more.parquet");
+    let more = SplitData {
+        text: (0..40).map(|i| format!("train row {}", 300 + i)).collect(),
+        text_pair: None,
+        label: download::dataset::Labels::Class((0..40).map(|i| i % 3).collect()),
+    };
+    more.write_parquet(&pq).unwrap();
+    let jsonl: String = (0..50).map(|i| format!("{{\"text\": \"test row {i:03}\", \"label\": \"{}\"}}\n", classes[i % 3])).collect();
+    let jsonl = write(d, "test.jsonl", &jsonl);
+    // The parquet file's labels are ids: the label names come from the pipeline.
+    let v = json!({
+        "dataset": {"files": {"train": format!("{}/train*", d.display()), "test": jsonl}},
+        "model": {"path": fixtures().join("tiny-bert").display().to_string()},
+        "label_map": {"neg": 0, "pos": 1, "mixed": 2},
+        "validation": {"fraction": 0.1, "seed": 5},
+        "max_examples": {"test": 20},
+    });
+    let p = params(v);
+    let (whole, tiny) = (e.out("whole"), e.out("tiny"));
+    let a = download::run(&p, &e.hub(), &whole).unwrap();
+    let b = download::run_chunked(&p, &e.hub(), &tiny, download::chunks::Chunking { rows: 7, bytes: 64 }).unwrap();
+    assert_eq!(a["dataset"], b["dataset"]);
+    assert_eq!(a["dataset"]["splits"]["train"]["rows"].as_u64().unwrap() + a["dataset"]["splits"]["validation"]["rows"].as_u64().unwrap(), 340);
+    for split in ["train", "validation", "test"] {
+        let f = format!("dataset/{split}.parquet");
+        assert_eq!(std::fs::read(whole.join(&f)).unwrap(), std::fs::read(tiny.join(&f)).unwrap(), "{f}");
+    }
+    let test = tokenize::read_split(&whole.join("dataset/test.parquet"), pipeline::Task::SingleLabel).unwrap();
+    assert_eq!(test.text.len(), 20);
+    assert!(test.text.windows(2).all(|w| w[0] < w[1]), "the subset keeps the split's order: {:?}", test.text);
+    let train = tokenize::read_split(&whole.join("dataset/train.parquet"), pipeline::Task::SingleLabel).unwrap();
+    assert!(train.text.iter().any(|t| t.contains(", said \"so\"\nand went on")), "quoted fields come through whole");
+    // The readers hand out what they were asked for at most.
+    let chunking = download::chunks::Chunking { rows: 7, bytes: 64 };
+    let heights: Vec<usize> = download::chunks::TableChunks::open(&pq, None, chunking).unwrap().map(|c| c.unwrap().1.height()).collect();
+    assert_eq!((heights.iter().sum::<usize>(), heights.iter().max().copied()), (40, Some(7)), "{heights:?}");
+    let csv_chunks: Vec<(usize, usize)> = download::chunks::TableChunks::open(&d.join("train.csv"), None, chunking).unwrap().map(|c| c.map(|(first, df)| (first, df.height())).unwrap()).collect();
+    assert!(csv_chunks.len() >= 100 && csv_chunks.iter().all(|&(_, h)| h <= 2), "{csv_chunks:?}");
+    assert!(csv_chunks.windows(2).all(|w| w[0].0 + w[0].1 == w[1].0), "first rows count on: {csv_chunks:?}");
+}

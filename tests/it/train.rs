@@ -262,11 +262,11 @@ fn early_stopping_ends_training_when_validation_stalls() {
     assert_eq!(out.state.best_step, Some(out.state.step / 2));
 }
 
-#[test]
-fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
-    let _rng = tests::torch_rng();
+/// What the train stage reads, for the synthetic task of 64 examples (16 to validate on): the
+/// tokenize artifact (shards and meta.json) and a model directory with a tiny BERT's config;
+/// (directory, model directory, output directory).
+fn stage_inputs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let (tmp, _, _) = task(64);
-    let tokens = tmp.path();
     let meta = pipeline::files::TokenizeMeta {
         max_length: 16,
         truncation: pipeline::Truncation::Head,
@@ -281,12 +281,20 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
         pair_truncation: None,
         splits: Default::default(),
     };
-    pipeline::files::write(&tokens.join("meta.json"), &meta).unwrap();
+    pipeline::files::write(&tmp.path().join("meta.json"), &meta).unwrap();
     let model_dir = tmp.path().join("model");
     std::fs::create_dir_all(&model_dir).unwrap();
     std::fs::write(model_dir.join("config.json"), serde_json::to_vec(&model::BertConfig::tiny(64)).unwrap()).unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
+    (tmp, model_dir, out)
+}
+
+#[test]
+fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
+    let _rng = tests::torch_rng();
+    let (tmp, model_dir, out) = stage_inputs();
+    let tokens = tmp.path();
     let p = params("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\nselect_metric: f1\npositive_class: neg\n");
     let summary = train::run(&p, &model_dir, tokens, &out, &tmp.path().join("work")).unwrap();
     let best = summary.best_validation.unwrap();
@@ -295,6 +303,22 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
     assert_eq!(hp.positive_class.as_deref(), Some("neg"));
     let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2")).unwrap_err());
     assert!(e.contains("train.positive_class `maybe`") && e.contains("neg"), "{e}");
+}
+
+#[test]
+fn max_validation_examples_validates_on_a_seeded_subset() {
+    let _rng = tests::torch_rng();
+    let (tmp, model_dir, out) = stage_inputs();
+    let run = |extra: &str, work: &str| {
+        let p = params(&format!("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\n{extra}"));
+        train::run(&p, &model_dir, tmp.path(), &out, &tmp.path().join(work)).unwrap().best_validation.unwrap()
+    };
+    let (a, b) = (run("max_validation_examples: 5\nseed: 1\n", "a"), run("max_validation_examples: 5\nseed: 1\n", "b"));
+    assert_eq!(a.examples, 5);
+    assert_eq!((a.loss, a.accuracy), (b.loss, b.accuracy), "the same subset and weights, the same figures");
+    assert_eq!(run("max_validation_examples: 100\n", "c").examples, 16, "a limit above the split's size validates on all of it");
+    let e = format!("{:#}", train::validate(&params("max_validation_examples: 0\n")).unwrap_err());
+    assert!(e.contains("train.max_validation_examples"), "{e}");
 }
 
 /// RoBERTa's positions start after pad_token_id: a max_length that fits max_position_embeddings

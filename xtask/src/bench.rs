@@ -16,6 +16,8 @@ use serde_json::{json, Value};
 
 use crate::{root, setup};
 
+mod scale;
+
 /// The parts of the benchmark (`--sections`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
@@ -36,6 +38,9 @@ pub enum Section {
     /// reviews, one classifier (the model with a seeded head) for both: examples/s, and whether
     /// the labels agree.
     Predict,
+    /// Each stage on IMDB's train split repeated to each `--scale-rows` size (bench/scale_data.py):
+    /// wall seconds, rows/s and peak RSS. Not in the default set: at 10M rows it takes an hour.
+    Scale,
 }
 
 #[derive(clap::Args)]
@@ -81,6 +86,9 @@ pub struct Args {
     /// Full fine-tunes per side for time-to-accuracy.
     #[arg(long, default_value_t = 1)]
     full_runs: usize,
+    /// The dataset sizes of the scale section, in rows (the first is the others' reference).
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 1_000_000])]
+    scale_rows: Vec<usize>,
     /// Where the store, pipelines, logs, `bench.json` and `bench.md` go (default: target/bench).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -324,6 +332,9 @@ enum Data<'a> {
     /// A task-kind dataset of `bench/tasks_data.py` in `dir` (`text`, `text_pair` for pairs,
     /// `label`), of `task`; train with `seed` and evaluate the final weights.
     Task { dir: &'a Path, task: &'a str, pairs: bool, seed: u64 },
+    /// The scale section's: a large `train` file (validation carved from it) and the IMDB test
+    /// split, of which 2,000 rows are evaluated; a few training steps, validated on 1,000.
+    Scale { train: &'a Path, test: &'a Path },
 }
 
 /// The benchmark pipeline: the shipped imdb-minilm pipeline with the run's model, dataset,
@@ -360,6 +371,12 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
             // HF Trainer reports its final weights; ours are then the same, not validation's pick.
             final_weights = true;
         }
+        Data::Scale { train, test } => {
+            v["download"]["dataset"] = json!({ "files": {"train": train, "test": test} });
+            v["download"]["label_names"] = json!(["neg", "pos"]);
+            v["download"]["validation"]["fraction"] = json!(0.01);
+            v["download"]["max_examples"] = json!({"test": 2000});
+        }
     }
     v["tokenize"]["max_length"] = json!(plan.max_length);
     v["train"] = json!({
@@ -369,6 +386,10 @@ fn write_pipeline(a: &Args, plan: &Plan, name: &str, data: Data) -> anyhow::Resu
     v["evaluate"] = json!({"split": "test", "device": plan.device(), "bootstrap": 0});
     if final_weights {
         v["evaluate"]["weights"] = json!("final");
+    }
+    if matches!(data, Data::Scale { .. }) {
+        v["train"]["max_steps"] = json!(20);
+        v["train"]["max_validation_examples"] = json!(1000);
     }
     if matches!(data, Data::Source) {
         // Only the download of this pipeline runs (for bench/subset.py); the splits the later
@@ -890,6 +911,10 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 
     if plan.has(Section::Predict) {
         rows.extend(predict_rows(&plan, &bins, &model_dir, &whole.join("dataset/test.parquet"), a.seed, &logs)?);
+    }
+
+    if plan.has(Section::Scale) {
+        rows.extend(scale::rows(&a, &plan, &bins, &whole, &logs)?);
     }
 
     if plan.has(Section::Cache) {

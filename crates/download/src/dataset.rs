@@ -132,36 +132,7 @@ pub fn expand_local(pattern: &str) -> anyhow::Result<Vec<PathBuf>> {
 /// Reads a parquet, CSV (`delimiter`, default `,`), TSV or JSON Lines file into a DataFrame; the
 /// error names the file.
 pub fn read_table(path: &Path, delimiter: Option<char>) -> anyhow::Result<DataFrame> {
-    let name = path.display().to_string();
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
-    let df = match ext.as_str() {
-        "parquet" => {
-            let f = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
-            ParquetReader::new(f).finish().map_err(|e| anyhow::anyhow!("{name}: not a readable parquet file: {e}"))?
-        }
-        "csv" => {
-            let sep = delimiter.unwrap_or(',');
-            CsvReadOptions::default()
-                .with_has_header(true)
-                .map_parse_options(|o| o.with_separator(sep as u8))
-                .try_into_reader_with_file_path(Some(path.to_path_buf()))
-                .and_then(|r| r.finish())
-                .map_err(|e| anyhow::anyhow!("{name}: not a readable CSV file (UTF-8, a header row, fields separated by {sep:?}; for another, set download.dataset.delimiter in a pipeline, --delimiter for ft-predict): {e}"))?
-        }
-        // GLUE's format: a header row, tabs, and no quoting (a `"` is an ordinary character).
-        "tsv" => CsvReadOptions::default()
-            .with_has_header(true)
-            .map_parse_options(|o| o.with_separator(b'\t').with_quote_char(None))
-            .try_into_reader_with_file_path(Some(path.to_path_buf()))
-            .and_then(|r| r.finish())
-            .map_err(|e| anyhow::anyhow!("{name}: not a readable TSV file (UTF-8, a header row, tab-separated, no quoting): {e}"))?,
-        "jsonl" | "json" => {
-            let f = std::fs::File::open(path).with_context(|| format!("opening {name}"))?;
-            JsonLineReader::new(f).finish().map_err(|e| anyhow::anyhow!("{name}: not readable JSON Lines: {e}"))?
-        }
-        other => bail!("{name}: unsupported extension `.{other}`; use .parquet, .csv, .tsv or .jsonl"),
-    };
-    Ok(df)
+    crate::chunks::read_all(path, delimiter)
 }
 
 fn show_rows(rows: &[usize]) -> String {
@@ -170,54 +141,78 @@ fn show_rows(rows: &[usize]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
-/// The row numbers where a column is null.
-fn null_rows<T>(values: impl Iterator<Item = Option<T>>) -> Vec<usize> {
-    values.enumerate().filter(|(_, v)| v.is_none()).map(|(i, _)| i).collect()
+/// The row numbers where a column is null, counting from `first` (the chunk's first row in its
+/// file).
+fn null_rows<T>(values: impl Iterator<Item = Option<T>>, first: usize) -> Vec<usize> {
+    values.enumerate().filter(|(_, v)| v.is_none()).map(|(i, _)| first + i).collect()
 }
 
-/// A text column as strings; a missing column, another type or a null is an error naming the
-/// file, the column, the rows and `setting`, what chooses the column (`download.columns.text`,
-/// `--column`).
-pub fn text_column(df: &DataFrame, file: &str, name: &str, setting: &str) -> anyhow::Result<Vec<String>> {
+/// A text column, checked: a missing column, another type or a null is an error naming the file,
+/// the column, the rows (counting from `first`) and `setting`, what chooses the column
+/// (`download.columns.text`, `--column`).
+fn checked_text<'a>(df: &'a DataFrame, file: &str, first: usize, name: &str, setting: &str) -> anyhow::Result<&'a StringChunked> {
     let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
     let col = df.column(name).map_err(|_| anyhow::anyhow!("{file}: no column `{name}` ({setting}); columns present: {cols:?} (set {setting} to one of them)"))?;
     let ca = col.str().map_err(|_| anyhow::anyhow!("{file}: column `{name}` ({setting}) has type {}, expected text (utf8)", col.dtype()))?;
-    let nulls = null_rows(ca.iter());
+    let nulls = null_rows(ca.iter(), first);
     if !nulls.is_empty() {
         bail!("{file}: column `{name}` ({setting}) is null in rows {}; drop or fill those rows", show_rows(&nulls));
     }
-    Ok(ca.iter().map(|t| t.unwrap_or_default().to_string()).collect())
+    Ok(ca)
 }
 
-/// Extracts the texts (and second texts of pairs) and raw labels from one file's frame. Labels
-/// stay as read until every file has been read, so class names can be resolved once.
-pub fn extract(df: &DataFrame, file: &str, p: &DownloadParams) -> anyhow::Result<(Vec<String>, Option<Vec<String>>, RawLabels)> {
-    let text = text_column(df, file, &p.columns.text, "download.columns.text")?;
+/// A text column as strings, checked as [`checked_text`] does.
+pub fn text_column(df: &DataFrame, file: &str, name: &str, setting: &str) -> anyhow::Result<Vec<String>> {
+    text_column_from(df, file, 0, name, setting)
+}
+
+/// [`text_column`] of a chunk whose first row is the file's row `first`.
+pub fn text_column_from(df: &DataFrame, file: &str, first: usize, name: &str, setting: &str) -> anyhow::Result<Vec<String>> {
+    Ok(checked_text(df, file, first, name, setting)?.iter().map(|t| t.unwrap_or_default().to_string()).collect())
+}
+
+/// A chunk's texts and second texts of pairs (checked by [`read_labels`] before).
+pub fn texts(df: &DataFrame, file: &str, first: usize, p: &DownloadParams) -> anyhow::Result<(Vec<String>, Option<Vec<String>>)> {
+    let text = text_column_from(df, file, first, &p.columns.text, "download.columns.text")?;
     let pair = match &p.columns.text_pair {
-        Some(c) => Some(text_column(df, file, c, "download.columns.text_pair")?),
+        Some(c) => Some(text_column_from(df, file, first, c, "download.columns.text_pair")?),
         None => None,
     };
+    Ok((text, pair))
+}
+
+/// Checks a chunk's text columns and reads its raw labels (the chunk's first row is the file's
+/// row `first`, for errors). Labels stay as read until every file has been read, so class names
+/// can be resolved once.
+pub fn read_labels(df: &DataFrame, file: &str, first: usize, p: &DownloadParams) -> anyhow::Result<RawLabels> {
+    checked_text(df, file, first, &p.columns.text, "download.columns.text")?;
+    if let Some(c) = &p.columns.text_pair {
+        checked_text(df, file, first, c, "download.columns.text_pair")?;
+    }
     let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
     let name = &p.columns.label;
     let label_col = df
         .column(name)
         .map_err(|_| anyhow::anyhow!("{file}: no label column `{name}`; columns present: {cols:?} (set download.columns.label in the pipeline)"))?;
-    let nulls = null_rows((0..label_col.len()).map(|i| label_col.get(i).ok().filter(|v| !v.is_null())));
+    let nulls = null_rows((0..label_col.len()).map(|i| label_col.get(i).ok().filter(|v| !v.is_null())), first);
     if !nulls.is_empty() {
         bail!("{file}: label column `{name}` is null in rows {}; drop or fill those rows", show_rows(&nulls));
     }
-    let labels = match p.task {
-        Task::SingleLabel => single_labels(label_col, file, name)?,
-        Task::MultiLabel => label_sets(label_col, file, name)?,
-        Task::Regression => scores(label_col, file, name)?,
-    };
-    Ok((text, pair, labels))
+    match p.task {
+        Task::SingleLabel => single_labels(label_col, file, name),
+        Task::MultiLabel => label_sets(label_col, file, first, name),
+        Task::Regression => scores(label_col, file, first, name),
+    }
 }
 
 fn single_labels(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
     let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
     Ok(match col.dtype() {
-        DataType::String => RawLabels::Str(col.str().map_err(e)?.iter().map(|t| t.unwrap_or_default().to_string()).collect()),
+        DataType::String => {
+            let mut dict = Dict::default();
+            let codes = col.str().map_err(e)?.iter().map(|t| dict.code(t.unwrap_or_default())).collect();
+            RawLabels::Str(dict, codes)
+        }
         dt if dt.is_integer() => RawLabels::Int(col.cast(&DataType::Int64).map_err(e)?.i64().map_err(e)?.iter().map(|t| t.unwrap_or_default()).collect()),
         DataType::List(_) => bail!("{file}: label column `{name}` holds lists (several labels per row); set download.task: multi_label"),
         dt if dt.is_float() => bail!("{file}: label column `{name}` holds numbers with fractions ({dt}); set download.task: regression for scores, or give class ids or names"),
@@ -225,7 +220,7 @@ fn single_labels(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabe
     })
 }
 
-fn label_sets(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
+fn label_sets(col: &Column, file: &str, first: usize, name: &str) -> anyhow::Result<RawLabels> {
     let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
     let DataType::List(inner) = col.dtype() else {
         bail!(
@@ -235,15 +230,17 @@ fn label_sets(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels>
     };
     let list = col.list().map_err(e)?;
     let rows: Vec<Series> = list.into_iter().map(|s| s.unwrap_or_else(|| Series::new_empty("".into(), inner))).collect();
-    let null_in = |rows: &[Series]| -> Vec<usize> { rows.iter().enumerate().filter(|(_, s)| s.null_count() > 0).map(|(i, _)| i).collect() };
+    let null_in = |rows: &[Series]| -> Vec<usize> { rows.iter().enumerate().filter(|(_, s)| s.null_count() > 0).map(|(i, _)| first + i).collect() };
     let bad = null_in(&rows);
     if !bad.is_empty() {
         bail!("{file}: label column `{name}` has null entries inside the lists of rows {}; drop them", show_rows(&bad));
     }
     Ok(match inner.as_ref() {
-        DataType::String => RawLabels::StrSets(
-            rows.iter().map(|s| Ok(s.str()?.iter().map(|t| t.unwrap_or_default().to_string()).collect())).collect::<PolarsResult<_>>().map_err(e)?,
-        ),
+        DataType::String => {
+            let mut dict = Dict::default();
+            let sets = rows.iter().map(|s| Ok(s.str()?.iter().map(|t| dict.code(t.unwrap_or_default())).collect())).collect::<PolarsResult<_>>().map_err(e)?;
+            RawLabels::StrSets(dict, sets)
+        }
         dt if dt.is_integer() => RawLabels::IntSets(
             rows.iter().map(|s| Ok(s.cast(&DataType::Int64)?.i64()?.iter().map(|t| t.unwrap_or_default()).collect())).collect::<PolarsResult<_>>().map_err(e)?,
         ),
@@ -251,7 +248,7 @@ fn label_sets(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels>
     })
 }
 
-fn scores(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
+fn scores(col: &Column, file: &str, first: usize, name: &str) -> anyhow::Result<RawLabels> {
     let e = |e: PolarsError| anyhow::anyhow!("{file}: label column `{name}`: {e}");
     let dt = col.dtype();
     if !(dt.is_float() || dt.is_integer()) {
@@ -262,21 +259,68 @@ fn scores(col: &Column, file: &str, name: &str) -> anyhow::Result<RawLabels> {
         bail!("{file}: label column `{name}` has type {dt}{example} but download.task is regression, which reads a number per row; fix the column or set download.task");
     }
     let v: Vec<f64> = col.cast(&DataType::Float64).map_err(e)?.f64().map_err(e)?.iter().map(|t| t.unwrap_or(f64::NAN)).collect();
-    let bad: Vec<usize> = v.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(i, _)| i).collect();
+    let bad: Vec<usize> = v.iter().enumerate().filter(|(_, x)| !x.is_finite()).map(|(i, _)| first + i).collect();
     if !bad.is_empty() {
         bail!("{file}: label column `{name}` is NaN or infinite in rows {}; drop or fix those rows", show_rows(&bad));
     }
     Ok(RawLabels::Float(v))
 }
 
-/// Labels as read, before mapping to class ids.
+/// Labels as read, before mapping to class ids: strings as codes into a [`Dict`], so a file's
+/// labels take a few bytes per row however many rows it has.
 #[derive(Clone, Debug)]
 pub enum RawLabels {
     Int(Vec<i64>),
-    Str(Vec<String>),
+    Str(Dict, Vec<u32>),
     IntSets(Vec<Vec<i64>>),
-    StrSets(Vec<Vec<String>>),
+    StrSets(Dict, Vec<Vec<u32>>),
     Float(Vec<f64>),
+}
+
+/// Distinct label strings in first-seen order, each one's code its position.
+#[derive(Clone, Debug, Default)]
+pub struct Dict {
+    pub values: Vec<String>,
+    index: std::collections::HashMap<String, u32>,
+}
+
+impl Dict {
+    fn code(&mut self, s: &str) -> u32 {
+        if let Some(&c) = self.index.get(s) {
+            return c;
+        }
+        let c = self.values.len() as u32;
+        self.values.push(s.to_string());
+        self.index.insert(s.to_string(), c);
+        c
+    }
+
+    /// Codes of `other` as codes of this dictionary (adding its new strings).
+    fn merge(&mut self, other: &Dict) -> Vec<u32> {
+        other.values.iter().map(|v| self.code(v)).collect()
+    }
+}
+
+impl RawLabels {
+    /// Appends the labels of the file's next chunk; `file` names it when the label column's
+    /// type changed between chunks.
+    pub fn append(&mut self, more: RawLabels, file: &str) -> anyhow::Result<()> {
+        match (self, more) {
+            (RawLabels::Int(a), RawLabels::Int(b)) => a.extend(b),
+            (RawLabels::Float(a), RawLabels::Float(b)) => a.extend(b),
+            (RawLabels::IntSets(a), RawLabels::IntSets(b)) => a.extend(b),
+            (RawLabels::Str(d, a), RawLabels::Str(e, b)) => {
+                let map = d.merge(&e);
+                a.extend(b.into_iter().map(|c| map[c as usize]));
+            }
+            (RawLabels::StrSets(d, a), RawLabels::StrSets(e, b)) => {
+                let map = d.merge(&e);
+                a.extend(b.into_iter().map(|s| s.into_iter().map(|c| map[c as usize]).collect()));
+            }
+            _ => bail!("{file}: the label column changes type part way through the file (numbers in some rows, names in others); give every row the same kind of label"),
+        }
+        Ok(())
+    }
 }
 
 /// Normalized labels of a split.
@@ -302,7 +346,7 @@ impl Labels {
         self.len() == 0
     }
 
-    fn take(&self, idx: &[usize]) -> Labels {
+    pub fn take(&self, idx: &[usize]) -> Labels {
         match self {
             Labels::Class(v) => Labels::Class(idx.iter().map(|&i| v[i]).collect()),
             Labels::Sets(v) => Labels::Sets(idx.iter().map(|&i| v[i].clone()).collect()),
@@ -310,7 +354,15 @@ impl Labels {
         }
     }
 
-    fn extend(&mut self, more: Labels) {
+    fn split_off(&mut self, at: usize) -> Labels {
+        match self {
+            Labels::Class(v) => Labels::Class(v.split_off(at)),
+            Labels::Sets(v) => Labels::Sets(v.split_off(at)),
+            Labels::Scores(v) => Labels::Scores(v.split_off(at)),
+        }
+    }
+
+    pub fn extend(&mut self, more: Labels) {
         match (self, more) {
             (Labels::Class(a), Labels::Class(b)) => a.extend(b),
             (Labels::Sets(a), Labels::Sets(b)) => a.extend(b),
@@ -371,13 +423,15 @@ pub fn map_labels(raw: RawLabels, split: &str, p: &DownloadParams, names: &[Stri
             shown.join(", ")
         )
     };
-    let unmapped = |bad: Vec<String>, what: &str| {
+    let unmapped = |count: usize, bad: Vec<String>, what: &str| {
         anyhow::anyhow!(
-            "split `{split}`: {} {what} not a known class ({}); classes: {names:?}; add them to download.label_names (or download.label_map: label -> id)",
-            bad.len(),
-            show_values(bad.clone())
+            "split `{split}`: {count} {what} not a known class ({}); classes: {names:?}; add them to download.label_names (or download.label_map: label -> id)",
+            show_values(bad)
         )
     };
+    // Each distinct string's class id, or None where it names no class.
+    let dict_ids = |dict: &Dict| -> Vec<Option<i64>> { dict.values.iter().map(|s| class_id(s, p, names).filter(|i| (0..n).contains(i))).collect() };
+    let unknown = |dict: &Dict, ids: &[Option<i64>]| -> Vec<String> { dict.values.iter().zip(ids).filter(|(_, i)| i.is_none()).map(|(s, _)| s.clone()).collect() };
     match raw {
         RawLabels::Int(v) => {
             let bad: Vec<(usize, i64)> = v.iter().copied().enumerate().filter(|(_, l)| *l < 0 || *l >= n).collect();
@@ -386,12 +440,13 @@ pub fn map_labels(raw: RawLabels, split: &str, p: &DownloadParams, names: &[Stri
             }
             Ok(Labels::Class(v))
         }
-        RawLabels::Str(v) => {
-            let bad: Vec<String> = v.iter().filter(|s| class_id(s, p, names).is_none_or(|i| i < 0 || i >= n)).cloned().collect();
-            if !bad.is_empty() {
-                return Err(unmapped(bad, "string labels are"));
+        RawLabels::Str(dict, codes) => {
+            let ids = dict_ids(&dict);
+            let bad = codes.iter().filter(|&&c| ids[c as usize].is_none()).count();
+            if bad > 0 {
+                return Err(unmapped(bad, unknown(&dict, &ids), "string labels are"));
             }
-            Ok(Labels::Class(v.iter().filter_map(|s| class_id(s, p, names)).collect()))
+            Ok(Labels::Class(codes.iter().filter_map(|&c| ids[c as usize]).collect()))
         }
         RawLabels::IntSets(v) => {
             let bad: Vec<(usize, i64)> = v.iter().enumerate().flat_map(|(r, l)| l.iter().filter(|&&x| x < 0 || x >= n).map(move |&x| (r, x))).collect();
@@ -400,12 +455,13 @@ pub fn map_labels(raw: RawLabels, split: &str, p: &DownloadParams, names: &[Stri
             }
             Ok(Labels::Sets(v.into_iter().map(sorted_set).collect()))
         }
-        RawLabels::StrSets(v) => {
-            let bad: Vec<String> = v.iter().flatten().filter(|s| class_id(s, p, names).is_none_or(|i| i < 0 || i >= n)).cloned().collect();
-            if !bad.is_empty() {
-                return Err(unmapped(bad, "list entries name"));
+        RawLabels::StrSets(dict, sets) => {
+            let ids = dict_ids(&dict);
+            let bad = sets.iter().flatten().filter(|&&c| ids[c as usize].is_none()).count();
+            if bad > 0 {
+                return Err(unmapped(bad, unknown(&dict, &ids), "list entries name"));
             }
-            Ok(Labels::Sets(v.iter().map(|l| sorted_set(l.iter().filter_map(|s| class_id(s, p, names)).collect())).collect()))
+            Ok(Labels::Sets(sets.iter().map(|l| sorted_set(l.iter().filter_map(|&c| ids[c as usize]).collect())).collect()))
         }
         RawLabels::Float(v) => Ok(Labels::Scores(v)),
     }
@@ -440,8 +496,7 @@ pub fn class_names(p: &DownloadParams, card: Option<&[String]>, raws: &[&RawLabe
         .iter()
         .flat_map(|r| -> Box<dyn Iterator<Item = &String>> {
             match r {
-                RawLabels::Str(v) => Box::new(v.iter()),
-                RawLabels::StrSets(v) => Box::new(v.iter().flatten()),
+                RawLabels::Str(d, _) | RawLabels::StrSets(d, _) => Box::new(d.values.iter()),
                 _ => Box::new(std::iter::empty()),
             }
         })
@@ -519,9 +574,9 @@ impl SplitData {
         self.text.is_empty()
     }
 
-    /// Writes `text` (and `text_pair`) and `label` parquet: int64 class ids, lists of int64
-    /// class ids, or float64 scores.
-    pub fn write_parquet(&self, path: &Path) -> anyhow::Result<()> {
+    /// The split as a frame: `text` (and `text_pair`) and `label`: int64 class ids, lists of
+    /// int64 class ids, or float64 scores.
+    fn frame(&self) -> anyhow::Result<DataFrame> {
         let mut cols = vec![Column::new("text".into(), &self.text)];
         if let Some(pair) = &self.text_pair {
             cols.push(Column::new("text_pair".into(), pair));
@@ -534,14 +589,75 @@ impl SplitData {
                 Column::new("label".into(), rows)
             }
         });
-        let mut df = DataFrame::new(cols)?;
-        let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        // LZ4: a third of zstd's write time here, for files that live one pipeline long.
-        ParquetWriter::new(f)
-            .with_compression(ParquetCompression::Lz4Raw)
-            .with_row_group_size(Some(pipeline::files::DATASET_ROW_GROUP))
-            .finish(&mut df)
-            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(DataFrame::new(cols)?)
+    }
+
+    /// The rows from `at` on, leaving the first `at`.
+    fn split_off(&mut self, at: usize) -> SplitData {
+        SplitData { text: self.text.split_off(at), text_pair: self.text_pair.as_mut().map(|p| p.split_off(at)), label: self.label.split_off(at) }
+    }
+
+    /// Writes the split as one parquet file (what [`SplitWriter`] writes).
+    pub fn write_parquet(&self, path: &Path) -> anyhow::Result<()> {
+        let mut w = SplitWriter::create(path)?;
+        w.push(self.clone())?;
+        w.finish()
+    }
+}
+
+/// A split's parquet file written as its rows arrive, a row group of
+/// [`pipeline::files::DATASET_ROW_GROUP`] rows at a time: it holds at most one row group's rows.
+pub struct SplitWriter {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    writer: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
+    buffer: Option<SplitData>,
+    pub rows: usize,
+}
+
+impl SplitWriter {
+    pub fn create(path: &Path) -> anyhow::Result<SplitWriter> {
+        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(SplitWriter { path: path.to_path_buf(), file: Some(file), writer: None, buffer: None, rows: 0 })
+    }
+
+    /// Appends rows, writing each row group as it fills.
+    pub fn push(&mut self, part: SplitData) -> anyhow::Result<()> {
+        self.rows += part.len();
+        match self.buffer.as_mut() {
+            Some(b) => b.extend(part),
+            None => self.buffer = Some(part),
+        }
+        let group = pipeline::files::DATASET_ROW_GROUP;
+        while let Some(b) = self.buffer.as_mut().filter(|b| b.len() >= group) {
+            let rest = b.split_off(group);
+            let full = self.buffer.replace(rest).unwrap_or_else(|| unreachable!());
+            self.write(&full)?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, data: &SplitData) -> anyhow::Result<()> {
+        let df = data.frame()?;
+        let w = match self.writer.as_mut() {
+            Some(w) => w,
+            None => {
+                let f = self.file.take().with_context(|| format!("{}: written after it was finished", self.path.display()))?;
+                // LZ4: a third of zstd's write time here, for files that live one pipeline long.
+                let w = ParquetWriter::new(f).with_compression(ParquetCompression::Lz4Raw).batched(df.schema()).with_context(|| format!("writing {}", self.path.display()))?;
+                self.writer.insert(w)
+            }
+        };
+        w.write_batch(&df).with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Writes the last row group and the file's footer.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if let Some(rest) = self.buffer.take().filter(|b| !b.is_empty()) {
+            self.write(&rest)?;
+        }
+        let Some(w) = self.writer.take() else { bail!("{}: no rows to write", self.path.display()) };
+        w.finish().with_context(|| format!("writing {}", self.path.display()))?;
         Ok(())
     }
 }
@@ -571,6 +687,29 @@ mod tests {
         assert_eq!(c.data_files["train"], vec!["plain_text/train-*".to_string()]);
         let files = vec!["plain_text/train-00000-of-00001.parquet".to_string(), "plain_text/test-00000-of-00001.parquet".into(), "README.md".into()];
         assert_eq!(match_patterns(&files, &c.data_files["train"]), vec![files[0].clone()]);
+    }
+
+    #[test]
+    fn split_writer_writes_row_groups_of_the_set_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.parquet");
+        let group = pipeline::files::DATASET_ROW_GROUP;
+        let n = group * 2 + group / 2;
+        let mut w = SplitWriter::create(&path).unwrap();
+        // Parts of odd sizes: the writer regroups them and holds less than a group between writes.
+        let mut at = 0;
+        while at < n {
+            let k = 10_007.min(n - at);
+            w.push(SplitData { text: (at..at + k).map(|i| i.to_string()).collect(), text_pair: None, label: Labels::Class(vec![0; k]) }).unwrap();
+            assert!(w.buffer.as_ref().map_or(0, SplitData::len) < group);
+            at += k;
+        }
+        w.finish().unwrap();
+        let mut r = ParquetReader::new(std::fs::File::open(&path).unwrap());
+        let groups: Vec<usize> = r.get_metadata().unwrap().row_groups.iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, [group, group, group / 2]);
+        let df = r.finish().unwrap();
+        assert_eq!(df.column("text").unwrap().str().unwrap().get(n - 1), Some((n - 1).to_string().as_str()));
     }
 
     #[test]

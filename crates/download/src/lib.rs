@@ -12,6 +12,7 @@
 //! model-source.json         repo, revision, commit, sha256 of every model file
 //! ```
 
+pub mod chunks;
 pub mod dataset;
 pub mod hub;
 
@@ -29,7 +30,8 @@ use dataset::{RawLabels, SplitData};
 use hub::{Hub, RepoType};
 
 /// Bump when the artifact's layout or normalization rules change.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: a `max_examples` subset keeps its split's row order (it was in the draw's order).
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub fn stage_def() -> artifact::StageDef {
     artifact::stage_def!("download", SCHEMA_VERSION)
@@ -185,6 +187,14 @@ fn dataset_files(hub: &Hub, src: &DatasetSource, label_column: &str) -> anyhow::
 
 /// Runs the stage into `out`. Returns the summary for the manifest.
 pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_json::Value> {
+    run_chunked(p, hub, out, chunks::Chunking::default())
+}
+
+/// [`run`], reading source files `chunking` at a time. Memory holds the labels of every row (a
+/// few bytes each), a chunk of the source and a row group of each split being written, however
+/// many rows the dataset has: the sources are read twice, first for their labels (checking every
+/// row), which decide the carved splits and subsets, then for their texts, written as they come.
+pub fn run_chunked(p: &DownloadParams, hub: &Hub, out: &Path, chunking: chunks::Chunking) -> anyhow::Result<serde_json::Value> {
     validate(p)?;
     let t0 = std::time::Instant::now();
     // Model first: it is small to check and its errors are the commonest.
@@ -205,68 +215,47 @@ pub fn run(p: &DownloadParams, hub: &Hub, out: &Path) -> anyhow::Result<serde_js
     if mapping.is_empty() {
         bail!("the dataset has no train, validation or test split (it has {:?}); map yours with download.splits", files.keys().collect::<Vec<_>>());
     }
-    // Per output split, each file's texts, second texts and raw labels.
-    type Read = (Vec<String>, Option<Vec<String>>, RawLabels);
-    let mut raw: BTreeMap<String, Vec<Read>> = BTreeMap::new();
+    // Pass 1: every row checked and every label read; only the labels are kept.
+    let mut raw: BTreeMap<String, Vec<Option<RawLabels>>> = BTreeMap::new();
     for (out_split, src_split) in &mapping {
         let Some(list) = files.get(src_split) else {
             bail!("download.splits.{out_split}: the source has no split `{src_split}`; it has {:?}", files.keys().collect::<Vec<_>>());
         };
         let mut read = Vec::new();
         for (name, path) in list {
-            let df = dataset::read_table(path, p.dataset.delimiter).with_context(|| format!("split `{src_split}`"))?;
-            read.push(dataset::extract(&df, name, p)?);
+            read.push(file_labels(path, name, p, chunking).with_context(|| format!("split `{src_split}`"))?);
         }
         raw.insert(out_split.clone(), read);
     }
-    let all_raw: Vec<&RawLabels> = raw.values().flatten().map(|(_, _, l)| l).collect();
+    let all_raw: Vec<&RawLabels> = raw.values().flatten().flatten().collect();
     let names = dataset::class_names(p, card_names.as_deref(), &all_raw);
     check_names(p, &names)?;
-    let mut splits: BTreeMap<String, SplitData> = BTreeMap::new();
+    let mut parts: BTreeMap<String, Part> = BTreeMap::new();
     for (split, read) in raw {
-        let mut data: Option<SplitData> = None;
-        for (text, text_pair, l) in read {
-            let part = SplitData { text, text_pair, label: dataset::map_labels(l, &split, p, &names)? };
-            match data.as_mut() {
-                Some(d) => d.extend(part),
-                None => data = Some(part),
+        let mut label: Option<dataset::Labels> = None;
+        for l in read.into_iter().flatten() {
+            let more = dataset::map_labels(l, &split, p, &names)?;
+            match label.as_mut() {
+                Some(a) => a.extend(more),
+                None => label = Some(more),
             }
         }
-        match data {
-            Some(d) if !d.is_empty() => splits.insert(split, d),
+        match label {
+            Some(label) if !label.is_empty() => parts.insert(split.clone(), Part { source: split, rows: (0..label.len()).collect(), label }),
             _ => bail!("split `{split}` is empty; check download.dataset and download.splits"),
         };
     }
-    let test_carved = match &p.test {
-        Some(t) => carve(&mut splits, "test", t.fraction, t.seed)?,
-        None => None,
-    };
-    // As before `download.test` existed: no train split, no validation carved (an
-    // evaluation-only dataset).
-    let validation_carved = match p.validation.fraction > 0.0 && splits.contains_key("train") {
-        true => carve(&mut splits, "validation", p.validation.fraction, p.validation.seed)?,
-        false => None,
-    };
-    for (split, n) in &p.max_examples {
-        let Some(data) = splits.get(split) else {
-            bail!("download.max_examples.{split}: no such split (splits: {:?})", splits.keys().collect::<Vec<_>>());
-        };
-        if *n < data.len() {
-            let perm = dataset::permutation(data.len(), p.validation.seed.wrapping_add(1));
-            let sub = data.take(&perm[..*n]);
-            splits.insert(split.clone(), sub);
-        }
-    }
+    let (test_carved, validation_carved) = choose_rows(&mut parts, p)?;
+    // Pass 2: each source split read again, its rows written to the splits that take them.
     let ds_dir = out.join("dataset");
     std::fs::create_dir_all(&ds_dir).with_context(|| format!("creating {}", ds_dir.display()))?;
-    let mut split_info = BTreeMap::new();
-    for (split, data) in &splits {
-        if data.is_empty() {
-            bail!("split `{split}` is empty after subsetting");
-        }
-        data.write_parquet(&ds_dir.join(format!("{split}.parquet")))?;
-        split_info.insert(split.clone(), SplitInfo { rows: data.len(), class_counts: data.label.counts(names.len()), scores: data.label.score_stats() });
+    for (split, src_split) in &mapping {
+        write_parts(split, &files[src_split], &parts, &ds_dir, p, chunking)?;
     }
+    let split_info = parts
+        .iter()
+        .map(|(split, part)| (split.clone(), SplitInfo { rows: part.rows.len(), class_counts: part.label.counts(names.len()), scores: part.label.score_stats() }))
+        .collect();
     pipeline::files::write(&ds_dir.join("labels.json"), &Labels { task: p.task, names: names.clone() })?;
     let info = DatasetInfo { task: p.task, source, splits: split_info, validation_carved, test_carved, columns: p.columns.clone(), split_map: mapping };
     pipeline::files::write(&ds_dir.join("info.json"), &info)?;
@@ -306,14 +295,87 @@ fn check_names(p: &DownloadParams, names: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An output split before it is written: the rows of the source split `source` it takes (in
+/// their order there) and their labels.
+struct Part {
+    source: String,
+    rows: Vec<usize>,
+    label: dataset::Labels,
+}
+
+impl Part {
+    fn take(&self, idx: &[usize]) -> Part {
+        Part { source: self.source.clone(), rows: idx.iter().map(|&i| self.rows[i]).collect(), label: self.label.take(idx) }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// One source file's labels, read a chunk at a time (every row of every chunk is checked); None
+/// for a file without rows.
+fn file_labels(path: &Path, name: &str, p: &DownloadParams, chunking: chunks::Chunking) -> anyhow::Result<Option<RawLabels>> {
+    let mut chunks = chunks::TableChunks::open(path, p.dataset.delimiter, chunking)?;
+    let progress = match chunks.parquet_rows() {
+        Some(rows) => artifact::Progress::new(&format!("rows of {name} read"), rows as u64, 0),
+        None => artifact::Progress::bytes(&format!("reading {name}"), chunks.bytes),
+    };
+    let mut out: Option<RawLabels> = None;
+    while let Some(chunk) = chunks.next() {
+        let (first, df) = chunk?;
+        let l = dataset::read_labels(&df, name, first, p)?;
+        match out.as_mut() {
+            Some(o) => o.append(l, name)?,
+            None => out = Some(l),
+        }
+        progress.tick(if chunks.parquet_rows().is_some() { (first + df.height()) as u64 } else { chunks.bytes_read });
+    }
+    progress.finish();
+    Ok(out)
+}
+
+/// Carves the test and validation splits from train where the source has none, then draws the
+/// `max_examples` subsets: which rows each output split takes. Every choice depends on the
+/// labels alone, so it is made before any text is read again.
+fn choose_rows(parts: &mut BTreeMap<String, Part>, p: &DownloadParams) -> anyhow::Result<(Option<Carved>, Option<Carved>)> {
+    let test_carved = match &p.test {
+        Some(t) => carve(parts, "test", t.fraction, t.seed)?,
+        None => None,
+    };
+    // As before `download.test` existed: no train split, no validation carved (an
+    // evaluation-only dataset).
+    let validation_carved = match p.validation.fraction > 0.0 && parts.contains_key("train") {
+        true => carve(parts, "validation", p.validation.fraction, p.validation.seed)?,
+        false => None,
+    };
+    for (split, n) in &p.max_examples {
+        let Some(part) = parts.get(split) else {
+            bail!("download.max_examples.{split}: no such split (splits: {:?})", parts.keys().collect::<Vec<_>>());
+        };
+        if *n < part.len() {
+            // The seeded draw of `n` rows, kept in the split's order.
+            let mut pick = dataset::permutation(part.len(), p.validation.seed.wrapping_add(1));
+            pick.truncate(*n);
+            pick.sort_unstable();
+            let sub = part.take(&pick);
+            parts.insert(split.clone(), sub);
+        }
+    }
+    if let Some((split, _)) = parts.iter().find(|(_, part)| part.len() == 0) {
+        bail!("split `{split}` is empty after subsetting");
+    }
+    Ok((test_carved, validation_carved))
+}
+
 /// Moves a `fraction` of train into a new split `name`, when the source has none: stratified
 /// by class for single-label, a seeded random draw otherwise.
-fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, seed: u64) -> anyhow::Result<Option<Carved>> {
-    if splits.contains_key(name) {
+fn carve(parts: &mut BTreeMap<String, Part>, name: &str, fraction: f64, seed: u64) -> anyhow::Result<Option<Carved>> {
+    if parts.contains_key(name) {
         return Ok(None);
     }
-    let Some(train) = splits.get("train") else {
-        bail!("download: carving a `{name}` split needs a `train` split to carve it from; the splits are {:?}", splits.keys().collect::<Vec<_>>());
+    let Some(train) = parts.get("train") else {
+        bail!("download: carving a `{name}` split needs a `train` split to carve it from; the splits are {:?}", parts.keys().collect::<Vec<_>>());
     };
     let (kept, part) = match &train.label {
         dataset::Labels::Class(l) => dataset::stratified_split(l, fraction, seed),
@@ -325,9 +387,49 @@ fn carve(splits: &mut BTreeMap<String, SplitData>, name: &str, fraction: f64, se
     }
     let (t, v) = (train.take(&kept), train.take(&part));
     let rows = v.len();
-    splits.insert("train".into(), t);
-    splits.insert(name.into(), v);
+    parts.insert("train".into(), t);
+    parts.insert(name.into(), v);
     Ok(Some(Carved { from: "train".into(), fraction, seed, stratified, rows }))
+}
+
+/// Reads the source split `source`'s files again, a chunk at a time, and writes each row to the
+/// output split that takes it.
+fn write_parts(source: &str, files: &[(String, PathBuf)], parts: &BTreeMap<String, Part>, dir: &Path, p: &DownloadParams, chunking: chunks::Chunking) -> anyhow::Result<()> {
+    let mut outs = Vec::new();
+    for (split, part) in parts.iter().filter(|(_, part)| part.source == source) {
+        outs.push((part, dataset::SplitWriter::create(&dir.join(format!("{split}.parquet")))?, 0usize));
+    }
+    let total: usize = outs.iter().map(|(part, _, _)| part.len()).sum();
+    let progress = artifact::Progress::new(&format!("rows of {source} written"), total as u64, 0);
+    // The split's row number of each file's first row.
+    let mut base = 0;
+    for (name, path) in files {
+        let mut rows_in_file = 0;
+        for chunk in chunks::TableChunks::open(path, p.dataset.delimiter, chunking)? {
+            let (first, df) = chunk?;
+            let (text, pair) = dataset::texts(&df, name, first, p)?;
+            let (from, to) = (base + first, base + first + text.len());
+            for (part, writer, pos) in &mut outs {
+                let k = part.rows[*pos..].iter().take_while(|&&r| r < to).count();
+                let local: Vec<usize> = part.rows[*pos..*pos + k].iter().map(|&r| r - from).collect();
+                let pick = |v: &Vec<String>| local.iter().map(|&i| v[i].clone()).collect();
+                let label = part.label.take(&(*pos..*pos + k).collect::<Vec<_>>());
+                writer.push(SplitData { text: pick(&text), text_pair: pair.as_ref().map(pick), label })?;
+                *pos += k;
+            }
+            rows_in_file = first + text.len();
+            progress.tick(outs.iter().map(|(_, _, pos)| *pos as u64).sum());
+        }
+        base += rows_in_file;
+    }
+    progress.finish();
+    for (part, writer, pos) in outs {
+        if pos != part.len() {
+            bail!("split `{source}` changed while it was read ({} rows were expected, {pos} found); rerun", part.len());
+        }
+        writer.finish()?;
+    }
+    Ok(())
 }
 
 fn fetch_model(hub: &Hub, src: &ModelSource, dir: &Path) -> anyhow::Result<Origin> {

@@ -120,6 +120,9 @@ impl Params for TrainParams {
         if let Some(n) = self.max_steps {
             positive("train.max_steps", n)?;
         }
+        if let Some(n) = self.max_validation_examples {
+            positive("train.max_validation_examples", n as u64)?;
+        }
         if let Some(n) = self.max_train_examples {
             positive("train.max_train_examples", n as u64)?;
         }

@@ -392,6 +392,10 @@ pub struct TrainParams {
     /// Train on at most this many examples of the train split (a seeded subset).
     #[serde(default)]
     pub max_train_examples: Option<usize>,
+    /// Validate on at most this many examples of the validation split (a seeded subset, the
+    /// same at every validation), so validating on a huge split stays cheap.
+    #[serde(default)]
+    pub max_validation_examples: Option<usize>,
     /// Log a line every N steps.
     #[serde(default = "TrainParams::log_default")]
     pub log_every_steps: u64,

@@ -16,6 +16,10 @@ pub trait Examples {
     fn types_into(&self, i: usize, out: &mut Vec<u32>);
     /// The labels of examples `index`, in order; `None` when the examples carry none.
     fn targets(&self, index: &[usize]) -> Option<Targets>;
+    /// The labels of every example.
+    fn every_target(&self) -> Option<Targets> {
+        self.targets(&(0..self.len()).collect::<Vec<_>>())
+    }
 }
 
 impl Examples for Split {
@@ -36,6 +40,42 @@ impl Examples for Split {
     }
     fn targets(&self, index: &[usize]) -> Option<Targets> {
         Some(Split::targets(self, index))
+    }
+}
+
+/// Some examples of a split, by index: example `i` is the split's `index[i]` (a seeded subset,
+/// such as `train.max_validation_examples` draws).
+pub struct Subset<'a> {
+    split: &'a Split,
+    index: Vec<usize>,
+}
+
+impl<'a> Subset<'a> {
+    /// The examples `index` of `split`; every index must be below the split's length.
+    pub fn new(split: &'a Split, index: Vec<usize>) -> Subset<'a> {
+        assert!(index.iter().all(|&i| i < split.len()), "a subset index beyond the split's {} examples", split.len());
+        Subset { split, index }
+    }
+}
+
+impl Examples for Subset<'_> {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+    fn length(&self, i: usize) -> usize {
+        self.split.length(self.index[i])
+    }
+    fn has_token_types(&self) -> bool {
+        self.split.has_token_types()
+    }
+    fn ids_into(&self, i: usize, out: &mut Vec<u32>) {
+        self.split.ids_into(self.index[i], out)
+    }
+    fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        self.split.types_into(self.index[i], out)
+    }
+    fn targets(&self, index: &[usize]) -> Option<Targets> {
+        Some(self.split.targets(&index.iter().map(|&i| self.index[i]).collect::<Vec<_>>()))
     }
 }
 

@@ -30,7 +30,7 @@ mod batch;
 mod reader;
 mod writer;
 
-pub use batch::{pad_batch, Batch, Examples, Targets, Unlabelled};
+pub use batch::{pad_batch, Batch, Examples, Subset, Targets, Unlabelled};
 pub use reader::{Shard, Split};
 pub use writer::{Label, ShardWriter};
 

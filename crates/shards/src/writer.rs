@@ -133,18 +133,20 @@ impl ShardWriter {
     fn flush(&mut self) -> Result<()> {
         let n = self.examples();
         let t = *self.offsets.last().unwrap_or(&0);
-        let mut body = Vec::with_capacity(self.pending_bytes() as usize);
+        // The body is the per-example sections, then ids and types, written as they are (no copy
+        // of the ids, the shard's bulk) and hashed in the same order.
+        let mut per_example = Vec::with_capacity(self.offsets.len() * 8 + (self.labels.len() + self.full_lengths.len()) * 4);
         for o in &self.offsets {
-            body.extend_from_slice(&o.to_le_bytes());
+            per_example.extend_from_slice(&o.to_le_bytes());
         }
-        for l in &self.labels {
-            body.extend_from_slice(&l.to_le_bytes());
+        for l in self.labels.iter().chain(&self.full_lengths) {
+            per_example.extend_from_slice(&l.to_le_bytes());
         }
-        for l in &self.full_lengths {
-            body.extend_from_slice(&l.to_le_bytes());
+        let body: [&[u8]; 3] = [&per_example, &self.ids, &self.types];
+        let mut hasher = blake3::Hasher::new();
+        for part in body {
+            hasher.update(part);
         }
-        body.extend_from_slice(&self.ids);
-        body.extend_from_slice(&self.types);
         let (kind, labels) = self.kind.code();
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
@@ -152,7 +154,7 @@ impl ShardWriter {
         header.extend_from_slice(&(self.width as u32).to_le_bytes());
         header.extend_from_slice(&(n as u64).to_le_bytes());
         header.extend_from_slice(&t.to_le_bytes());
-        header.extend_from_slice(&blake3::hash(&body).as_bytes()[..16]);
+        header.extend_from_slice(&hasher.finalize().as_bytes()[..16]);
         header.extend_from_slice(&kind.to_le_bytes());
         header.extend_from_slice(&labels.to_le_bytes());
         header.extend_from_slice(&(if self.token_types { TOKEN_TYPES } else { 0 }).to_le_bytes());
@@ -161,7 +163,9 @@ impl ShardWriter {
         let io = |source| Error::Io { path: path.clone(), source };
         let mut f = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io)?);
         f.write_all(&header).map_err(io)?;
-        f.write_all(&body).map_err(io)?;
+        for part in body {
+            f.write_all(part).map_err(io)?;
+        }
         f.flush().map_err(io)?;
         self.written.push(path);
         self.offsets = vec![0];

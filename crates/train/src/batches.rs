@@ -12,6 +12,37 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
     v
 }
 
+/// [`permutation`] as 32-bit indices (the same order: a shuffle's swaps depend on the length
+/// alone), half the memory for the millions of examples an epoch orders.
+fn permutation_u32(n: usize, seed: u64) -> Vec<u32> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut v: Vec<u32> = (0..n as u32).collect();
+    v.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    v
+}
+
+/// The examples an epoch draws from: every example of the split, or some of them.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    All(usize),
+    /// Example indices, ascending (`train.max_train_examples`).
+    Some(Vec<u32>),
+}
+
+impl Pool {
+    pub fn len(&self) -> usize {
+        match self {
+            Pool::All(n) => *n,
+            Pool::Some(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Batching settings.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -31,10 +62,13 @@ pub struct Plan {
 const MEGABATCH: usize = 64;
 
 impl Plan {
-    /// The batches of one epoch over `pool` (indices into the split) with lengths `len`.
-    pub fn epoch(&self, pool: &[usize], len: &[usize], epoch: u64) -> Vec<Vec<usize>> {
-        let perm = permutation(pool.len(), self.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
-        let order: Vec<usize> = perm.iter().map(|&i| pool[i]).collect();
+    /// The batches of one epoch over `pool` with lengths `len` (of every example of the split):
+    /// example indices as 32 bits, so a plan of ten million examples takes some 40 MB.
+    pub fn epoch(&self, pool: &Pool, len: &[u32], epoch: u64) -> Vec<Vec<u32>> {
+        let mut order = permutation_u32(pool.len(), self.seed.wrapping_mul(1_000_003).wrapping_add(epoch));
+        if let Pool::Some(v) = pool {
+            order.iter_mut().for_each(|i| *i = v[*i as usize]);
+        }
         if self.padding == Padding::MaxLength {
             let rows = match self.batch_tokens {
                 Some(t) => (t / self.max_length).max(1),
@@ -49,15 +83,15 @@ impl Plan {
         let mut batches = Vec::new();
         for mega in order.chunks(chunk.max(1)) {
             let mut m = mega.to_vec();
-            m.sort_by_key(|&i| std::cmp::Reverse(len[i]));
+            m.sort_by_key(|&i| std::cmp::Reverse(len[i as usize]));
             match self.batch_tokens {
                 None => batches.extend(m.chunks(self.batch_size.max(1)).map(|c| c.to_vec())),
                 Some(budget) => {
-                    let mut cur: Vec<usize> = Vec::new();
+                    let mut cur: Vec<u32> = Vec::new();
                     let mut longest = 0;
                     let multiple = self.length_multiple.max(1);
                     for i in m {
-                        let l = len[i].max(1).div_ceil(multiple) * multiple;
+                        let l = (len[i as usize] as usize).max(1).div_ceil(multiple) * multiple;
                         let longest_if = longest.max(l);
                         if !cur.is_empty() && longest_if * (cur.len() + 1) > budget {
                             batches.push(std::mem::take(&mut cur));
@@ -87,19 +121,31 @@ impl Plan {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_subset_pool_draws_only_its_examples_and_u32_orders_equal_usize_ones() {
+        let len: Vec<u32> = (0..500).map(|i| 1 + i % 50).collect();
+        let some: Vec<u32> = (0..500).filter(|i| i % 3 == 0).collect();
+        let b = plan(Padding::Dynamic, None).epoch(&Pool::Some(some.clone()), &len, 2);
+        let mut all: Vec<u32> = b.into_iter().flatten().collect();
+        all.sort();
+        assert_eq!(all, some);
+        let wide: Vec<u32> = permutation(1000, 9).into_iter().map(|i| i as u32).collect();
+        assert_eq!(permutation_u32(1000, 9), wide);
+    }
+
     fn plan(padding: Padding, tokens: Option<usize>) -> Plan {
         Plan { padding, batch_size: 8, batch_tokens: tokens, max_length: 64, length_multiple: 1, seed: 3 }
     }
 
     #[test]
     fn every_example_once_and_deterministic() {
-        let len: Vec<usize> = (0..1000).map(|i| 5 + (i * 37) % 60).collect();
-        let pool: Vec<usize> = (0..1000).collect();
+        let len: Vec<u32> = (0..1000).map(|i| 5 + (i * 37) % 60).collect();
+        let pool = Pool::All(1000);
         for p in [plan(Padding::Dynamic, None), plan(Padding::MaxLength, None), plan(Padding::Dynamic, Some(256))] {
             let b = p.epoch(&pool, &len, 0);
-            let mut all: Vec<usize> = b.iter().flatten().copied().collect();
+            let mut all: Vec<u32> = b.iter().flatten().copied().collect();
             all.sort();
-            assert_eq!(all, pool);
+            assert_eq!(all, (0..1000).collect::<Vec<u32>>());
             assert_eq!(b, p.epoch(&pool, &len, 0));
             assert_ne!(b, p.epoch(&pool, &len, 1));
         }
@@ -107,16 +153,16 @@ mod tests {
 
     #[test]
     fn buckets_cut_padding_and_respect_budget() {
-        let len: Vec<usize> = (0..2000).map(|i| 5 + (i * 37) % 60).collect();
-        let pool: Vec<usize> = (0..2000).collect();
-        let padded = |b: &Vec<Vec<usize>>| -> usize { b.iter().map(|x| x.len() * x.iter().map(|&i| len[i]).max().unwrap_or(0)).sum() };
-        let real: usize = len.iter().sum();
+        let len: Vec<u32> = (0..2000).map(|i| 5 + (i * 37) % 60).collect();
+        let pool = Pool::All(2000);
+        let padded = |b: &Vec<Vec<u32>>| -> usize { b.iter().map(|x| x.len() * x.iter().map(|&i| len[i as usize] as usize).max().unwrap_or(0)).sum() };
+        let real: usize = len.iter().map(|&l| l as usize).sum();
         let dynamic = plan(Padding::Dynamic, None).epoch(&pool, &len, 0);
         let random = plan(Padding::MaxLength, None).epoch(&pool, &len, 0);
         assert!(padded(&dynamic) < real * 105 / 100, "bucketed padding {} vs real {real}", padded(&dynamic));
         assert!(padded(&random) > real * 110 / 100);
         for b in plan(Padding::Dynamic, Some(256)).epoch(&pool, &len, 0) {
-            let l = b.iter().map(|&i| len[i]).max().unwrap_or(0);
+            let l = b.iter().map(|&i| len[i as usize] as usize).max().unwrap_or(0);
             assert!(b.len() == 1 || b.len() * l <= 256);
         }
         // With lengths rounded up (to 16 here, as CUDA rounds to 64), the budget holds for the
@@ -124,7 +170,7 @@ mod tests {
         let rounded = Plan { length_multiple: 16, ..plan(Padding::Dynamic, Some(256)) };
         let batches = rounded.epoch(&pool, &len, 0);
         for b in &batches {
-            let l = b.iter().map(|&i| len[i]).max().unwrap_or(0).div_ceil(16) * 16;
+            let l = (b.iter().map(|&i| len[i as usize]).max().unwrap_or(0) as usize).div_ceil(16) * 16;
             assert!(b.len() == 1 || b.len() * l <= 256, "{} rows × {l}", b.len());
         }
         assert!(batches.len() > plan(Padding::Dynamic, Some(256)).epoch(&pool, &len, 0).len());

@@ -24,6 +24,7 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use pipeline::files::{Hparams, Labels, Mfu, TokenizeMeta, TrainSummary};
 use pipeline::{ClassWeights, Precision, Task, TrainParams, WeightRule};
+use shards::Examples as _;
 use tch::Kind;
 
 /// Bump when the artifact's layout or the training algorithm's meaning changes.
@@ -183,7 +184,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let positive = positive_class(p, &labels)?;
     let config = checked_config(model_dir, &meta)?;
     let train = shards::Split::open(tokenize, "train")?;
-    let val = shards::Split::open_setting(tokenize, &p.validation_split, "train.validation_split")?;
+    let val_split = shards::Split::open_setting(tokenize, &p.validation_split, "train.validation_split")?;
+    let val = validation_subset(&val_split, p);
     // Before the model is loaded: a class that cannot be balanced fails at once.
     let weights = class_weights(p, &labels, &train)?;
     let device = model::device::resolve(&p.device)?;
@@ -203,7 +205,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         params: p,
         model: &mut m,
         train: &train,
-        val: Some(&val),
+        val: Some(&val as &dyn shards::Examples),
         pad_id,
         max_length,
         device,
@@ -285,3 +287,23 @@ fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &mode
         flop_utilisation: mfu,
     }
 }
+
+/// The examples validation runs on: the whole split, or `train.max_validation_examples` of them
+/// drawn with a fixed seed (not the training seed: every run of a sweep is validated on the same
+/// rows), in the split's order.
+fn validation_subset<'a>(val: &'a shards::Split, p: &TrainParams) -> shards::Subset<'a> {
+    let n = val.len();
+    let index = match p.max_validation_examples {
+        Some(k) if k < n => {
+            let mut pick = batches::permutation(n, VALIDATION_SUBSET_SEED);
+            pick.truncate(k);
+            pick.sort_unstable();
+            pick
+        }
+        _ => (0..n).collect(),
+    };
+    shards::Subset::new(val, index)
+}
+
+/// The seed of the `train.max_validation_examples` draw.
+const VALIDATION_SUBSET_SEED: u64 = 0x5641_4C49_4441_5445;

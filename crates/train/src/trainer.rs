@@ -60,7 +60,7 @@ pub struct Job<'a> {
     pub params: &'a TrainParams,
     pub model: &'a mut model::Model,
     pub train: &'a shards::Split,
-    pub val: Option<&'a shards::Split>,
+    pub val: Option<&'a dyn shards::Examples>,
     pub pad_id: u32,
     pub max_length: usize,
     pub device: Device,
@@ -97,11 +97,12 @@ pub struct Outcome {
 /// id and name, for two classes; macro otherwise), micro and macro F1; multi-label subset accuracy and micro
 /// and macro F1 at threshold 0.5; regression Pearson, Spearman and MSE. The caller explains a
 /// failed batch (it knows which setting sets the batch size).
-pub fn evaluate(m: &model::Model, objective: &Objective, split: &shards::Split, batch: usize, pad: u32, device: Device, positive: Option<(usize, &str)>) -> Result<Validation, BatchError> {
+pub fn evaluate<E: shards::Examples + ?Sized>(m: &model::Model, objective: &Objective, split: &E, batch: usize, pad: u32, device: Device, positive: Option<(usize, &str)>) -> Result<Validation, BatchError> {
     let pred = model::infer::predict(m, objective, split, batch, pad, device, &mut |_| {})?;
     // A split's examples always carry labels; only an empty split has no loss.
     let base = Validation { loss: pred.loss.unwrap_or(0.0), examples: split.len(), ..Default::default() };
-    Ok(match split.all_targets() {
+    let Some(targets) = split.every_target() else { return Ok(base) };
+    Ok(match targets {
         shards::Targets::Class(labels) => {
             let p = pred.argmax();
             let n = m.num_labels as usize;
@@ -224,15 +225,19 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
 pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let p = job.params;
     std::fs::create_dir_all(&job.work).with_context(|| format!("creating {}", job.work.display()))?;
-    let lengths = job.train.lengths();
-    let mut pool: Vec<usize> = (0..job.train.len()).collect();
-    if let Some(n) = p.max_train_examples {
-        if n < pool.len() {
-            let perm = crate::batches::permutation(pool.len(), p.seed);
-            pool = perm[..n].to_vec();
-            pool.sort_unstable();
-        }
+    let n_train = job.train.len();
+    if u32::try_from(n_train).is_err() {
+        bail!("the train split has {n_train} examples; at most {} can be trained on (set train.max_train_examples)", u32::MAX);
     }
+    let lengths = job.train.lengths();
+    let pool = match p.max_train_examples {
+        Some(n) if n < n_train => {
+            let mut pick: Vec<u32> = crate::batches::permutation(n_train, p.seed).into_iter().take(n).map(|i| i as u32).collect();
+            pick.sort_unstable();
+            crate::batches::Pool::Some(pick)
+        }
+        _ => crate::batches::Pool::All(n_train),
+    };
     if pool.is_empty() {
         bail!("the train split is empty");
     }
@@ -331,9 +336,9 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let n_batches = batches.len();
         let mut micro_in_step = 0usize;
         while st.batch < n_batches {
-            let idx = &batches[st.batch];
+            let idx: Vec<usize> = batches[st.batch].iter().map(|&i| i as usize).collect();
             tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
-            let b = shards::pad_batch(job.train, idx, job.pad_id, plan.pad_to(), plan.length_multiple);
+            let b = shards::pad_batch(job.train, &idx, job.pad_id, plan.pad_to(), plan.length_multiple);
             let (rows, len, tokens) = (b.rows, b.len, b.tokens);
             let Some(targets) = &b.targets else { bail!("the training split has no labels") };
             let loss = model::device::guard(rows, len, job.device, || {
