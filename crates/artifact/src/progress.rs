@@ -66,7 +66,7 @@ impl Progress {
         let template = if bytes {
             "{msg} [{bar:25}] {bytes}/{total_bytes} {bytes_per_sec}, ETA {eta}".to_string()
         } else {
-            format!("{{msg}} [{{bar:25}}] {{pos}}/{{len}} {what}, ETA {{eta}}")
+            format!("{{msg}} [{{bar:25}}] {{pos}}/{{len}} {what}, {{per_sec}}, ETA {{eta}}")
         };
         if let Ok(s) = ProgressStyle::with_template(&template) {
             bar.set_style(s);
@@ -122,8 +122,8 @@ impl Progress {
     }
 
     /// The state at `pos`, described by `msg` (may be empty): the bar's message, or a line
-    /// `"{pos}/{total} {what}: {msg}; {elapsed} elapsed, ETA {eta}"` (bytes: `"{what}:
-    /// {pos}/{total}; …"` in KiB, MiB, GiB), at the end `"…; done in {elapsed}"`.
+    /// `"{pos}/{total} {what}: {msg}; {elapsed} elapsed, {rate}/s, ETA {eta}"` (bytes: `"{what}:
+    /// {pos}/{total}; …"` in KiB, MiB, GiB), at the end `"…; done in {elapsed} ({rate}/s)"`.
     pub fn report(&self, pos: u64, msg: &str) {
         match &self.0 {
             Out::Hidden => {}
@@ -173,17 +173,24 @@ impl Lines {
             format!("{pos}/{} {}", self.total, self.what)
         };
         let sep = if msg.is_empty() { "" } else { ": " };
+        let done = pos.saturating_sub(self.from);
+        let per_s = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        let rate = match (self.bytes, per_s) {
+            (true, _) => format!("{}/s", HumanBytes(per_s as u64)),
+            (false, r) if r >= 100.0 => format!("{r:.0}/s"),
+            (false, r) if r >= 1.0 => format!("{r:.1}/s"),
+            (false, r) => format!("{r:.3}/s"),
+        };
         let line = if pos >= self.total {
-            format!("{at}{sep}{msg}; done in {}", HumanDuration(elapsed))
+            format!("{at}{sep}{msg}; done in {} ({rate})", HumanDuration(elapsed))
         } else {
-            let done = pos.saturating_sub(self.from);
             let eta = if done == 0 {
                 "?".to_string()
             } else {
                 let left = elapsed.as_secs_f64() * (self.total - pos) as f64 / done as f64;
                 HumanDuration(Duration::from_secs_f64(left)).to_string()
             };
-            format!("{at}{sep}{msg}; {} elapsed, ETA {eta}", HumanDuration(elapsed))
+            format!("{at}{sep}{msg}; {} elapsed, {rate}, ETA {eta}", HumanDuration(elapsed))
         };
         self.line(&line);
     }
@@ -291,6 +298,7 @@ mod tests {
         // 40 steps done, 40 left: the ETA is about the time taken so far, not a whole run's.
         assert!(lines[1].starts_with("60/100 steps: loss 0.5; ") && !lines[1].ends_with("ETA ?"), "{text}");
         assert_eq!(lines[2], "validation accuracy 0.9");
-        assert!(lines[3].starts_with("100/100 steps; done in "), "{text}");
+        assert!(lines[3].starts_with("100/100 steps; done in ") && lines[3].ends_with("/s)"), "{text}");
+        assert!(lines[1].contains(" elapsed, ") && lines[1].contains("/s, ETA "), "the rate since the start: {text}");
     }
 }
