@@ -121,6 +121,32 @@ pub(crate) fn labels_a_csv_as_transformers_does(train: &Path, export: &Path, pre
 
     let by_export = tmp.join("by-export.csv");
     succeeded(&predict(&[&export, &input, &"--out", &by_export]));
+    // Read, predicted and written a few rows at a time (200-byte pieces of the CSV): the same
+    // rows in the same order with the same predictions, under the real name only at the end.
+    let chunked = tmp.join("chunked.csv");
+    let o = predict::Options {
+        model: export.display().to_string(),
+        input: input.clone(),
+        out: chunked.clone(),
+        column: "text".into(),
+        pair_column: None,
+        delimiter: None,
+        store: store.to_path_buf(),
+        weights: pipeline::Weights::Best,
+        batch_size: 4,
+        device: "cpu".into(),
+        precision: pipeline::Precision::Fp32,
+        max_length: None,
+        threshold: None,
+    };
+    let summary = predict::run_chunked(&o, download::chunks::Chunking { rows: 3, bytes: 200 }).unwrap();
+    assert_eq!(summary.rows, texts.len());
+    let (whole, pieces) = (download::dataset::read_table(&by_export, None).unwrap(), download::dataset::read_table(&chunked, None).unwrap());
+    assert_eq!(whole.get_column_names(), pieces.get_column_names());
+    assert_eq!(strings(&whole, "text"), strings(&pieces, "text"));
+    assert_eq!(strings(&whole, "predicted_label"), strings(&pieces, "predicted_label"));
+    assert!(floats(&whole, "prob_pos").iter().zip(floats(&pieces, "prob_pos")).all(|(a, b)| (a - b).abs() < 1e-5));
+    assert!(std::fs::read_dir(tmp).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".tmp-")), "no temporary file is left");
     let Some(python) = tests::venv_python_with("transformers") else {
         return tests::skip("ft-predict against transformers' text-classification pipeline", "the venv cannot import transformers", true);
     };

@@ -128,7 +128,7 @@ fn reports_progress_off_a_terminal(first: &[runner::StageOutcome], tmp: &Path) {
     assert!(steps.len() == 4 && at(0, "1/2") && at(1, "1/2") && at(2, "2/2") && at(3, "2/2"), "a line per log point: {train}");
     assert!(steps.iter().all(|l| l.contains(" lr ") && l.contains(" grad-norm ") && l.contains(" samples/s; ")), "{train}");
     let (last, before) = steps.split_last().unwrap();
-    assert!(before.iter().all(|l| (l.contains(" elapsed, ") && l.contains("/s, ETA "))) && last.contains("; done in "), "{train}");
+    assert!(before.iter().all(|l| l.contains(" elapsed, ") && l.contains("/s, ETA ")) && last.contains("; done in "), "{train}");
     assert!(train.lines().any(|l| l.contains(": validation loss ") && l.contains(" accuracy ")), "{train}");
     let eval = stage("ft-evaluate", "device: cpu\nbatch_size: 32\n", &[("tokenize", dir(1)), ("train", dir(2))]);
     // Evaluation takes well under artifact::TICK_GAP here: a line for its end alone.

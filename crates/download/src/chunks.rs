@@ -47,7 +47,7 @@ pub struct TableChunks {
 }
 
 enum Source {
-    Parquet { path: PathBuf, rows: usize, chunk: usize },
+    Parquet { path: PathBuf, rows: usize, chunk: usize, empty_done: bool },
     Text { format: Text, reader: BufReader<std::fs::File>, schema: Option<SchemaRef>, header: Vec<u8>, chunk: usize, done: bool },
 }
 
@@ -70,7 +70,7 @@ impl TableChunks {
             "parquet" => {
                 let mut r = open_parquet(path)?;
                 let n = r.num_rows().map_err(|e| anyhow::anyhow!("{name}: not a readable parquet file: {e}"))?;
-                return Ok(TableChunks { name, at: 0, bytes_read: 0, bytes: size, source: Source::Parquet { path: path.to_path_buf(), rows: n, chunk: rows.max(1) } });
+                return Ok(TableChunks { name, at: 0, bytes_read: 0, bytes: size, source: Source::Parquet { path: path.to_path_buf(), rows: n, chunk: rows.max(1), empty_done: false } });
             }
             "csv" => Text::Csv(delimiter.unwrap_or(',') as u8),
             "tsv" => Text::Tsv,
@@ -96,11 +96,12 @@ impl TableChunks {
     }
 
     fn next_parquet(&mut self) -> Option<anyhow::Result<DataFrame>> {
-        let Source::Parquet { path, rows, chunk } = &self.source else { return None };
-        if self.at >= *rows {
+        let Source::Parquet { path, rows, chunk, empty_done } = &mut self.source else { return None };
+        // A file without rows still gives one (empty) chunk: its columns.
+        if self.at >= *rows && (*rows > 0 || std::mem::replace(empty_done, true)) {
             return None;
         }
-        let len = (*chunk).min(rows - self.at);
+        let len = (*chunk).min(*rows - self.at);
         let read = open_parquet(path).and_then(|r| {
             r.with_slice(Some((self.at, len))).finish().map_err(|e| anyhow::anyhow!("{}: not a readable parquet file: {e}", self.name))
         });

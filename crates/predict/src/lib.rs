@@ -15,8 +15,9 @@
 //! length-sorted batched inference as the evaluate stage, so the two give the same
 //! probabilities for the same texts and weights.
 //!
-//! Predict makes no artifact: it sits above the stages and uses their libraries (download's
-//! table reader, tokenize's encoder), and nothing depends on it.
+//! The input is read, predicted and written a chunk at a time (download's reader), so its size
+//! does not bound memory. Predict makes no artifact: it sits above the stages and uses their
+//! libraries (download's table reader, tokenize's encoder), and nothing depends on it.
 
 pub mod source;
 pub mod table;
@@ -75,8 +76,15 @@ pub struct Summary {
     pub out: PathBuf,
 }
 
-/// Predicts every row of the input and writes the output file.
+/// Predicts every row of the input and writes the output file, a chunk of the input at a time
+/// (download's reader: 65,536 parquet rows, 16 MiB of text), so a file of millions of rows needs
+/// no more memory than one chunk and its predictions.
 pub fn run(o: &Options) -> anyhow::Result<Summary> {
+    run_chunked(o, download::chunks::Chunking::default())
+}
+
+/// [`run`], reading the input `chunking` at a time (tests make it tiny).
+pub fn run_chunked(o: &Options, chunking: download::chunks::Chunking) -> anyhow::Result<Summary> {
     if o.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -85,36 +93,29 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
     }
     let format = table::check_destination(&o.out, &o.input)?;
     let src = source::resolve(&o.model, &o.store, o.weights)?;
-    let mut df = download::dataset::read_table(&o.input, o.delimiter)?;
     let file = o.input.display().to_string();
-    let texts = download::dataset::text_column(&df, &file, &o.column, "--column")?;
-    let pairs = match &o.pair_column {
-        Some(c) => Some(download::dataset::text_column(&df, &file, c, "--pair-column")?),
-        None => None,
-    };
-    check_pairs(&src, pairs.is_some())?;
-    let added = added_columns(src.task, &src.names);
-    table::check_names(&df, &o.input, &added)?;
+    let mut chunks = download::chunks::TableChunks::open(&o.input, o.delimiter, chunking)?;
+    // The first chunk's columns are checked before the model is loaded.
+    let Some(head) = chunks.next() else { bail!("{file}: has no rows and no columns") };
+    let (first, df) = head?;
+    download::dataset::text_column_from(&df, &file, first, &o.column, "--column")?;
+    if let Some(c) = &o.pair_column {
+        download::dataset::text_column_from(&df, &file, first, c, "--pair-column")?;
+    }
+    check_pairs(&src, o.pair_column.is_some())?;
+    table::check_names(&df, &o.input, &added_columns(src.task, &src.names))?;
+    let mut pending = Some((first, df));
     let device = model::device::resolve(&o.device)?;
     let m = load_model(&src, o.precision, device)?;
     let tk = tokenize::tok::load(&src.tokenizer_dir)?;
     check_vocabulary(&tk, &m, &src)?;
     let params = settings(&src, o.max_length, m.max_length())?;
     let pad_id = src.tokenize.as_ref().map_or(tk.pad_id, |t| t.pad_id);
-    let t = Instant::now();
-    let examples = encode(&tk, &texts, pairs.as_deref(), &params)?;
-    let tokenize_seconds = t.elapsed().as_secs_f64();
     let objective = match src.task {
         Task::SingleLabel => Objective::single_label(None, 0.0, device),
         Task::MultiLabel => Objective::multi_label(None, device),
         Task::Regression => Objective::Regression,
     };
-    let t = Instant::now();
-    let progress = artifact::Progress::new("examples", texts.len() as u64, 0);
-    let pred = model::infer::predict(&m, &objective, &examples, o.batch_size, pad_id, device, &mut |n| progress.tick(n as u64))
-        .map_err(|e| e.explain("prediction", "--batch-size"))?;
-    progress.finish();
-    let seconds = t.elapsed().as_secs_f64();
     let threshold = match (o.threshold, &src.tuned_threshold) {
         (Some(t), _) => t,
         (None, Some((t, how))) if src.task == Task::MultiLabel => {
@@ -123,17 +124,56 @@ pub fn run(o: &Options) -> anyhow::Result<Summary> {
         }
         _ => 0.5,
     };
-    for c in output_columns(src.task, &src.names, &pred, threshold) {
-        df.with_column(c).context("adding the prediction columns")?;
+    let rows_total = chunks.parquet_rows();
+    let progress = match rows_total {
+        Some(n) => artifact::Progress::new("examples", n as u64, 0),
+        None => artifact::Progress::bytes(&format!("reading {file}"), chunks.bytes),
+    };
+    let mut out = table::Writer::create(&o.out, format)?;
+    let (mut rows, mut tokens, mut tokenize_seconds, mut seconds) = (0usize, 0usize, 0.0, 0.0);
+    loop {
+        let (first, mut df) = match pending.take() {
+            Some(c) => c,
+            None => match chunks.next() {
+                Some(c) => c?,
+                None => break,
+            },
+        };
+        let texts = download::dataset::text_column_from(&df, &file, first, &o.column, "--column")?;
+        let pairs = match &o.pair_column {
+            Some(c) => Some(download::dataset::text_column_from(&df, &file, first, c, "--pair-column")?),
+            None => None,
+        };
+        let t = Instant::now();
+        let examples = encode(&tk, &texts, pairs.as_deref(), &params, first)?;
+        tokenize_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let pred = model::infer::predict(&m, &objective, &examples, o.batch_size, pad_id, device, &mut |n| {
+            if rows_total.is_some() {
+                progress.tick((rows + n) as u64);
+            }
+        })
+        .map_err(|e| e.explain("prediction", "--batch-size"))?;
+        seconds += t.elapsed().as_secs_f64();
+        for c in output_columns(src.task, &src.names, &pred, threshold) {
+            df.with_column(c).context("adding the prediction columns")?;
+        }
+        out.write(&mut df)?;
+        rows += texts.len();
+        tokens += pred.tokens;
+        if rows_total.is_none() {
+            progress.tick(chunks.bytes_read);
+        }
     }
-    table::write(&mut df, &o.out, format)?;
+    progress.finish();
+    out.finish()?;
     Ok(Summary {
         model: src.what.clone(),
-        rows: texts.len(),
-        tokens: pred.tokens,
+        rows,
+        tokens,
         tokenize_seconds,
         seconds,
-        examples_per_second: texts.len() as f64 / (tokenize_seconds + seconds).max(1e-9),
+        examples_per_second: rows as f64 / (tokenize_seconds + seconds).max(1e-9),
         device: model::device::describe(device),
         threshold: (src.task == Task::MultiLabel).then_some(threshold),
         max_length: params.max_length,
@@ -230,15 +270,16 @@ fn tokenizer_max_length(dir: &Path) -> anyhow::Result<Option<usize>> {
     Ok(v.get("model_max_length").and_then(serde_json::Value::as_u64).filter(|&n| n < 1 << 24).map(|n| n as usize))
 }
 
-/// Every text (and its second text) tokenized in parallel; a failure names the row.
-fn encode(tk: &tokenize::tok::Tok, texts: &[String], pairs: Option<&[String]>, p: &TokenizeParams) -> anyhow::Result<shards::Unlabelled> {
+/// Every text (and its second text) tokenized in parallel; a failure names the row (the chunk's
+/// first row is the file's row `first`).
+fn encode(tk: &tokenize::tok::Tok, texts: &[String], pairs: Option<&[String]>, p: &TokenizeParams, first: usize) -> anyhow::Result<shards::Unlabelled> {
     let encoded: Vec<anyhow::Result<tokenize::tok::Encoded>> = match pairs {
         Some(second) => texts.par_iter().zip(second).map(|(a, b)| tk.encode_pair(a, b, p)).collect(),
         None => texts.par_iter().map(|t| tk.encode(t, p).map(|(ids, full)| tokenize::tok::Encoded { ids, types: None, full })).collect(),
     };
     let mut out = shards::Unlabelled::new(pairs.is_some());
     for (row, e) in encoded.into_iter().enumerate() {
-        let e = e.with_context(|| format!("row {row}"))?;
+        let e = e.with_context(|| format!("row {}", first + row))?;
         out.push(&e.ids, e.types.as_deref());
     }
     Ok(out)

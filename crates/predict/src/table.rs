@@ -62,33 +62,84 @@ pub fn check_names(df: &DataFrame, input: &Path, added: &[String]) -> anyhow::Re
     Ok(())
 }
 
-/// Writes `df` to `out` in `format`. CSV and TSV cannot hold lists, so list columns (the label
-/// sets of multi-label predictions) are written there as JSON arrays (`["a","b"]`).
+/// Writes `df` to `out` in `format` (what [`Writer`] does with one chunk).
 pub fn write(df: &mut DataFrame, out: &Path, format: Format) -> anyhow::Result<()> {
-    let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = parent_dir(out).join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write_to(df, &tmp, format).and_then(|()| std::fs::rename(&tmp, out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display())));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut w = Writer::create(out, format)?;
+    w.write(df)?;
+    w.finish()
 }
 
-fn write_to(df: &mut DataFrame, path: &Path, format: Format) -> anyhow::Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let what = || format!("writing {}", path.display());
-    match format {
-        Format::Parquet => {
-            ParquetWriter::new(&mut f).finish(df).with_context(what)?;
+/// The output file written a chunk of rows at a time, under a temporary name in `out`'s
+/// directory (`.NAME.tmp-PID`) that [`Writer::finish`] renames to `out`: a run that fails or is
+/// killed leaves no partial output under the real name (and a failed one removes its temporary
+/// file).
+pub struct Writer {
+    out: PathBuf,
+    tmp: PathBuf,
+    format: Format,
+    file: Option<std::fs::File>,
+    parquet: Option<polars::io::parquet::write::BatchedWriter<std::fs::File>>,
+    chunks: usize,
+    finished: bool,
+}
+
+impl Writer {
+    pub fn create(out: &Path, format: Format) -> anyhow::Result<Writer> {
+        let name = out.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let tmp = parent_dir(out).join(format!(".{name}.tmp-{}", std::process::id()));
+        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Writer { out: out.to_path_buf(), tmp, format, file: Some(file), parquet: None, chunks: 0, finished: false })
+    }
+
+    /// Appends a chunk of rows (every chunk with the same columns). CSV and TSV cannot hold
+    /// lists, so list columns (the label sets of multi-label predictions) are written there as
+    /// JSON arrays (`["a","b"]`).
+    pub fn write(&mut self, df: &mut DataFrame) -> anyhow::Result<()> {
+        let what = || format!("writing {}", self.tmp.display());
+        let Some(f) = self.file.as_mut() else { bail!("{}: written after it was finished", self.out.display()) };
+        match self.format {
+            Format::Parquet => {
+                if self.parquet.is_none() {
+                    let handle = f.try_clone().with_context(what)?;
+                    self.parquet = Some(ParquetWriter::new(handle).batched(df.schema()).with_context(what)?);
+                }
+                if let Some(w) = self.parquet.as_mut() {
+                    df.as_single_chunk();
+                    w.write_batch(df).with_context(what)?;
+                }
+            }
+            Format::JsonLines => JsonWriter::new(&mut *f).with_json_format(JsonFormat::JsonLines).finish(df).with_context(what)?,
+            Format::Csv | Format::Tsv => {
+                let mut flat = lists_as_json(df)?;
+                let sep = if self.format == Format::Csv { b',' } else { b'\t' };
+                CsvWriter::new(&mut *f).include_header(self.chunks == 0).with_separator(sep).finish(&mut flat).with_context(what)?;
+            }
         }
-        Format::JsonLines => JsonWriter::new(&mut f).with_json_format(JsonFormat::JsonLines).finish(df).with_context(what)?,
-        Format::Csv | Format::Tsv => {
-            let mut flat = lists_as_json(df)?;
-            let sep = if format == Format::Csv { b',' } else { b'\t' };
-            CsvWriter::new(&mut f).include_header(true).with_separator(sep).finish(&mut flat).with_context(what)?;
+        self.chunks += 1;
+        Ok(())
+    }
+
+    /// Completes the file and gives it its name.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        let what = format!("writing {}", self.tmp.display());
+        if let Some(w) = self.parquet.take() {
+            w.finish().with_context(|| what.clone())?;
+        }
+        if let Some(f) = self.file.take() {
+            f.sync_all().with_context(|| what.clone())?;
+        }
+        std::fs::rename(&self.tmp, &self.out).with_context(|| format!("renaming {} to {}", self.tmp.display(), self.out.display()))?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.tmp);
         }
     }
-    f.sync_all().with_context(what)
 }
 
 /// `df` with every list-of-strings column as a JSON-array text column; other nested columns are
