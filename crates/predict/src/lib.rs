@@ -105,32 +105,14 @@ pub fn run_chunked(o: &Options, chunking: download::chunks::Chunking) -> anyhow:
     check_pairs(&src, o.pair_column.is_some())?;
     table::check_names(&df, &o.input, &added_columns(src.task, &src.names))?;
     let mut pending = Some((first, df));
-    let device = model::device::resolve(&o.device)?;
-    let m = load_model(&src, o.precision, device)?;
-    let tk = tokenize::tok::load(&src.tokenizer_dir)?;
-    check_vocabulary(&tk, &m, &src)?;
-    let params = settings(&src, o.max_length, m.max_length())?;
-    let pad_id = src.tokenize.as_ref().map_or(tk.pad_id, |t| t.pad_id);
-    let objective = match src.task {
-        Task::SingleLabel => Objective::single_label(None, 0.0, device),
-        Task::MultiLabel => Objective::multi_label(None, device),
-        Task::Regression => Objective::Regression,
-    };
-    let threshold = match (o.threshold, &src.tuned_threshold) {
-        (Some(t), _) => t,
-        (None, Some((t, how))) if src.task == Task::MultiLabel => {
-            eprintln!("multi-label threshold {t} ({how}; --threshold to choose another)");
-            *t
-        }
-        _ => 0.5,
-    };
+    let p = Predictor::load(o, &src, file)?;
     let rows_total = chunks.parquet_rows();
     let progress = match rows_total {
         Some(n) => artifact::Progress::new("examples", n as u64, 0),
-        None => artifact::Progress::bytes(&format!("reading {file}"), chunks.bytes),
+        None => artifact::Progress::bytes(&format!("reading {}", p.file), chunks.bytes),
     };
     let mut out = table::Writer::create(&o.out, format)?;
-    let (mut rows, mut tokens, mut tokenize_seconds, mut seconds) = (0usize, 0usize, 0.0, 0.0);
+    let mut totals = Totals::default();
     loop {
         let (first, mut df) = match pending.take() {
             Some(c) => c,
@@ -139,34 +121,20 @@ pub fn run_chunked(o: &Options, chunking: download::chunks::Chunking) -> anyhow:
                 None => break,
             },
         };
-        let texts = download::dataset::text_column_from(&df, &file, first, &o.column, "--column")?;
-        let pairs = match &o.pair_column {
-            Some(c) => Some(download::dataset::text_column_from(&df, &file, first, c, "--pair-column")?),
-            None => None,
-        };
-        let t = Instant::now();
-        let examples = encode(&tk, &texts, pairs.as_deref(), &params, first)?;
-        tokenize_seconds += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let pred = model::infer::predict(&m, &objective, &examples, o.batch_size, pad_id, device, &mut |n| {
+        let before = totals.rows;
+        p.chunk(first, &mut df, &mut totals, &mut |n| {
             if rows_total.is_some() {
-                progress.tick((rows + n) as u64);
+                progress.tick((before + n) as u64);
             }
-        })
-        .map_err(|e| e.explain("prediction", "--batch-size"))?;
-        seconds += t.elapsed().as_secs_f64();
-        for c in output_columns(src.task, &src.names, &pred, threshold) {
-            df.with_column(c).context("adding the prediction columns")?;
-        }
+        })?;
         out.write(&mut df)?;
-        rows += texts.len();
-        tokens += pred.tokens;
         if rows_total.is_none() {
             progress.tick(chunks.bytes_read);
         }
     }
     progress.finish();
     out.finish()?;
+    let Totals { rows, tokens, tokenize_seconds, seconds } = totals;
     Ok(Summary {
         model: src.what.clone(),
         rows,
@@ -174,11 +142,87 @@ pub fn run_chunked(o: &Options, chunking: download::chunks::Chunking) -> anyhow:
         tokenize_seconds,
         seconds,
         examples_per_second: rows as f64 / (tokenize_seconds + seconds).max(1e-9),
-        device: model::device::describe(device),
-        threshold: (src.task == Task::MultiLabel).then_some(threshold),
-        max_length: params.max_length,
+        device: model::device::describe(p.device),
+        threshold: (src.task == Task::MultiLabel).then_some(p.threshold),
+        max_length: p.params.max_length,
         out: o.out.clone(),
     })
+}
+
+/// What predicting a chunk needs: the model, its tokenizer and tokenize settings, the
+/// objective whose outputs are read, the multi-label threshold, and the options.
+struct Predictor<'a> {
+    o: &'a Options,
+    src: &'a source::Source,
+    /// The input's name, for errors.
+    file: String,
+    device: tch::Device,
+    m: model::Model,
+    tk: tokenize::tok::Tok,
+    params: TokenizeParams,
+    pad_id: u32,
+    objective: Objective,
+    threshold: f64,
+}
+
+/// What the chunks predicted so far add up to.
+#[derive(Default)]
+struct Totals {
+    rows: usize,
+    tokens: usize,
+    tokenize_seconds: f64,
+    seconds: f64,
+}
+
+impl<'a> Predictor<'a> {
+    /// Loads the model and its tokenizer, and settles how texts are tokenized and, for
+    /// multi-label, the threshold (saying which when an evaluation tuned it).
+    fn load(o: &'a Options, src: &'a source::Source, file: String) -> anyhow::Result<Predictor<'a>> {
+        let device = model::device::resolve(&o.device)?;
+        let m = load_model(src, o.precision, device)?;
+        let tk = tokenize::tok::load(&src.tokenizer_dir)?;
+        check_vocabulary(&tk, &m, src)?;
+        let params = settings(src, o.max_length, m.max_length())?;
+        let pad_id = src.tokenize.as_ref().map_or(tk.pad_id, |t| t.pad_id);
+        let objective = match src.task {
+            Task::SingleLabel => Objective::single_label(None, 0.0, device),
+            Task::MultiLabel => Objective::multi_label(None, device),
+            Task::Regression => Objective::Regression,
+        };
+        let threshold = match (o.threshold, &src.tuned_threshold) {
+            (Some(t), _) => t,
+            (None, Some((t, how))) if src.task == Task::MultiLabel => {
+                eprintln!("multi-label threshold {t} ({how}; --threshold to choose another)");
+                *t
+            }
+            _ => 0.5,
+        };
+        Ok(Predictor { o, src, file, device, m, tk, params, pad_id, objective, threshold })
+    }
+
+    /// Predicts a chunk (its first row is the file's row `first`) and adds the prediction
+    /// columns to it; `done(n)` follows the chunk's inference.
+    fn chunk(&self, first: usize, df: &mut DataFrame, totals: &mut Totals, done: &mut dyn FnMut(usize)) -> anyhow::Result<()> {
+        let o = self.o;
+        let texts = download::dataset::text_column_from(df, &self.file, first, &o.column, "--column")?;
+        let pairs = match &o.pair_column {
+            Some(c) => Some(download::dataset::text_column_from(df, &self.file, first, c, "--pair-column")?),
+            None => None,
+        };
+        let t = Instant::now();
+        let examples = encode(&self.tk, &texts, pairs.as_deref(), &self.params, first)?;
+        totals.tokenize_seconds += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let pred = model::infer::predict(&self.m, &self.objective, &examples, o.batch_size, self.pad_id, self.device, done)
+            .map_err(|e| e.explain("prediction", "--batch-size"))?;
+        totals.seconds += t.elapsed().as_secs_f64();
+        for c in output_columns(self.src.task, &self.src.names, &pred, self.threshold) {
+            df.with_column(c).context("adding the prediction columns")?;
+        }
+        totals.rows += texts.len();
+        totals.tokens += pred.tokens;
+        Ok(())
+    }
 }
 
 /// A model trained on pairs needs a second text, one trained on single texts refuses it.
