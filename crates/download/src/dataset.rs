@@ -141,6 +141,11 @@ fn show_rows(rows: &[usize]) -> String {
     format!("{}{more}", shown.join(", "))
 }
 
+/// A frame's column names, for errors (built only when one is made: every chunk is checked).
+fn column_names(df: &DataFrame) -> Vec<String> {
+    df.get_column_names().iter().map(|c| c.to_string()).collect()
+}
+
 /// The row numbers where a column is null, counting from `first` (the chunk's first row in its
 /// file).
 fn null_rows<T>(values: impl Iterator<Item = Option<T>>, first: usize) -> Vec<usize> {
@@ -151,8 +156,7 @@ fn null_rows<T>(values: impl Iterator<Item = Option<T>>, first: usize) -> Vec<us
 /// the column, the rows (counting from `first`) and `setting`, what chooses the column
 /// (`download.columns.text`, `--column`).
 fn checked_text<'a>(df: &'a DataFrame, file: &str, first: usize, name: &str, setting: &str) -> anyhow::Result<&'a StringChunked> {
-    let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
-    let col = df.column(name).map_err(|_| anyhow::anyhow!("{file}: no column `{name}` ({setting}); columns present: {cols:?} (set {setting} to one of them)"))?;
+    let col = df.column(name).map_err(|_| anyhow::anyhow!("{file}: no column `{name}` ({setting}); columns present: {:?} (set {setting} to one of them)", column_names(df)))?;
     let ca = col.str().map_err(|_| anyhow::anyhow!("{file}: column `{name}` ({setting}) has type {}, expected text (utf8)", col.dtype()))?;
     let nulls = null_rows(ca.iter(), first);
     if !nulls.is_empty() {
@@ -189,11 +193,10 @@ pub fn read_labels(df: &DataFrame, file: &str, first: usize, p: &DownloadParams)
     if let Some(c) = &p.columns.text_pair {
         checked_text(df, file, first, c, "download.columns.text_pair")?;
     }
-    let cols: Vec<String> = df.get_column_names().iter().map(|c| c.to_string()).collect();
     let name = &p.columns.label;
     let label_col = df
         .column(name)
-        .map_err(|_| anyhow::anyhow!("{file}: no label column `{name}`; columns present: {cols:?} (set download.columns.label in the pipeline)"))?;
+        .map_err(|_| anyhow::anyhow!("{file}: no label column `{name}`; columns present: {:?} (set download.columns.label in the pipeline)", column_names(df)))?;
     let nulls = null_rows((0..label_col.len()).map(|i| label_col.get(i).ok().filter(|v| !v.is_null())), first);
     if !nulls.is_empty() {
         bail!("{file}: label column `{name}` is null in rows {}; drop or fill those rows", show_rows(&nulls));

@@ -14,7 +14,7 @@ pub fn permutation(n: usize, seed: u64) -> Vec<usize> {
 
 /// [`permutation`] as 32-bit indices (the same order: a shuffle's swaps depend on the length
 /// alone), half the memory for the millions of examples an epoch orders.
-fn permutation_u32(n: usize, seed: u64) -> Vec<u32> {
+pub fn permutation_u32(n: usize, seed: u64) -> Vec<u32> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let mut v: Vec<u32> = (0..n as u32).collect();

@@ -232,7 +232,8 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let lengths = job.train.lengths();
     let pool = match p.max_train_examples {
         Some(n) if n < n_train => {
-            let mut pick: Vec<u32> = crate::batches::permutation(n_train, p.seed).into_iter().take(n).map(|i| i as u32).collect();
+            let mut pick = crate::batches::permutation_u32(n_train, p.seed);
+            pick.truncate(n);
             pick.sort_unstable();
             crate::batches::Pool::Some(pick)
         }
