@@ -227,6 +227,10 @@ impl Family for BertConfig {
         flops_per_token(self.num_hidden_layers, self.hidden_size, 2.0 * (self.hidden_size * self.intermediate_size) as f64, seq)
     }
 
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &["query", "value"]
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
@@ -351,17 +355,15 @@ impl Layer {
     fn forward(&self, w: &Weights, hq: &Tensor, first_only: bool, h: &Tensor, x: &Inputs, train: bool) -> Tensor {
         let (nh, d) = (self.d.heads, &self.d);
         let [wq, wk, wv] = &self.qkv;
-        let (q, k, v) = match w.fused(self.fused) {
-            // One product for all three; `heads_fused` splits it after scattering it once.
-            Some((wt, b)) if !first_only => {
-                let [q, k, v] = x.heads_fused::<3>(&h.to_kind(w.compute()).linear(wt, b), nh);
+        // One product for all three (the keys and values alone when the query is [CLS]'s), which
+        // `heads_fused` splits after scattering it once; in fp32 the parts run one by one.
+        let (q, k, v) = match w.fused(self.fused, h, usize::from(first_only)) {
+            Some(qkv) if !first_only => {
+                let [q, k, v] = x.heads_fused::<3>(&qkv, nh);
                 (q, k, v)
             }
-            // The query of [CLS] rows alone, then keys and values as one product.
-            Some((wt, b)) => {
-                let hs = d.hidden;
+            Some(kv) => {
                 let q = w.linear(wq, hq).view([x.rows, 1, nh, -1]).transpose(1, 2);
-                let kv = h.to_kind(w.compute()).linear(&wt.narrow(0, hs, 2 * hs), b.map(|b| b.narrow(0, hs, 2 * hs)).as_ref());
                 let [k, v] = x.heads_fused::<2>(&kv, nh);
                 (q, k, v)
             }

@@ -158,6 +158,10 @@ impl Family for DistilBertConfig {
         crate::bert::flops_per_token(self.n_layers, self.dim, 2.0 * (self.dim * self.hidden_dim) as f64, seq)
     }
 
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &["q_lin", "v_lin"]
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }

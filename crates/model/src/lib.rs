@@ -20,6 +20,7 @@ pub mod distilbert;
 pub mod dropout;
 pub mod infer;
 pub mod inputs;
+pub mod lora;
 pub mod loss;
 pub mod modernbert;
 pub mod nn;
@@ -62,6 +63,8 @@ pub trait Family: Send + Sync + std::fmt::Debug {
     fn prefix(&self) -> params::Prefix;
     /// Forward matrix-product FLOPs per token at sequence length `seq` (for MFU).
     fn flops_per_token(&self, seq: f64) -> f64;
+    /// The linear layers LoRA adapts by default (PEFT's defaults where it has them).
+    fn lora_targets(&self) -> &'static [&'static str];
     /// The typed config as JSON, defaults filled in.
     fn to_json(&self) -> Value;
 }
@@ -121,7 +124,18 @@ impl Config {
     pub fn layout(&self, num_labels: i64) -> (nn::Layout, Box<dyn nn::Network>) {
         let mut b = nn::Builder::new();
         let net = self.family.build(&mut b, num_labels);
-        (b.finish(), net)
+        let (layout, _) = b.finish(self.family.prefix().base).expect("a layout without LoRA always finishes");
+        (layout, net)
+    }
+
+    /// [`Config::layout`] with LoRA adapters as `lora` asks (and what it resolved to); a
+    /// target or module that names nothing in this family is an error naming it.
+    pub fn layout_lora(&self, num_labels: i64, lora: &lora::Spec) -> anyhow::Result<(nn::Layout, Box<dyn nn::Network>, lora::Resolved)> {
+        let mut b = nn::Builder::with_lora(lora::Plan::new(lora, self.family.lora_targets()));
+        let net = self.family.build(&mut b, num_labels);
+        let (layout, resolved) = b.finish(self.family.prefix().base)?;
+        let resolved = resolved.ok_or_else(|| anyhow::anyhow!("the layout lost its LoRA plan"))?;
+        Ok((layout, net, resolved))
     }
 
     /// The config.json shipped with trained weights: the base config (its own fields, then the
@@ -164,6 +178,8 @@ pub struct Model {
     pub params: Params,
     /// `Kind::Float` (fp32) or `Kind::BFloat16` (bf16 compute over fp32 master weights).
     pub compute: Kind,
+    /// What `train.lora` resolved to; `None`: a full fine-tune (every parameter trains).
+    pub lora: Option<lora::Resolved>,
     net: Box<dyn nn::Network>,
 }
 
@@ -191,7 +207,7 @@ pub struct LoadReport {
 impl Model {
     /// Logits `(rows, num_labels)` in fp32.
     pub fn forward(&self, x: &Inputs, train: bool) -> Tensor {
-        self.net.forward(&nn::Weights::new(self), x, train)
+        self.net.forward(&nn::Weights::new(self).training(train), x, train)
     }
 
     /// The model for a run of inference passes while its weights stay put (use it under
@@ -217,17 +233,36 @@ impl Model {
 
     /// A model with random weights (HF's initialization), from a config alone.
     pub fn random(config: impl Into<Config>, num_labels: i64, device: tch::Device, seed: u64) -> anyhow::Result<Model> {
-        let config = config.into();
+        Model::new(config.into(), num_labels, None, device, seed)
+    }
+
+    /// A model with random weights and, when `lora` is given, LoRA adapters over a frozen base
+    /// (the adapters' `B` is zero, so it computes what the base computes).
+    pub fn new(config: Config, num_labels: i64, lora: Option<&lora::Spec>, device: tch::Device, seed: u64) -> anyhow::Result<Model> {
         config.family().check()?;
-        let (layout, net) = config.layout(num_labels);
+        let (layout, net, lora) = match lora {
+            Some(spec) => {
+                let (layout, net, resolved) = config.layout_lora(num_labels, spec)?;
+                (layout, net, Some(resolved))
+            }
+            None => {
+                let (layout, net) = config.layout(num_labels);
+                (layout, net, None)
+            }
+        };
         let params = Params::init(&layout, device, seed);
-        Ok(Model { config, num_labels, params, compute: Kind::Float, net })
+        Ok(Model { config, num_labels, params, compute: Kind::Float, lora, net })
     }
 
     /// A model from a Hugging Face safetensors file; missing head weights are initialized as
     /// HF does and reported.
     pub fn load(config: impl Into<Config>, num_labels: i64, weights: &Path, device: tch::Device, seed: u64) -> anyhow::Result<(Model, LoadReport)> {
-        let mut m = Model::random(config, num_labels, device, seed)?;
+        Model::load_with(config.into(), num_labels, None, weights, device, seed)
+    }
+
+    /// [`Model::load`], with LoRA adapters over the loaded weights when `lora` is given.
+    pub fn load_with(config: Config, num_labels: i64, lora: Option<&lora::Spec>, weights: &Path, device: tch::Device, seed: u64) -> anyhow::Result<(Model, LoadReport)> {
+        let mut m = Model::new(config, num_labels, lora, device, seed)?;
         let report = m.params.load_hf(weights, m.config.family().prefix())?;
         Ok((m, report))
     }
@@ -380,6 +415,135 @@ mod tests {
                 assert_close(&ga, &gb, 1e-5, &format!("{} gradients", c.model_type));
             }
         }
+    }
+
+    fn lora(dropout: f64) -> lora::Spec {
+        lora::Spec { r: 4, alpha: 8.0, dropout, targets: lora::Targets::Default, modules_to_save: Vec::new() }
+    }
+
+    /// Gives every adapter's `B` (zero at init) random values, so the update is not zero.
+    fn perturb_adapters(m: &Model) {
+        tch::no_grad(|| {
+            for a in m.params.adapters() {
+                let mut b = m.params.tensors[a.b].shallow_clone();
+                b.copy_(&b.randn_like());
+            }
+        });
+    }
+
+    /// LoRA starts at the base (B = 0, and the base and head values are those of a full
+    /// fine-tune with the seed; equal up to summation order, the weights sitting at other
+    /// offsets of the flat buffer); once B moves, the adapted model computes what the merged
+    /// weights compute, in every family, packed and unpadded.
+    #[test]
+    fn lora_starts_at_the_base_and_equals_its_merged_weights() {
+        let _rng = torch_rng();
+        let (ids, mask) = batch();
+        let packed = inputs::upload(3, 12, &ids, None, Some(&mask), Device::Cpu);
+        let full = inputs::upload(1, 12, &ids[..12], None, None, Device::Cpu);
+        for c in tiny_configs() {
+            let base = Model::random(c.clone(), 3, Device::Cpu, 9).unwrap();
+            let m = Model::new(c.clone(), 3, Some(&lora(0.0)), Device::Cpu, 9).unwrap();
+            let adapted = m.lora.as_ref().unwrap().adapted.len();
+            assert_eq!(adapted, m.params.adapters().len());
+            assert!(adapted >= 2, "{}: {adapted} adapters", c.model_type);
+            for x in [&packed, &full] {
+                let (a, b) = tch::no_grad(|| (base.forward(x, false), m.forward(x, false)));
+                assert_close(&a, &b, 1e-6, &format!("{}: B = 0 must give the base logits", c.model_type));
+            }
+            perturb_adapters(&m);
+            let merged = Model::random(c.clone(), 3, Device::Cpu, 1).unwrap();
+            let assigned = merged.params.assign(&m.params.merged(), "merged").unwrap();
+            assert_eq!(assigned.len(), merged.params.len(), "{}: the merged weights are a plain model", c.model_type);
+            for x in [&packed, &full] {
+                let (a, b, o) = tch::no_grad(|| (m.forward(x, false), merged.forward(x, false), base.forward(x, false)));
+                assert_close(&a, &b, 1e-5, &format!("{} LoRA vs merged", c.model_type));
+                assert!((&a - &o).abs().max().double_value(&[]) > 1e-4, "{}: the update changes the logits", c.model_type);
+            }
+        }
+    }
+
+    /// Under LoRA only the adapters and the head get gradients (the base has none, in fp32 and
+    /// in bf16, whose frozen working copy is cast outside autograd); the trainable parameters
+    /// are a prefix of the flat buffer; a training pass with dropout differs from an eval pass.
+    #[test]
+    fn lora_gradients_reach_only_adapters_and_head() {
+        let _rng = torch_rng();
+        let (ids, mask) = batch();
+        let x = inputs::upload(3, 12, &ids, None, Some(&mask), Device::Cpu);
+        for c in tiny_configs() {
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let mut m = Model::new(c.clone(), 3, Some(&lora(0.0)), Device::Cpu, 3).unwrap();
+                m.compute = kind;
+                perturb_adapters(&m);
+                let (_, g) = pass(&Weights::new(&m).training(true), &x);
+                assert_eq!(g.numel() as i64, m.params.n_trainable());
+                let p = &m.params;
+                let trained: i64 = (0..p.len()).filter(|&i| p.trainable(i)).map(|i| p.tensors[i].numel() as i64).sum();
+                assert_eq!(trained, p.n_trainable());
+                assert!(trained * 4 < p.numel(), "{}: LoRA trains a small part", c.model_type);
+                for (i, (_, grad)) in p.grads().iter().enumerate() {
+                    let n = &p.names[i];
+                    assert_eq!(grad.is_some(), p.trainable(i), "{} {kind:?}: {n}", c.model_type);
+                    let head_or_lora = p.slots_head(i) || n.contains(".lora_");
+                    assert_eq!(p.trainable(i), head_or_lora, "{}: {n}", c.model_type);
+                }
+            }
+            let m = Model::new(c.clone(), 3, Some(&lora(0.5)), Device::Cpu, 3).unwrap();
+            perturb_adapters(&m);
+            let (train, eval) = tch::no_grad(|| (m.forward(&x, true), m.forward(&x, false)));
+            assert!(!train.equal(&eval), "{}: LoRA dropout applies in training", c.model_type);
+        }
+    }
+
+    /// bf16's fused query/key/value product adds each part's LoRA update to its own columns:
+    /// it equals the three products with their updates, for the whole group and for the keys
+    /// and values alone (the [CLS]-only last layer).
+    #[test]
+    fn fused_product_carries_lora_updates_on_their_parts() {
+        let _rng = torch_rng();
+        let c = tiny_configs().remove(0);
+        let mut m = Model::new(c, 3, Some(&lora(0.0)), Device::Cpu, 4).unwrap();
+        m.compute = Kind::BFloat16;
+        perturb_adapters(&m);
+        let w = Weights::new(&m);
+        let x = Tensor::randn([7, 32], (Kind::Float, Device::Cpu));
+        let group = m.params.fused()[0].clone();
+        assert!(group[0].lora.is_some() && group[1].lora.is_none() && group[2].lora.is_some());
+        for from in [0, 1] {
+            let fused = w.fused(nn::Fused(0), &x, from).unwrap().to_kind(Kind::Float);
+            let parts = Tensor::cat(&group[from..].iter().map(|l| w.linear(l, &x)).collect::<Vec<_>>(), 1).to_kind(Kind::Float);
+            assert_close(&fused, &parts, 2e-2, &format!("fused from part {from}"));
+        }
+    }
+
+    /// Targets and modules that name nothing are refused with the names that exist; a module
+    /// both adapted and saved is refused; `all-linear` adapts every encoder layer, never the head.
+    #[test]
+    fn lora_settings_are_checked_against_the_family() {
+        let c = tiny_configs().remove(0);
+        let with = |targets, save: &[&str]| {
+            let spec = lora::Spec { targets, modules_to_save: save.iter().map(|s| s.to_string()).collect(), ..lora(0.1) };
+            c.layout_lora(2, &spec).map(|(_, _, r)| r)
+        };
+        let e = with(lora::Targets::Names(vec!["q_proj".into()]), &[]).err().unwrap().to_string();
+        assert!(e.contains("`q_proj`") && e.contains("`query`") && e.contains("target_modules"), "{e}");
+        let e = with(lora::Targets::Default, &["poolr"]).err().unwrap().to_string();
+        assert!(e.contains("`poolr`") && e.contains("pooler, classifier"), "{e}");
+        let e = with(lora::Targets::Names(vec!["query".into()]), &["layer.0.attention"]).err().unwrap().to_string();
+        assert!(e.contains("both adapted"), "{e}");
+        let all = with(lora::Targets::AllLinear, &[]).unwrap();
+        assert_eq!(all.adapted.len(), 2 * 6, "q, k, v, attention output, intermediate, output per layer");
+        assert!(all.adapted.iter().all(|m| !m.contains("pooler") && m != "classifier"));
+        let r = with(lora::Targets::Default, &["LayerNorm"]).unwrap();
+        assert_eq!(r.modules_to_save, ["pooler", "classifier", "LayerNorm"]);
+        assert_eq!(r.target_modules, ["query", "value"]);
+        // `dense` would also match the pooler's layer for PEFT: the adapted paths are written.
+        let d = with(lora::Targets::Names(vec!["output.dense".into()]), &[]).unwrap();
+        assert_eq!(d.target_modules, ["output.dense"]);
+        let d = with(lora::Targets::Names(vec!["dense".into()]), &[]).unwrap();
+        assert_eq!(d.target_modules, d.adapted);
+        assert_eq!(d.adapted.len(), 2 * 3);
     }
 
     #[test]

@@ -276,6 +276,10 @@ impl Family for ModernBertConfig {
         crate::bert::flops_per_token(self.num_hidden_layers, self.hidden_size, 3.0 * (self.hidden_size * self.intermediate_size) as f64, seq)
     }
 
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &["Wqkv"]
+    }
+
     fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }

@@ -22,6 +22,8 @@ pub enum Init {
     /// DistilBERT's sinusoidal position table (`sinusoidal_pos_embds`; trained on from there, as
     /// in transformers 5).
     Sinusoidal,
+    /// Uniform in ±bound (LoRA's `lora_A`: PEFT's Kaiming-uniform, bound 1/√in).
+    Uniform(f64),
     Zeros,
     Ones,
 }
@@ -39,13 +41,31 @@ pub struct Slot {
     pub decay: bool,
     /// Part of the classification head: may be missing from a pretrained checkpoint.
     pub head: bool,
+    /// Trained (has a gradient and optimizer state); with LoRA only the adapters, the head and
+    /// `modules_to_save` are, the rest is the frozen base.
+    pub trainable: bool,
 }
 
-/// A linear layer: parameter indices of its weight `(out, in)` and bias.
+/// A linear layer: parameter indices of its weight `(out, in)` and bias, and its LoRA adapter
+/// (an index into [`Layout::adapters`]) when it has one.
 #[derive(Clone, Copy, Debug)]
 pub struct Linear {
     pub weight: usize,
     pub bias: Option<usize>,
+    pub lora: Option<usize>,
+}
+
+/// A LoRA update beside a linear layer: `dropout(x)·Aᵀ·Bᵀ·scale` is added to its output.
+#[derive(Clone, Copy, Debug)]
+pub struct Adapter {
+    /// The adapted layer's weight.
+    pub weight: usize,
+    /// `lora_A` `(r, in)` and `lora_B` `(out, r)`.
+    pub a: usize,
+    pub b: usize,
+    /// `alpha / r`.
+    pub scale: f64,
+    pub dropout: f64,
 }
 
 /// A LayerNorm over the last dimension (bias-free in ModernBERT).
@@ -95,6 +115,8 @@ pub struct Layout {
     pub slots: Vec<Slot>,
     /// Groups of linear layers (each with or without bias, all alike) fused in the working copy.
     pub fused: Vec<Vec<Linear>>,
+    /// LoRA adapters, by the number [`Linear::lora`] holds.
+    pub adapters: Vec<Adapter>,
 }
 
 /// Declares parameters as a family builds its modules (candle's `VarBuilder`, without the
@@ -103,11 +125,17 @@ pub struct Layout {
 pub struct Builder {
     layout: Layout,
     head: bool,
+    lora: Option<crate::lora::Plan>,
 }
 
 impl Builder {
     pub fn new() -> Builder {
         Builder::default()
+    }
+
+    /// A builder that gives the linear layers `plan` targets a LoRA adapter.
+    pub fn with_lora(plan: crate::lora::Plan) -> Builder {
+        Builder { lora: Some(plan), ..Builder::default() }
     }
 
     /// Declares the parameters that follow as part of the classification head (they may be
@@ -116,14 +144,24 @@ impl Builder {
         self.head = true;
     }
 
-    pub fn finish(self) -> Layout {
-        self.layout
+    /// The finished layout; with LoRA, the adapters' parameters appended and what trains marked
+    /// (`base`: the encoder's attribute, which head module names leave out), and what the LoRA
+    /// settings resolved to.
+    pub fn finish(self, base: &str) -> anyhow::Result<(Layout, Option<crate::lora::Resolved>)> {
+        let mut layout = self.layout;
+        match self.lora {
+            None => Ok((layout, None)),
+            Some(plan) => {
+                let resolved = plan.finish(&mut layout, base)?;
+                Ok((layout, Some(resolved)))
+            }
+        }
     }
 
     /// Declares one parameter; returns its index.
     fn param(&mut self, name: &str, shape: &[i64], init: Init, linear: bool, decay: bool) -> usize {
         let head = self.head;
-        self.layout.slots.push(Slot { name: name.to_string(), shape: shape.to_vec(), init, linear, decay, head });
+        self.layout.slots.push(Slot { name: name.to_string(), shape: shape.to_vec(), init, linear, decay, head, trainable: true });
         self.layout.slots.len() - 1
     }
 
@@ -136,7 +174,9 @@ impl Builder {
     pub fn linear(&mut self, name: &str, inp: i64, out: i64, bias: bool, init: Init) -> Linear {
         let weight = self.param(&format!("{name}.weight"), &[out, inp], init, true, true);
         let bias = bias.then(|| self.param(&format!("{name}.bias"), &[out], Init::Zeros, true, false));
-        Linear { weight, bias }
+        let head = self.head;
+        let lora = self.lora.as_mut().and_then(|p| p.declare(name, inp, out, weight, head));
+        Linear { weight, bias, lora }
     }
 
     /// `nn.LayerNorm(dim, eps, bias)` named `name`.
@@ -166,7 +206,9 @@ pub trait Network: Send + Sync {
 /// layers' masters concatenated and cast (two kernels), then split back into views; backward
 /// casts the working copy's gradient to fp32 once and hands each master its slice. Values and
 /// gradients are those of a cast at each use, which costs a cast kernel per weight forward and
-/// another backward (~300 launches a step at bert-base's shape).
+/// another backward (~300 launches a step at bert-base's shape). Frozen linear parameters (the
+/// base under LoRA) are not part of that copy: they are cast once, outside autograd, and kept
+/// with the parameters ([`Params::frozen_copy`]), so backward computes no gradient for them.
 ///
 /// The copy lays each [`Fused`] group's weights side by side (then their biases), so the fused
 /// product (query, key and value: `(3 hidden, hidden)`) is one more view of it: one matrix
@@ -177,43 +219,60 @@ pub struct Weights<'a> {
     cast: Vec<Option<Tensor>>,
     /// Per fused group, its weight and bias as one; `None`: the parts run one by one.
     fused: Vec<Option<(Tensor, Option<Tensor>)>>,
+    /// Training mode, in which LoRA's dropout applies ([`Weights::training`]).
+    train: bool,
 }
 
 impl<'a> Weights<'a> {
     pub fn new(m: &'a Model) -> Weights<'a> {
         let p = &m.params;
-        let mut w = Weights { m, cast: (0..p.len()).map(|_| None).collect(), fused: (0..p.fused().len()).map(|_| None).collect() };
+        let mut w = Weights { m, cast: (0..p.len()).map(|_| None).collect(), fused: (0..p.fused().len()).map(|_| None).collect(), train: false };
         if m.compute == Kind::Float {
             return w;
         }
-        // Params keeps the linear parameters in the order this copy needs (see Params::linear).
-        let order = p.linear();
-        let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
-        let flat: Vec<Tensor> = order.iter().map(|&i| p.tensors[i].view(-1)).collect();
-        let copy = Tensor::cat(&flat, 0).to_kind(m.compute);
-        let mut offset = vec![0i64; p.len()];
-        let mut at = 0;
-        for ((&i, part), n) in order.iter().zip(copy.split_with_sizes(sizes.as_slice(), 0)).zip(&sizes) {
-            w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
-            offset[i] = at;
-            at += n;
+        // Params keeps the linear parameters in the order this copy needs (see Params::linear);
+        // the trainable ones are cast in this pass's graph, the frozen ones come cast already.
+        let (trained, frozen): (Vec<usize>, Vec<usize>) = p.linear().iter().partition(|&&i| p.trainable(i));
+        let mut place = vec![(0usize, 0i64); p.len()];
+        let copies = [p.cast(&trained, m.compute), p.frozen_copy(&frozen, m.compute)];
+        for (buffer, (order, copy)) in [&trained, &frozen].into_iter().zip(&copies).enumerate() {
+            let sizes: Vec<i64> = order.iter().map(|&i| p.tensors[i].numel() as i64).collect();
+            let mut at = 0;
+            for ((&i, part), n) in order.iter().zip(copy.split_with_sizes(sizes.as_slice(), 0)).zip(&sizes) {
+                w.cast[i] = Some(part.view(p.tensors[i].size().as_slice()));
+                place[i] = (buffer, at);
+                at += n;
+            }
         }
-        // Each group's weights are contiguous in `copy`, and so are its biases.
+        // Each group's weights are contiguous in one copy, and so are its biases, when the whole
+        // group trains or none of it does; otherwise its parts run one by one.
         for (slot, group) in w.fused.iter_mut().zip(p.fused()) {
+            let members: Vec<usize> = group.iter().flat_map(|l| std::iter::once(l.weight).chain(l.bias)).collect();
+            let buffer = place[group[0].weight].0;
+            if members.iter().any(|&i| place[i].0 != buffer) {
+                continue;
+            }
+            let copy = &copies[buffer];
             let rows: i64 = group.iter().map(|l| p.tensors[l.weight].size()[0]).sum();
             let inp = p.tensors[group[0].weight].size()[1];
-            let weight = copy.narrow(0, offset[group[0].weight], rows * inp).view([rows, inp]);
-            let bias = group[0].bias.map(|b| copy.narrow(0, offset[b], rows));
+            let weight = copy.narrow(0, place[group[0].weight].1, rows * inp).view([rows, inp]);
+            let bias = group[0].bias.map(|b| copy.narrow(0, place[b].1, rows));
             *slot = Some((weight, bias));
         }
         w
+    }
+
+    /// These weights in training mode (LoRA's dropout applies) or not.
+    pub fn training(mut self, train: bool) -> Weights<'a> {
+        self.train = train;
+        self
     }
 
     /// Every weight cast at its use, the fused groups concatenated from those casts (the
     /// working copy's reference, for tests).
     #[cfg(test)]
     pub(crate) fn cast_at_use(m: &'a Model) -> Weights<'a> {
-        let mut w = Weights { m, cast: (0..m.params.len()).map(|_| None).collect(), fused: Vec::new() };
+        let mut w = Weights { m, cast: (0..m.params.len()).map(|_| None).collect(), fused: Vec::new(), train: false };
         w.fused = m
             .params
             .fused()
@@ -254,16 +313,49 @@ impl<'a> Weights<'a> {
         &self.m.params.tensors[i]
     }
 
-    /// `x · Wᵀ + b` in the compute dtype.
+    /// `x · Wᵀ + b` in the compute dtype, plus the layer's LoRA update when it has one.
     pub fn linear(&self, l: &Linear, x: &Tensor) -> Tensor {
         let b = l.bias.map(|b| self.get(b));
-        x.to_kind(self.m.compute).linear(&self.get(l.weight), b.as_ref())
+        let x = x.to_kind(self.m.compute);
+        let y = x.linear(&self.get(l.weight), b.as_ref());
+        match l.lora {
+            Some(k) => y + self.lora(k, &x),
+            None => y,
+        }
     }
 
-    /// A fused group's weight `(Σ out, in)` and bias, one view of the working copy; `None` in
-    /// fp32, where the masters are not contiguous per group (the parts then run one by one).
-    pub fn fused(&self, f: Fused) -> Option<(&Tensor, Option<&Tensor>)> {
-        self.fused[f.0].as_ref().map(|(w, b)| (w, b.as_ref()))
+    /// Adapter `k`'s update for the input `x` (in the compute dtype):
+    /// `dropout(x)·Aᵀ·Bᵀ·scale`, as PEFT's `lora_B(lora_A(dropout(x))) * scaling`.
+    fn lora(&self, k: usize, x: &Tensor) -> Tensor {
+        let a = &self.m.params.adapters()[k];
+        let down = dropout(x, a.dropout, self.train).linear::<&Tensor>(&self.get(a.a), None);
+        down.linear::<&Tensor>(&self.get(a.b), None) * a.scale
+    }
+
+    /// A fused group's product over `x` for its parts from `from` on (0: all of them; 1: the
+    /// key and value of a query/key/value group), as one matrix product over a view of the
+    /// working copy, with the parts' LoRA updates beside their columns. `None` where the
+    /// parts run one by one (fp32, where the masters are not contiguous per group).
+    pub fn fused(&self, f: Fused, x: &Tensor, from: usize) -> Option<Tensor> {
+        let (wt, b) = self.fused[f.0].as_ref()?;
+        let group = &self.m.params.fused()[f.0];
+        let rows: Vec<i64> = group.iter().map(|l| self.m.params.tensors[l.weight].size()[0]).collect();
+        let (start, n): (i64, i64) = (rows[..from].iter().sum(), rows[from..].iter().sum());
+        let x = x.to_kind(self.m.compute);
+        let y = x.linear(&wt.narrow(0, start, n), b.as_ref().map(|b| b.narrow(0, start, n)).as_ref());
+        let parts = &group[from..];
+        if parts.iter().all(|l| l.lora.is_none()) {
+            return Some(y);
+        }
+        let updates: Vec<Tensor> = parts
+            .iter()
+            .zip(&rows[from..])
+            .map(|(l, &r)| match l.lora {
+                Some(k) => self.lora(k, &x),
+                None => Tensor::zeros([x.size()[0], r], (x.kind(), x.device())),
+            })
+            .collect();
+        Some(y + Tensor::cat(&updates, 1))
     }
 
     /// LayerNorm in fp32 over fp32 masters, as under autocast.

@@ -8,14 +8,15 @@ use std::path::Path;
 use anyhow::{bail, Context as _};
 use tch::{Device, Kind, Tensor};
 
-use crate::nn::{Init, Layout, Linear, Slot};
+use crate::nn::{Adapter, Init, Layout, Linear, Slot};
 use crate::LoadReport;
 
 /// Parameters in a fixed order (the order HF lists them), each a leaf tensor requiring grad.
 ///
-/// All of them are views of one flat fp32 buffer ([`Params::flat`]), weight-decayed parameters
-/// first, so an optimizer updates every parameter with a handful of kernels on the flat buffer
-/// instead of a dozen per parameter.
+/// All of them are views of one flat fp32 buffer ([`Params::flat`]): the trainable parameters
+/// first (weight-decayed ones first among them), then the frozen ones (the base under LoRA), so
+/// an optimizer updates every trainable parameter with a handful of kernels on a prefix of the
+/// flat buffer instead of a dozen per parameter, and holds state for that prefix only.
 pub struct Params {
     pub names: Vec<String>,
     pub tensors: Vec<Tensor>,
@@ -24,6 +25,8 @@ pub struct Params {
     slots: Vec<Slot>,
     /// Fused groups of linear layers (see [`crate::nn::Fused`]).
     fused: Vec<Vec<Linear>>,
+    /// LoRA adapters (see [`crate::lora`]).
+    adapters: Vec<Adapter>,
     /// Indices of the linear layers' weights and biases, in the order of [`Params::linear`].
     linear: Vec<usize>,
     flat: Tensor,
@@ -33,6 +36,11 @@ pub struct Params {
     flat_order: Vec<usize>,
     /// Elements of `flat` that get weight decay (a prefix).
     n_decay: i64,
+    /// Elements of `flat` that train (a prefix; all of them without LoRA).
+    n_trainable: i64,
+    /// The frozen linear parameters cast for the compute dtype once (see
+    /// [`Params::frozen_copy`]); cleared when values are assigned.
+    frozen_cast: std::sync::Mutex<Option<(Kind, Tensor)>>,
     /// Holds every parameter only for [`Params::zero_grad`]: libtorch's `Optimizer::zero_grad`
     /// is the one call tch exposes that resets gradients to undefined. Never stepped.
     grad_reset: tch::COptimizer,
@@ -70,6 +78,7 @@ fn init_value(slot: &Slot) -> Tensor {
             let even = Tensor::arange(dim, (Kind::Int64, Device::Cpu)).remainder(2).eq(0);
             angle.sin().where_self(&even.unsqueeze(0), &angle.cos())
         }
+        Init::Uniform(bound) => Tensor::rand(shape, cpu) * (2.0 * bound) - bound,
         Init::Zeros => Tensor::zeros(shape, cpu),
         Init::Ones => Tensor::ones(shape, cpu),
     }
@@ -112,17 +121,24 @@ impl Params {
         let slots = layout.slots.clone();
         let names: Vec<String> = slots.iter().map(|s| s.name.clone()).collect();
         let values: Vec<Tensor> = tch::no_grad(|| slots.iter().map(init_value).collect());
-        // Flat order: decayed parameters first, each group in layout order.
-        let mut flat_order: Vec<usize> = (0..names.len()).filter(|&i| slots[i].decay).collect();
-        flat_order.extend((0..names.len()).filter(|&i| !slots[i].decay));
+        // Flat order: trainable decayed, trainable not decayed, frozen; each in layout order.
+        let group = |i: usize| match (slots[i].trainable, slots[i].decay) {
+            (true, true) => 0,
+            (true, false) => 1,
+            (false, _) => 2,
+        };
+        let mut flat_order: Vec<usize> = (0..names.len()).collect();
+        flat_order.sort_by_key(|&i| group(i));
         let mut offsets = vec![0i64; names.len()];
-        let mut at = 0i64;
-        let mut n_decay = 0i64;
+        let (mut at, mut n_decay, mut n_trainable) = (0i64, 0i64, 0i64);
         for &i in &flat_order {
             offsets[i] = at;
             at += values[i].numel() as i64;
-            if slots[i].decay {
+            if group(i) == 0 {
                 n_decay = at;
+            }
+            if group(i) < 2 {
+                n_trainable = at;
             }
         }
         let ordered: Vec<Tensor> = flat_order.iter().map(|&i| values[i].view(-1)).collect();
@@ -130,7 +146,7 @@ impl Params {
         let tensors: Vec<Tensor> = (0..names.len())
             .map(|i| {
                 let n = values[i].numel() as i64;
-                flat.narrow(0, offsets[i], n).view(slots[i].shape.as_slice()).detach().set_requires_grad(true)
+                flat.narrow(0, offsets[i], n).view(slots[i].shape.as_slice()).detach().set_requires_grad(slots[i].trainable)
             })
             .collect();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
@@ -139,7 +155,22 @@ impl Params {
             grad_reset.add_parameters(t, 0).expect("libtorch takes a parameter");
         }
         let linear = Params::linear_order(layout);
-        Params { names, tensors, index, slots, fused: layout.fused.clone(), linear, flat, offsets, flat_order, n_decay, grad_reset }
+        Params {
+            names,
+            tensors,
+            index,
+            slots,
+            fused: layout.fused.clone(),
+            adapters: layout.adapters.clone(),
+            linear,
+            flat,
+            offsets,
+            flat_order,
+            n_decay,
+            n_trainable,
+            frozen_cast: std::sync::Mutex::new(None),
+            grad_reset,
+        }
     }
 
     /// The flat fp32 buffer every parameter is a view of.
@@ -158,7 +189,28 @@ impl Params {
         buffer.narrow(0, self.offsets[i], t.numel() as i64).view(t.size().as_slice())
     }
 
-    /// The gradients, laid out like [`Params::flat`] (zeros where a parameter has none), in fp32.
+    /// Elements at the start of [`Params::flat`] that train (every element without LoRA).
+    pub fn n_trainable(&self) -> i64 {
+        self.n_trainable
+    }
+
+    /// Whether parameter `i` belongs to the classification head.
+    pub fn slots_head(&self, i: usize) -> bool {
+        self.slots[i].head
+    }
+
+    /// Whether parameter `i` trains.
+    pub fn trainable(&self, i: usize) -> bool {
+        self.slots[i].trainable
+    }
+
+    /// The LoRA adapters (empty for a full fine-tune).
+    pub fn adapters(&self) -> &[Adapter] {
+        &self.adapters
+    }
+
+    /// The trainable parameters' gradients, laid out like the first [`Params::n_trainable`]
+    /// elements of [`Params::flat`] (zeros where a parameter has none), in fp32.
     pub fn flat_grad(&self) -> Tensor {
         self.flat_grad_of(&self.grads())
     }
@@ -168,6 +220,7 @@ impl Params {
         let parts: Vec<Tensor> = self
             .flat_order
             .iter()
+            .filter(|&&i| self.slots[i].trainable)
             .map(|&i| match &grads[i].1 {
                 Some(g) => g.to_kind(Kind::Float).view(-1),
                 None => Tensor::zeros([self.tensors[i].numel() as i64], (Kind::Float, self.tensors[i].device())),
@@ -230,8 +283,32 @@ impl Params {
         self.tensors.iter().map(|t| t.numel() as i64).sum()
     }
 
+    /// Parameters `order` concatenated and cast to `kind`, in the graph (the trainable part of
+    /// the bf16 working copy).
+    pub(crate) fn cast(&self, order: &[usize], kind: Kind) -> Tensor {
+        match order {
+            [] => Tensor::zeros([0], (kind, self.flat.device())),
+            _ => Tensor::cat(&order.iter().map(|&i| self.tensors[i].view(-1)).collect::<Vec<_>>(), 0).to_kind(kind),
+        }
+    }
+
+    /// Frozen parameters `order` concatenated and cast to `kind` outside autograd, made once and
+    /// kept until values are next assigned: the frozen base's part of the bf16 working copy.
+    pub(crate) fn frozen_copy(&self, order: &[usize], kind: Kind) -> Tensor {
+        let mut cache = self.frozen_cast.lock().unwrap_or_else(|e| e.into_inner());
+        match &*cache {
+            Some((k, t)) if *k == kind && t.numel() as i64 == order.iter().map(|&i| self.tensors[i].numel() as i64).sum::<i64>() => t.shallow_clone(),
+            _ => {
+                let t = tch::no_grad(|| self.cast(order, kind));
+                *cache = Some((kind, t.shallow_clone()));
+                t
+            }
+        }
+    }
+
     /// Copies values into the parameters by name (shapes must match).
     pub fn assign(&self, named: &[(String, Tensor)], origin: &str) -> anyhow::Result<Vec<String>> {
+        *self.frozen_cast.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let mut assigned = Vec::new();
         tch::no_grad(|| -> anyhow::Result<()> {
             for (name, t) in named {
@@ -270,7 +347,9 @@ impl Params {
         }
         let assigned = self.assign(&named, &path.display().to_string())?;
         let got: std::collections::HashSet<&String> = assigned.iter().collect();
-        let missing: Vec<usize> = (0..self.len()).filter(|&i| !got.contains(&self.names[i])).collect();
+        // LoRA's adapters are never in a pretrained file: they start fresh, unreported.
+        let adapter: std::collections::HashSet<usize> = self.adapters.iter().flat_map(|a| [a.a, a.b]).collect();
+        let missing: Vec<usize> = (0..self.len()).filter(|&i| !got.contains(&self.names[i]) && !adapter.contains(&i)).collect();
         let required: Vec<&String> = missing.iter().filter(|&&i| !self.slots[i].head).map(|&i| &self.names[i]).collect();
         if !required.is_empty() {
             bail!(
@@ -294,9 +373,27 @@ impl Params {
         Ok(())
     }
 
+    /// Loads the trainable parameters from our own safetensors (a checkpoint's or best weights:
+    /// exact names, every trainable parameter required; the frozen base is not in them).
+    pub fn load_trainable(&self, path: &Path) -> anyhow::Result<()> {
+        let raw = Tensor::read_safetensors(path).with_context(|| format!("reading {}", path.display()))?;
+        let trained: Vec<(String, Tensor)> = raw.into_iter().filter(|(n, _)| self.index.get(n).is_some_and(|&i| self.slots[i].trainable)).collect();
+        let assigned = self.assign(&trained, &path.display().to_string())?;
+        let wanted = self.slots.iter().filter(|s| s.trainable).count();
+        if assigned.len() != wanted {
+            bail!("{}: has {} of the model's {wanted} trainable tensors", path.display(), assigned.len());
+        }
+        Ok(())
+    }
+
     /// The parameters under HF names as `kind`, copied to host memory (see [`host_copy`]).
     pub fn host_copy(&self, kind: Kind) -> Vec<(String, Tensor)> {
         self.names.iter().zip(&self.tensors).map(|(n, t)| (n.clone(), host_copy(&t.detach(), kind))).collect()
+    }
+
+    /// [`Params::host_copy`] of the trainable parameters only (what a checkpoint holds).
+    pub fn host_copy_trainable(&self, kind: Kind) -> Vec<(String, Tensor)> {
+        (0..self.len()).filter(|&i| self.slots[i].trainable).map(|i| (self.names[i].clone(), host_copy(&self.tensors[i].detach(), kind))).collect()
     }
 
     /// Saves under HF names, as `kind` (fp32, bf16 or fp16).
@@ -353,7 +450,7 @@ mod tests {
     fn truncated_normal_and_sinusoidal_inits() {
         let _rng = crate::torch_rng();
         tch::manual_seed(5);
-        let slot = |init| Slot { name: "x".into(), shape: vec![200, 50], init, linear: false, decay: false, head: false };
+        let slot = |init| Slot { name: "x".into(), shape: vec![200, 50], init, linear: false, decay: false, head: false, trainable: true };
         let t = init_value(&slot(Init::TruncNormal { std: 0.1, cutoff: 2.0 }));
         assert!(t.abs().max().double_value(&[]) <= 0.2 + 1e-7);
         let sd = t.std(true).double_value(&[]);

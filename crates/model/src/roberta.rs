@@ -80,6 +80,10 @@ impl Family for RobertaConfig {
         self.0.flops_per_token(seq)
     }
 
+    fn lora_targets(&self) -> &'static [&'static str] {
+        &["query", "value"]
+    }
+
     fn to_json(&self) -> serde_json::Value {
         self.0.to_json()
     }
