@@ -5,6 +5,7 @@
 
 mod download;
 mod families;
+mod lora;
 mod model_parity;
 mod pipelines;
 mod predict;

@@ -87,3 +87,22 @@ fn missing_file_is_named() {
     let err = pipeline::load(Path::new("pipelines/nope.yaml")).unwrap_err().to_string();
     assert!(err.contains("pipelines/nope.yaml"), "{err}");
 }
+
+/// `train.lora` fills PEFT's defaults and takes `all-linear`; bad values and an adapter export
+/// without LoRA are refused when the file is read, naming the key.
+#[test]
+fn lora_settings_are_read_and_checked() {
+    let with = |train: &str, export: &str| format!("{GOOD}train:\n  device: cpu\n{train}{export}");
+    let p = pipeline::parse(Path::new("p.yaml"), &with("  lora: {}\n", "export:\n  format: both\n")).unwrap();
+    let t: pipeline::TrainParams = p.typed(pipeline::Stage::Train).unwrap().unwrap();
+    let l = t.lora.unwrap();
+    assert_eq!((l.r, l.alpha, l.dropout, l.target_modules, l.modules_to_save.len()), (8, 16.0, 0.1, None, 0));
+    let p = pipeline::parse(Path::new("p.yaml"), &with("  lora: {target_modules: all-linear, r: 4}\n", "")).unwrap();
+    let t: pipeline::TrainParams = p.typed(pipeline::Stage::Train).unwrap().unwrap();
+    assert_eq!(t.lora.unwrap().target_modules, Some(pipeline::TargetModules::Rule(pipeline::TargetRule::AllLinear)));
+    check_error(&with("", "export:\n  format: peft\n"), &["export.format peft", "train.lora"]);
+    check_error(&with("  lora: {r: 0}\n", ""), &["train.lora.r must be positive"]);
+    check_error(&with("  lora: {dropout: 1.5}\n", ""), &["train.lora.dropout", "1.5"]);
+    check_error(&with("  lora: {target_modules: []}\n", ""), &["train.lora.target_modules is empty"]);
+    check_error(&with("  lora: {rank: 8}\n", ""), &["unknown field `rank`", "`r`"]);
+}

@@ -84,13 +84,13 @@ fn tiny_bert_learns_a_separable_task() {
 
 #[test]
 fn resumed_run_is_bit_identical() {
-    resumes_bit_identically(|_| {}, model::BertConfig::tiny(64).into());
+    resumes_bit_identically(|_| {}, model::BertConfig::tiny(64).into(), None);
 }
 
 #[test]
 fn a_run_killed_while_replacing_its_checkpoint_resumes_from_the_previous_one() {
     // Between the two renames of save_checkpoint only `checkpoint.old` exists.
-    resumes_bit_identically(|work| std::fs::rename(work.join("checkpoint"), work.join("checkpoint.old")).unwrap(), model::BertConfig::tiny(64).into());
+    resumes_bit_identically(|work| std::fs::rename(work.join("checkpoint"), work.join("checkpoint.old")).unwrap(), model::BertConfig::tiny(64).into(), None);
 }
 
 /// A tiny random model of another family for the synthetic task (vocabulary 64, dropout on;
@@ -122,17 +122,29 @@ fn every_family_learns_and_resumes_bit_identically() {
             assert!(ev.accuracy.unwrap() >= 0.99, "{name}: train accuracy {ev:?}");
             assert!(out.last_eval.unwrap().accuracy.unwrap() >= 0.99, "{name}");
         }
-        resumes_bit_identically(|_| {}, family(name));
+        resumes_bit_identically(|_| {}, family(name), None);
+    }
+}
+
+/// LoRA: every family resumes bit for bit from a checkpoint that holds only the adapters, the
+/// head and their moments (the frozen base comes from the model again), and the base is
+/// bit-identical after training.
+#[test]
+fn every_family_resumes_bit_identically_with_lora() {
+    let lora: pipeline::LoraParams = serde_yaml_ng::from_str("{r: 4, dropout: 0.1}").unwrap();
+    for name in ["bert", "roberta", "distilbert", "modernbert"] {
+        let config = if name == "bert" { model::BertConfig::tiny(64).into() } else { family(name) };
+        resumes_bit_identically(|_| {}, config, Some(&lora));
     }
 }
 
 /// A run interrupted after 5 steps, its work directory then changed by `cut`, and resumed in a new
 /// process ends as the uninterrupted run does: the same weights bit for bit, the same log.
-fn resumes_bit_identically(cut: impl Fn(&Path), config: model::Config) {
+fn resumes_bit_identically(cut: impl Fn(&Path), config: model::Config, lora: Option<&pipeline::LoraParams>) {
     let _rng = tests::torch_rng();
     let (tmp, train_s, val) = task(200);
     let p = params("device: cpu\nepochs: 3\nlearning_rate: 1.0e-3\nbatch_size: 16\nwarmup_ratio: 0.2\nlog_every_steps: 4\ngrad_accum: 2\n");
-    let fresh = || model::Model::random(config.clone(), 2, tch::Device::Cpu, 7).unwrap();
+    let fresh = || model::Model::new(config.clone(), 2, lora, tch::Device::Cpu, 7).unwrap();
     let mut a = fresh();
     let full = train::trainer::run(job(&p, &mut a, &train_s, &val, &tmp.path().join("a"), None)).unwrap();
     let mut b = fresh();
@@ -148,6 +160,15 @@ fn resumes_bit_identically(cut: impl Fn(&Path), config: model::Config) {
     assert!(full.state.step > 5);
     for (x, y) in a.params.tensors.iter().zip(&c.params.tensors) {
         assert!(x.equal(y), "{}: weights differ after resume", config.model_type);
+    }
+    if lora.is_some() {
+        let checkpoint = tch::Tensor::read_safetensors(tmp.path().join("a/checkpoint/weights.safetensors")).unwrap();
+        assert_eq!(checkpoint.len(), (0..a.params.len()).filter(|&i| a.params.trainable(i)).count(), "the checkpoint holds what trains");
+        let start = fresh();
+        for i in 0..a.params.len() {
+            let same = a.params.tensors[i].equal(&start.params.tensors[i]);
+            assert_eq!(same, !a.params.trainable(i), "{}: {} frozen iff unchanged", config.model_type, a.params.names[i]);
+        }
     }
     let strip = |p: &Path| -> Vec<serde_json::Value> {
         std::fs::read_to_string(p).unwrap().lines().map(|l| {

@@ -9,17 +9,29 @@
 //! special_tokens_map.json, vocab.txt (when the base model has them)
 //! README.md                model card: metrics, data and base-model revisions, hyper-parameters, lineage
 //! ```
+//!
+//! With `format: peft` (a LoRA run) the directory is PEFT's adapter instead, which
+//! `PeftModel.from_pretrained(base, dir)` loads over the base model:
+//!
+//! ```text
+//! adapter_model.safetensors  lora_A / lora_B of every adapted layer and the head, base_model.model.* names
+//! adapter_config.json        peft_type LORA, task_type SEQ_CLS, r, lora_alpha, lora_dropout, target_modules,
+//!                            modules_to_save, base_model_name_or_path (and revision: the base's commit)
+//! tokenizer files, README.md as above
+//! ```
+//!
+//! `format: both` writes the two side by side, in `merged/` and `adapter/`.
 
 use std::path::Path;
 
 use anyhow::{bail, Context as _};
-use pipeline::files::{ClassifierLabels, DatasetInfo, Hparams, Origin, TokenizeMeta, TrainSummary};
-use pipeline::{Dtype, ExportParams, Task, Weights};
+use pipeline::files::{ClassifierLabels, DatasetInfo, Hparams, Lora, Origin, TokenizeMeta, TrainSummary};
+use pipeline::{Dtype, ExportFormat, ExportParams, Task, Weights};
 use safetensors::{Dtype as StDtype, SafeTensors};
 use serde_json::json;
 
 /// Bump when the exported layout changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// The stage's identity, with the rules that its three inputs are one lineage: the weights were
 /// trained on the tokenize input, whose tokenizer came from the download input.
@@ -68,34 +80,127 @@ fn convert(data: &[u8], f: impl Fn(f32) -> [u8; 2]) -> Vec<u8> {
     out
 }
 
+/// The export's inputs, opened.
+struct Inputs<'a> {
+    p: &'a ExportParams,
+    download: &'a artifact::Artifact,
+    tokenize: &'a artifact::Artifact,
+    train: &'a artifact::Artifact,
+    hp: Hparams,
+    meta: TokenizeMeta,
+    labels: Vec<String>,
+    /// The weights file's stem in the train artifact (`best`, `final`).
+    which: &'static str,
+}
+
+/// What a directory of the export holds: a whole model, or PEFT's adapter over the base.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind<'a> {
+    Model,
+    Adapter(&'a Lora),
+}
+
 /// Runs the stage.
 pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact::Artifact, train: &artifact::Artifact, out: &Path) -> anyhow::Result<serde_json::Value> {
-    let weights = match p.weights {
-        Weights::Best => train.dir.join("best.safetensors"),
-        Weights::Final => train.dir.join("final.safetensors"),
-    };
-    let n = convert_weights(&weights, &out.join("model.safetensors"), p.dtype)?;
+    let hp: Hparams = pipeline::files::read(&train.dir.join("hparams.json"))?;
     let config_path = train.dir.join("config.json");
-    let mut config = read_json(&config_path)?;
-    let labels = serde_json::from_value::<ClassifierLabels>(config.clone())
+    let config = read_json(&config_path)?;
+    let labels = serde_json::from_value::<ClassifierLabels>(config)
         .map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?
         .names(&config_path)
         .map_err(anyhow::Error::msg)?;
-    let dtype_name = match p.dtype {
+    let meta: TokenizeMeta = pipeline::files::read(&tokenize.dir.join("meta.json"))?;
+    let which = match p.weights {
+        Weights::Best => "best",
+        Weights::Final => "final",
+    };
+    let lora = hp.lora.clone();
+    let x = Inputs { p, download, tokenize, train, hp, meta, labels, which };
+    let adapter = match (p.format, &lora) {
+        (ExportFormat::Merged, _) => None,
+        (_, Some(l)) => Some(l),
+        (_, None) => bail!("export.format peft and both write a PEFT adapter, but train {} was a full fine-tune (no train.lora); use format: merged", train.manifest.key),
+    };
+    let summary = match (p.format, adapter) {
+        (ExportFormat::Both, Some(l)) => {
+            let (merged, adapter) = (out.join("merged"), out.join("adapter"));
+            for d in [&merged, &adapter] {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            }
+            json!({"merged": write_dir(&x, Kind::Model, &merged)?, "adapter": write_dir(&x, Kind::Adapter(l), &adapter)?})
+        }
+        (_, Some(l)) => write_dir(&x, Kind::Adapter(l), out)?,
+        (_, None) => write_dir(&x, Kind::Model, out)?,
+    };
+    Ok(summary)
+}
+
+/// Writes one loadable directory: the weights (a whole model with its config, or the adapter
+/// with `adapter_config.json`), the tokenizer and the model card.
+fn write_dir(x: &Inputs, kind: Kind, out: &Path) -> anyhow::Result<serde_json::Value> {
+    let dtype_name = match x.p.dtype {
         Dtype::Fp32 => "float32",
         Dtype::Bf16 => "bfloat16",
         Dtype::Fp16 => "float16",
     };
-    config["dtype"] = json!(dtype_name);
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    let meta: TokenizeMeta = pipeline::files::read(&tokenize.dir.join("meta.json"))?;
-    let max_length = meta.max_length;
-    std::fs::copy(tokenize.dir.join("tokenizer.json"), out.join("tokenizer.json")).context("copying tokenizer.json")?;
-    let model_dir = download.dir.join("model");
+    let n = match kind {
+        Kind::Model => {
+            let n = convert_weights(&x.train.dir.join(format!("{}.safetensors", x.which)), &out.join("model.safetensors"), x.p.dtype)?;
+            let mut config = read_json(&x.train.dir.join("config.json"))?;
+            config["dtype"] = json!(dtype_name);
+            std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+            n
+        }
+        Kind::Adapter(lora) => {
+            let src = x.train.dir.join(format!("{}.adapter.safetensors", x.which));
+            let n = convert_weights(&src, &out.join("adapter_model.safetensors"), x.p.dtype)?;
+            let origin: Origin = pipeline::files::read(&x.download.dir.join("model-source.json"))?;
+            std::fs::write(out.join("adapter_config.json"), serde_json::to_vec_pretty(&adapter_config(lora, &origin))?)?;
+            n
+        }
+    };
+    copy_tokenizer(x, out)?;
+    std::fs::write(out.join("README.md"), model_card(x, kind, dtype_name)?)?;
+    let what = if kind == Kind::Model { "model" } else { "PEFT adapter" };
+    eprintln!("exported the {what} to {}: {n} tensors ({dtype_name}) with config and tokenizer", out.display());
+    Ok(json!({"tensors": n, "dtype": dtype_name, "max_length": x.meta.max_length}))
+}
+
+/// PEFT's `adapter_config.json` for a LoRA run over the base `origin` names (the Hub repository
+/// at its commit, or the local directory).
+fn adapter_config(l: &Lora, origin: &Origin) -> serde_json::Value {
+    json!({
+        "peft_type": "LORA",
+        "task_type": "SEQ_CLS",
+        "base_model_name_or_path": origin.repo.clone().or_else(|| origin.path.clone()),
+        "revision": origin.commit,
+        "r": l.r,
+        "lora_alpha": l.alpha,
+        "lora_dropout": l.dropout,
+        "target_modules": l.target_modules,
+        "modules_to_save": l.modules_to_save,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "init_lora_weights": true,
+        "inference_mode": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+    })
+}
+
+/// The tokenizer used for training, with `model_max_length` the pipeline's max_length.
+fn copy_tokenizer(x: &Inputs, out: &Path) -> anyhow::Result<()> {
+    std::fs::copy(x.tokenize.dir.join("tokenizer.json"), out.join("tokenizer.json")).context("copying tokenizer.json")?;
+    let model_dir = x.download.dir.join("model");
     let mut tok_cfg = read_json(&model_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
-    tok_cfg["model_max_length"] = json!(max_length);
-    // Without a tokenizer_class, AutoTokenizer picks the class of config.json's model_type
-    // (BertTokenizer, RobertaTokenizer, …), which reads tokenizer.json.
+    tok_cfg["model_max_length"] = json!(x.meta.max_length);
+    // A PEFT adapter's directory has no config.json to say the family: name the class.
+    if tok_cfg.get("tokenizer_class").is_none_or(serde_json::Value::is_null) {
+        let config = read_json(&x.train.dir.join("config.json"))?;
+        tok_cfg["tokenizer_class"] = config["tokenizer_class"].clone();
+    }
     if let Some(o) = tok_cfg.as_object_mut() {
         o.remove("name_or_path");
     }
@@ -106,31 +211,21 @@ pub fn run(p: &ExportParams, download: &artifact::Artifact, tokenize: &artifact:
             std::fs::copy(&src, out.join(extra)).with_context(|| format!("copying {extra}"))?;
         }
     }
-    let card = model_card(p, download, tokenize, train, &labels, dtype_name, &meta)?;
-    std::fs::write(out.join("README.md"), card)?;
-    eprintln!("exported {n} tensors ({dtype_name}) with config and tokenizer");
-    Ok(json!({"tensors": n, "dtype": dtype_name, "max_length": max_length}))
+    Ok(())
 }
 
-fn model_card(
-    p: &ExportParams,
-    download: &artifact::Artifact,
-    tokenize: &artifact::Artifact,
-    train: &artifact::Artifact,
-    labels: &[String],
-    dtype: &str,
-    meta: &TokenizeMeta,
-) -> anyhow::Result<String> {
-    let model_src: Origin = pipeline::files::read(&download.dir.join("model-source.json"))?;
-    let info: DatasetInfo = pipeline::files::read(&download.dir.join("dataset/info.json"))?;
+fn model_card(x: &Inputs, kind: Kind, dtype: &str) -> anyhow::Result<String> {
+    let model_src: Origin = pipeline::files::read(&x.download.dir.join("model-source.json"))?;
+    let info: DatasetInfo = pipeline::files::read(&x.download.dir.join("dataset/info.json"))?;
     let data_src = &info.source;
     let base = model_src.name();
     let dataset = data_src.name();
-    let tsum: TrainSummary = pipeline::files::read(&train.dir.join("summary.json"))?;
-    let hp: Hparams = pipeline::files::read(&train.dir.join("hparams.json"))?;
+    let tsum: TrainSummary = pipeline::files::read(&x.train.dir.join("summary.json"))?;
+    let (hp, meta, labels) = (&x.hp, &x.meta, &x.labels);
     let max_length = meta.max_length;
     let mut s = String::new();
-    s.push_str(&format!("---\nlibrary_name: transformers\npipeline_tag: text-classification\nbase_model: {base}\n"));
+    let library = if kind == Kind::Model { "transformers" } else { "peft" };
+    s.push_str(&format!("---\nlibrary_name: {library}\npipeline_tag: text-classification\nbase_model: {base}\n"));
     if data_src.repo.is_some() {
         s.push_str(&format!("datasets:\n- {dataset}\n"));
     }
@@ -148,16 +243,11 @@ fn model_card(
         hp.task.name(),
         hp.task.problem_type()
     ));
-    s.push_str("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n");
-    s.push_str("tok = AutoTokenizer.from_pretrained(\"path/to/this/dir\")\nmodel = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/dir\")\n");
-    let texts = if pairs { "[\"a first text\"], [\"its second text\"]" } else { "[\"a great film\"]" };
-    s.push_str(&format!("logits = model(**tok({texts}, truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n"));
-    s.push_str(match hp.task {
-        Task::SingleLabel => "label = model.config.id2label[logits.argmax(-1).item()]\n```\n\n",
-        Task::MultiLabel => "labels = [model.config.id2label[i] for i, p in enumerate(logits.sigmoid()[0]) if p > 0.5]\n```\n\n",
-        Task::Regression => "score = logits[0, 0].item()\n```\n\n",
-    });
-    s.push_str(&validation_section(p.weights, &tsum, &hp));
+    if let (Some(l), Kind::Model) = (&hp.lora, kind) {
+        s.push_str(&format!("Trained with LoRA (r {}, alpha {}, on {}); the adapters are merged into these weights.\n\n", l.r, l.alpha, l.target_modules.join(", ")));
+    }
+    s.push_str(&usage(kind, &base, labels, hp.task, pairs, max_length));
+    s.push_str(&validation_section(x.p.weights, &tsum, hp));
     s.push_str("Test-set metrics are in the pipeline's evaluate artifact (`metrics.json`, `report.md`).\n\n");
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     s.push_str(&format!(
@@ -170,14 +260,43 @@ fn model_card(
     ));
     s.push_str(&format!("## Hyper-parameters\n\n```json\n{}\n```\n\n", serde_json::to_string_pretty(&hp.params)?));
     s.push_str(&format!(
-        "Training: {} steps, {:.1} s, {:.1} samples/s on {} ({}).\n\n",
-        tsum.steps, tsum.train_seconds, tsum.samples_per_second, hp.device, hp.precision
+        "Training: {} steps, {:.1} s, {:.1} samples/s on {} ({}); {} of {} parameters trained.\n\n",
+        tsum.steps, tsum.train_seconds, tsum.samples_per_second, hp.device, hp.precision, tsum.trainable_parameters, tsum.parameters
     ));
     s.push_str(&format!(
         "## Lineage (artifact keys)\n\n- download `{}`\n- tokenize `{}`\n- train `{}`\n",
-        download.manifest.key, tokenize.manifest.key, train.manifest.key
+        x.download.manifest.key, x.tokenize.manifest.key, x.train.manifest.key
     ));
     Ok(s)
+}
+
+/// The model card's Python snippet: load the directory (a whole model, or the adapter over its
+/// base with the head's labels) and classify a text.
+fn usage(kind: Kind, base: &str, labels: &[String], task: Task, pairs: bool, max_length: usize) -> String {
+    let mut s = String::from("```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n");
+    s.push_str("tok = AutoTokenizer.from_pretrained(\"path/to/this/dir\")\n");
+    match kind {
+        Kind::Model => s.push_str("model = AutoModelForSequenceClassification.from_pretrained(\"path/to/this/dir\")\n"),
+        Kind::Adapter(_) => {
+            let id2label: Vec<String> = labels.iter().enumerate().map(|(i, n)| format!("{i}: {n:?}")).collect();
+            s.push_str("from peft import PeftModel\n");
+            s.push_str(&format!(
+                "base = AutoModelForSequenceClassification.from_pretrained(\"{base}\", num_labels={}, id2label={{{}}}, problem_type=\"{}\")\n",
+                labels.len(),
+                id2label.join(", "),
+                task.problem_type()
+            ));
+            s.push_str("model = PeftModel.from_pretrained(base, \"path/to/this/dir\")  # or .merge_and_unload()\n");
+        }
+    }
+    let texts = if pairs { "[\"a first text\"], [\"its second text\"]" } else { "[\"a great film\"]" };
+    s.push_str(&format!("logits = model(**tok({texts}, truncation=True, max_length={max_length}, return_tensors=\"pt\")).logits\n"));
+    s.push_str(match task {
+        Task::SingleLabel => "label = model.config.id2label[logits.argmax(-1).item()]\n```\n\n",
+        Task::MultiLabel => "labels = [model.config.id2label[i] for i, p in enumerate(logits.sigmoid()[0]) if p > 0.5]\n```\n\n",
+        Task::Regression => "score = logits[0, 0].item()\n```\n\n",
+    });
+    s
 }
 
 /// The model card's validation table: the metrics of the weights exported (`best`: the selected
@@ -222,11 +341,23 @@ pub fn copy_to(src: &Path, dir: &Path, force: bool) -> anyhow::Result<()> {
         if name == "manifest.json" {
             continue;
         }
-        std::fs::copy(e.path(), dir.join(&name)).with_context(|| format!("copying {}", name.to_string_lossy()))?;
+        copy_tree(&e.path(), &dir.join(&name))?;
     }
     std::fs::write(dir.join(MARKER), src.display().to_string()).with_context(|| format!("writing {}", dir.join(MARKER).display()))?;
     eprintln!("copied the export to {}", dir.display());
     Ok(())
+}
+
+/// Copies a file, or a directory with everything in it (`format: both` has two).
+fn copy_tree(src: &Path, dst: &Path) -> anyhow::Result<()> {
+    if src.is_dir() {
+        std::fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+        for e in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))?.flatten() {
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        return Ok(());
+    }
+    std::fs::copy(src, dst).map(|_| ()).with_context(|| format!("copying {} to {}", src.display(), dst.display()))
 }
 
 #[cfg(test)]

@@ -227,6 +227,10 @@ impl Family for BertConfig {
         flops_per_token(self.num_hidden_layers, self.hidden_size, 2.0 * (self.hidden_size * self.intermediate_size) as f64, seq)
     }
 
+    fn tokenizer_class(&self) -> &'static str {
+        "BertTokenizer"
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["query", "value"]
     }

@@ -158,6 +158,10 @@ impl Family for DistilBertConfig {
         crate::bert::flops_per_token(self.n_layers, self.dim, 2.0 * (self.dim * self.hidden_dim) as f64, seq)
     }
 
+    fn tokenizer_class(&self) -> &'static str {
+        "DistilBertTokenizer"
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["q_lin", "v_lin"]
     }

@@ -65,6 +65,9 @@ pub trait Family: Send + Sync + std::fmt::Debug {
     fn flops_per_token(&self, seq: f64) -> f64;
     /// The linear layers LoRA adapts by default (PEFT's defaults where it has them).
     fn lora_targets(&self) -> &'static [&'static str];
+    /// The tokenizer class `AutoTokenizer` picks for the family (`config.json`'s
+    /// `tokenizer_class`, which a directory without the model's config, a PEFT adapter's, needs).
+    fn tokenizer_class(&self) -> &'static str;
     /// The typed config as JSON, defaults filled in.
     fn to_json(&self) -> Value;
 }
@@ -152,6 +155,9 @@ impl Config {
         let id2label: serde_json::Map<String, Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
         let label2id: serde_json::Map<String, Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
         v["architectures"] = json!([self.family.architecture()]);
+        if v.get("tokenizer_class").is_none_or(Value::is_null) {
+            v["tokenizer_class"] = json!(self.family.tokenizer_class());
+        }
         v["model_type"] = json!(self.model_type);
         v["num_labels"] = json!(names.len());
         v["problem_type"] = json!(problem_type);
@@ -418,7 +424,7 @@ mod tests {
     }
 
     fn lora(dropout: f64) -> lora::Spec {
-        lora::Spec { r: 4, alpha: 8.0, dropout, targets: lora::Targets::Default, modules_to_save: Vec::new() }
+        lora::Spec { r: 4, alpha: 8.0, dropout, target_modules: None, modules_to_save: Vec::new() }
     }
 
     /// Gives every adapter's `B` (zero at init) random values, so the update is not zero.
@@ -523,25 +529,25 @@ mod tests {
     fn lora_settings_are_checked_against_the_family() {
         let c = tiny_configs().remove(0);
         let with = |targets, save: &[&str]| {
-            let spec = lora::Spec { targets, modules_to_save: save.iter().map(|s| s.to_string()).collect(), ..lora(0.1) };
+            let spec = lora::Spec { target_modules: targets, modules_to_save: save.iter().map(|s| s.to_string()).collect(), ..lora(0.1) };
             c.layout_lora(2, &spec).map(|(_, _, r)| r)
         };
-        let e = with(lora::Targets::Names(vec!["q_proj".into()]), &[]).err().unwrap().to_string();
+        let e = with(Some(pipeline::TargetModules::List(vec!["q_proj".into()])), &[]).err().unwrap().to_string();
         assert!(e.contains("`q_proj`") && e.contains("`query`") && e.contains("target_modules"), "{e}");
-        let e = with(lora::Targets::Default, &["poolr"]).err().unwrap().to_string();
+        let e = with(None, &["poolr"]).err().unwrap().to_string();
         assert!(e.contains("`poolr`") && e.contains("pooler, classifier"), "{e}");
-        let e = with(lora::Targets::Names(vec!["query".into()]), &["layer.0.attention"]).err().unwrap().to_string();
+        let e = with(Some(pipeline::TargetModules::List(vec!["query".into()])), &["layer.0.attention"]).err().unwrap().to_string();
         assert!(e.contains("both adapted"), "{e}");
-        let all = with(lora::Targets::AllLinear, &[]).unwrap();
+        let all = with(Some(pipeline::TargetModules::Rule(pipeline::TargetRule::AllLinear)), &[]).unwrap();
         assert_eq!(all.adapted.len(), 2 * 6, "q, k, v, attention output, intermediate, output per layer");
         assert!(all.adapted.iter().all(|m| !m.contains("pooler") && m != "classifier"));
-        let r = with(lora::Targets::Default, &["LayerNorm"]).unwrap();
+        let r = with(None, &["LayerNorm"]).unwrap();
         assert_eq!(r.modules_to_save, ["pooler", "classifier", "LayerNorm"]);
         assert_eq!(r.target_modules, ["query", "value"]);
         // `dense` would also match the pooler's layer for PEFT: the adapted paths are written.
-        let d = with(lora::Targets::Names(vec!["output.dense".into()]), &[]).unwrap();
+        let d = with(Some(pipeline::TargetModules::List(vec!["output.dense".into()])), &[]).unwrap();
         assert_eq!(d.target_modules, ["output.dense"]);
-        let d = with(lora::Targets::Names(vec!["dense".into()]), &[]).unwrap();
+        let d = with(Some(pipeline::TargetModules::List(vec!["dense".into()])), &[]).unwrap();
         assert_eq!(d.target_modules, d.adapted);
         assert_eq!(d.adapted.len(), 2 * 3);
     }

@@ -18,48 +18,16 @@
 use std::collections::BTreeSet;
 
 use anyhow::bail;
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::nn::{Init, Layout, Slot};
 use crate::params::Params;
 
-/// Which linear layers get adapters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Targets {
-    /// The family's default ([`crate::Family::lora_targets`]).
-    Default,
-    /// Module names, each matching a module path exactly or as its last components.
-    Names(Vec<String>),
-    /// Every linear layer of the encoder (PEFT's `all-linear`; the head is trained in full).
-    AllLinear,
-}
-
 /// What a pipeline asks for (`train.lora`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Spec {
-    pub r: i64,
-    pub alpha: f64,
-    pub dropout: f64,
-    pub targets: Targets,
-    /// Trained in full beside the adapters; the head's modules are always added.
-    pub modules_to_save: Vec<String>,
-}
-
+pub use pipeline::LoraParams as Spec;
 /// What a LoRA layout came to: recorded in `hparams.json` and written to `adapter_config.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Resolved {
-    pub r: i64,
-    pub alpha: f64,
-    pub dropout: f64,
-    /// As PEFT will match them: the names asked for, or the adapted module paths where those
-    /// names would also match a module that has no adapter (a head layer).
-    pub target_modules: Vec<String>,
-    /// The modules trained in full: the head's and those asked for.
-    pub modules_to_save: Vec<String>,
-    /// Every adapted module path, in layout order.
-    pub adapted: Vec<String>,
-}
+pub use pipeline::files::Lora as Resolved;
+use pipeline::{TargetModules, TargetRule};
 
 /// PEFT's rule for `target_modules` entries.
 fn is_target(module: &str, name: &str) -> bool {
@@ -92,10 +60,10 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(spec: &Spec, family_default: &[&str]) -> Plan {
-        let targets = match &spec.targets {
-            Targets::Default => family_default.iter().map(|s| s.to_string()).collect(),
-            Targets::Names(n) => n.clone(),
-            Targets::AllLinear => Vec::new(),
+        let targets = match &spec.target_modules {
+            None => family_default.iter().map(|s| s.to_string()).collect(),
+            Some(TargetModules::List(n)) => n.clone(),
+            Some(TargetModules::Rule(TargetRule::AllLinear)) => Vec::new(),
         };
         Plan { spec: spec.clone(), targets, pending: Vec::new(), encoder_linears: Vec::new(), head_linears: Vec::new() }
     }
@@ -108,18 +76,23 @@ impl Plan {
             return None;
         }
         self.encoder_linears.push(module.to_string());
-        let wanted = self.spec.targets == Targets::AllLinear || self.targets.iter().any(|t| is_target(module, t));
+        let wanted = self.all_linear() || self.targets.iter().any(|t| is_target(module, t));
         wanted.then(|| {
             self.pending.push((module.to_string(), inp, out, weight));
             self.pending.len() - 1
         })
     }
 
+    fn all_linear(&self) -> bool {
+        self.spec.target_modules == Some(TargetModules::Rule(TargetRule::AllLinear))
+    }
+
     /// Appends the adapters' parameters to `layout` and marks what trains; returns what was
     /// resolved. `base` is the encoder's attribute (`bert`), for naming head modules.
     pub(crate) fn finish(self, layout: &mut Layout, base: &str) -> anyhow::Result<Resolved> {
+        let all_linear = self.all_linear();
         let Plan { spec, targets, pending, encoder_linears, head_linears } = self;
-        if spec.targets != Targets::AllLinear {
+        if !all_linear {
             for t in &targets {
                 if t.is_empty() || !encoder_linears.iter().any(|m| is_target(m, t)) {
                     let names: BTreeSet<&str> = encoder_linears.iter().map(|m| m.rsplit('.').next().unwrap_or(m)).collect();
@@ -131,12 +104,12 @@ impl Plan {
             }
         }
         let modules_to_save = modules_to_save(&spec.modules_to_save, &layout.slots, base)?;
-        let scale = spec.alpha / spec.r as f64;
+        let (r, scale) = (i64::from(spec.r), spec.alpha / f64::from(spec.r));
         for (module, inp, out, weight) in &pending {
             let a = layout.slots.len();
             // PEFT: kaiming_uniform_(a=√5) on A, i.e. U(±1/√in); B zero, so training starts at the base.
-            layout.slots.push(lora_slot(&format!("{module}.lora_A.weight"), &[spec.r, *inp], Init::Uniform(1.0 / (*inp as f64).sqrt())));
-            layout.slots.push(lora_slot(&format!("{module}.lora_B.weight"), &[*out, spec.r], Init::Zeros));
+            layout.slots.push(lora_slot(&format!("{module}.lora_A.weight"), &[r, *inp], Init::Uniform(1.0 / (*inp as f64).sqrt())));
+            layout.slots.push(lora_slot(&format!("{module}.lora_B.weight"), &[*out, r], Init::Zeros));
             layout.adapters.push(crate::nn::Adapter { weight: *weight, a, b: a + 1, scale, dropout: spec.dropout });
         }
         let adapted: Vec<String> = pending.iter().map(|p| p.0.clone()).collect();
@@ -147,14 +120,7 @@ impl Plan {
             bail!("train.lora: `{}` is both adapted (target_modules) and trained in full (modules_to_save); leave it out of one of them", module_of(&s.name));
         }
         // Names PEFT would match beyond what was adapted (a head layer): write the paths.
-        let asked = match spec.targets {
-            Targets::AllLinear => None,
-            _ => Some(&targets),
-        };
-        let target_modules = match asked {
-            Some(t) if !head_linears.iter().any(|m| t.iter().any(|n| is_target(m, n))) => t.clone(),
-            _ => adapted.clone(),
-        };
+        let target_modules = if !all_linear && !head_linears.iter().any(|m| targets.iter().any(|n| is_target(m, n))) { targets } else { adapted.clone() };
         Ok(Resolved { r: spec.r, alpha: spec.alpha, dropout: spec.dropout, target_modules, modules_to_save, adapted })
     }
 }

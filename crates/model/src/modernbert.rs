@@ -276,6 +276,10 @@ impl Family for ModernBertConfig {
         crate::bert::flops_per_token(self.num_hidden_layers, self.hidden_size, 3.0 * (self.hidden_size * self.intermediate_size) as f64, seq)
     }
 
+    fn tokenizer_class(&self) -> &'static str {
+        "PreTrainedTokenizerFast"
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["Wqkv"]
     }

@@ -80,6 +80,13 @@ impl Family for RobertaConfig {
         self.0.flops_per_token(seq)
     }
 
+    fn tokenizer_class(&self) -> &'static str {
+        match self.0.model_type.as_deref() {
+            Some("xlm-roberta") => "XLMRobertaTokenizer",
+            _ => "RobertaTokenizer",
+        }
+    }
+
     fn lora_targets(&self) -> &'static [&'static str] {
         &["query", "value"]
     }

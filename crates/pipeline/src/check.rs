@@ -155,6 +155,34 @@ impl Params for TrainParams {
                 return Err("train.class_weights are all 0: nothing would be learnt".into());
             }
         }
+        if let Some(l) = &self.lora {
+            l.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl LoraParams {
+    fn validate(&self) -> Result<(), String> {
+        positive("train.lora.r", u64::from(self.r))?;
+        if !(self.alpha > 0.0 && self.alpha.is_finite()) {
+            return Err(format!("train.lora.alpha must be a positive number (the update is scaled by alpha / r), got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("train.lora.dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if let Some(TargetModules::List(names)) = &self.target_modules {
+            if names.is_empty() {
+                return Err("train.lora.target_modules is empty: name the linear layers to adapt (or leave it out for the family's default, or `all-linear`)".into());
+            }
+        }
+        let names = match &self.target_modules {
+            Some(TargetModules::List(n)) => n.iter().chain(&self.modules_to_save).collect::<Vec<_>>(),
+            _ => self.modules_to_save.iter().collect(),
+        };
+        if names.iter().any(|n| n.trim().is_empty()) {
+            return Err("train.lora: a module name in target_modules or modules_to_save is empty".into());
+        }
         Ok(())
     }
 }

@@ -259,6 +259,25 @@ pub struct Hparams {
     /// The loss's class weights (`class_weights` resolved: `balanced` computed on train).
     pub class_weights: Option<Vec<f64>>,
     pub initialized: Vec<String>,
+    /// What `train.lora` resolved to (absent: a full fine-tune).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<Lora>,
+}
+
+/// A LoRA run's adapters as resolved for the model: what `adapter_config.json` says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lora {
+    pub r: u32,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// As PEFT will match them: the names asked for, or the adapted module paths where those
+    /// names would also match a layer without an adapter (a head layer).
+    pub target_modules: Vec<String>,
+    /// The modules trained in full: the head's, then those asked for.
+    pub modules_to_save: Vec<String>,
+    /// Every adapted module path, in layout order.
+    pub adapted: Vec<String>,
 }
 
 /// Model FLOP utilisation on a GPU.
@@ -291,6 +310,17 @@ pub struct TrainSummary {
     /// The last validation (of `final.safetensors` when it ran at the end).
     pub last_validation: Option<Validation>,
     pub flop_utilisation: Option<Mfu>,
+    /// Parameters that trained (all of them in a full fine-tune) and of the whole model.
+    #[serde(default)]
+    pub trainable_parameters: u64,
+    #[serde(default)]
+    pub parameters: u64,
+    /// Bytes of the optimizer's state (AdamW's two fp32 moments per trainable parameter).
+    #[serde(default)]
+    pub optimizer_state_bytes: u64,
+    /// Bytes of the last checkpoint's files (weights that train, moments, state).
+    #[serde(default)]
+    pub checkpoint_bytes: u64,
 }
 
 impl TrainSummary {

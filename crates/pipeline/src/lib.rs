@@ -251,6 +251,12 @@ fn top_level_line(text: &str, key: &str) -> Option<usize> {
 /// `train` for `select_metric: f1` when train has none, so both pick the same class.
 fn cross_check(p: &mut Pipeline) -> Result<(), (Stage, String)> {
     let evaluate: Option<EvaluateParams> = p.typed(Stage::Evaluate).transpose().map_err(|e| (Stage::Evaluate, e))?;
+    let export: Option<ExportParams> = p.typed(Stage::Export).transpose().map_err(|e| (Stage::Export, e))?;
+    let lora = p.typed::<TrainParams>(Stage::Train).transpose().map_err(|e| (Stage::Train, e))?.is_some_and(|t| t.lora.is_some());
+    if let Some(f) = export.map(|e| e.format).filter(|f| *f != ExportFormat::Merged && !lora) {
+        let name = if f == ExportFormat::Peft { "peft" } else { "both" };
+        return Err((Stage::Export, format!("export.format {name} writes a PEFT adapter, which only a LoRA run has; add train.lora (e.g. `lora: {{}}`) or remove export.format")));
+    }
     if let Some(train) = p.stages.iter_mut().find(|s| s.stage == Stage::Train) {
         let f1 = train.params.get("select_metric").and_then(|v| v.as_str()) == Some("f1");
         let unset = train.params.get("positive_class").is_none_or(|v| v.is_null());

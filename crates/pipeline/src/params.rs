@@ -411,6 +411,59 @@ pub struct TrainParams {
     /// Cross-entropy label smoothing (single-label), in [0, 1).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub label_smoothing: f64,
+    /// LoRA adapters over a frozen encoder (PEFT's `LoraConfig`); absent: a full fine-tune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraParams>,
+}
+
+/// `train.lora`: PEFT's LoRA for sequence classification. The update `B·A·(alpha/r)` is added
+/// beside each target linear layer (dropout on its input); the base is frozen; the head and
+/// `modules_to_save` train in full.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraParams {
+    #[serde(default = "LoraParams::r_default")]
+    pub r: u32,
+    #[serde(default = "LoraParams::alpha_default")]
+    pub alpha: f64,
+    #[serde(default = "LoraParams::dropout_default")]
+    pub dropout: f64,
+    /// Module names (matched as PEFT does: the whole path or its last components) or
+    /// `all-linear`; absent: the family's default (BERT, RoBERTa: query, value; DistilBERT:
+    /// q_lin, v_lin; ModernBERT: Wqkv).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_modules: Option<TargetModules>,
+    /// Modules trained in full besides the head's, which always are (matched by suffix, as PEFT
+    /// does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules_to_save: Vec<String>,
+}
+
+impl LoraParams {
+    fn r_default() -> u32 {
+        8
+    }
+    fn alpha_default() -> f64 {
+        16.0
+    }
+    fn dropout_default() -> f64 {
+        0.1
+    }
+}
+
+/// `train.lora.target_modules`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    Rule(TargetRule),
+    List(Vec<String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetRule {
+    /// Every linear layer of the encoder (PEFT's `all-linear`).
+    AllLinear,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -541,6 +594,22 @@ pub struct ExportParams {
     pub dtype: Dtype,
     #[serde(default)]
     pub weights: Weights,
+    /// For a LoRA run: the merged model, PEFT's adapter, or both.
+    #[serde(default)]
+    pub format: ExportFormat,
+}
+
+/// `export.format`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// A plain model (LoRA's updates folded into the weights).
+    #[default]
+    Merged,
+    /// PEFT's `adapter_config.json` and `adapter_model.safetensors` (a LoRA run only).
+    Peft,
+    /// `merged/` and `adapter/`.
+    Both,
 }
 
 #[cfg(test)]

@@ -4,6 +4,9 @@
 //! ```text
 //! best.safetensors    weights with the best validation metric (HF names)
 //! final.safetensors   weights at the end of training
+//! best.adapter.safetensors, final.adapter.safetensors
+//!                     LoRA runs: the same weights as PEFT's adapter_model.safetensors (adapters
+//!                     and the head under base_model.model.*); the two above are the merged model
 //! config.json         the base config plus num_labels, id2label, label2id, architectures
 //! hparams.json        the resolved hyper-parameters (schedule length, warmup, device, precision)
 //! log.jsonl           one line per log step (loss, lr, grad_norm, samples/s, tokens/s) and eval
@@ -156,12 +159,14 @@ fn checked_config(model_dir: &Path, meta: &TokenizeMeta) -> anyhow::Result<model
     Ok(config)
 }
 
-/// The pretrained weights with a new head of `outputs` (or random weights, `init: random`),
-/// saying which parameters the checkpoint lacked or had to spare.
+/// The pretrained weights with a new head of `outputs` (or random weights, `init: random`), and
+/// LoRA adapters over them when `train.lora` asks, saying which parameters the checkpoint lacked
+/// or had to spare.
 fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: &Path, device: tch::Device) -> anyhow::Result<(model::Model, model::LoadReport)> {
+    let lora = p.lora.as_ref();
     let (m, report) = match p.init {
-        pipeline::Init::Pretrained => model::Model::load(config.clone(), outputs, &model_dir.join("model.safetensors"), device, p.seed)?,
-        pipeline::Init::Random => (model::Model::random(config.clone(), outputs, device, p.seed)?, model::LoadReport::default()),
+        pipeline::Init::Pretrained => model::Model::load_with(config.clone(), outputs, lora, &model_dir.join("model.safetensors"), device, p.seed)?,
+        pipeline::Init::Random => (model::Model::new(config.clone(), outputs, lora, device, p.seed)?, model::LoadReport::default()),
     };
     if !report.initialized.is_empty() {
         eprintln!("initialized (not in the checkpoint): {}", report.initialized.join(", "));
@@ -193,9 +198,23 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let (mut m, report) = load_model(p, &config, labels.outputs() as i64, model_dir, device)?;
     m.compute = kind;
     let objective = objective(p, labels.task, weights.as_deref(), device);
+    if let Some(l) = &m.lora {
+        eprintln!(
+            "LoRA r={} alpha={} dropout={} on {} layers (target_modules {}); trained in full: {}",
+            l.r,
+            l.alpha,
+            l.dropout,
+            l.adapted.len(),
+            l.target_modules.join(", "),
+            l.modules_to_save.join(", ")
+        );
+    }
     eprintln!(
-        "training {} parameters on {} ({}), {} train / {} validation examples",
+        "training {} of {} parameters ({:.2}%; optimizer state {:.1} MiB) on {} ({}), {} train / {} validation examples",
+        m.params.n_trainable(),
         m.params.numel(),
+        100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
+        (8 * m.params.n_trainable()) as f64 / (1 << 20) as f64,
         model::device::describe(device),
         if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
         p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
@@ -218,13 +237,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         select,
     };
     let outcome = trainer::run(job)?;
-    m.params.save(&out.join("final.safetensors"), Kind::Float)?;
-    let best = work.join("best.safetensors");
-    if best.exists() {
-        std::fs::copy(&best, out.join("best.safetensors")).context("copying best weights")?;
-    } else {
-        std::fs::copy(out.join("final.safetensors"), out.join("best.safetensors")).context("copying weights")?;
-    }
+    let checkpoint_bytes = dir_bytes(&work.join("checkpoint"));
+    save_weights(&m, work, out)?;
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
     tensorboard::write(&out.join("log.jsonl"), out)?;
     std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&config.classifier_json(&names, labels.task.problem_type()))?)?;
@@ -240,9 +254,14 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         labels: names.clone(),
         positive_class: positive.map(|i| names[i].clone()),
         initialized: report.initialized.clone(),
+        lora: m.lora.clone(),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
-    let summary = summarize(select, &outcome, &config, device);
+    let mut summary = summarize(select, &outcome, &config, device);
+    summary.trainable_parameters = m.params.n_trainable() as u64;
+    summary.parameters = m.params.numel() as u64;
+    summary.optimizer_state_bytes = 8 * m.params.n_trainable() as u64;
+    summary.checkpoint_bytes = checkpoint_bytes;
     pipeline::files::write(&out.join("summary.json"), &summary)?;
     let st = &outcome.state;
     eprintln!(
@@ -257,6 +276,38 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
     );
     Ok(summary)
+}
+
+/// Writes `final.safetensors` (the weights now) and `best.safetensors` (the trainable weights
+/// the trainer kept in `work` at the best validation, over the same frozen base; the final ones
+/// when no validation ran). Under LoRA each is the merged model, and `*.adapter.safetensors`
+/// beside it holds the adapters and the head under PEFT's names.
+fn save_weights(m: &model::Model, work: &Path, out: &Path) -> anyhow::Result<()> {
+    let write = |named: Vec<(String, tch::Tensor)>, name: &str| -> anyhow::Result<()> {
+        let path = out.join(name);
+        tch::Tensor::write_safetensors(&named, &path).with_context(|| format!("writing {}", path.display()))
+    };
+    let best = work.join("best.safetensors");
+    if m.lora.is_none() {
+        write(m.params.host_copy(Kind::Float), "final.safetensors")?;
+        let from = if best.exists() { best } else { out.join("final.safetensors") };
+        std::fs::copy(&from, out.join("best.safetensors")).with_context(|| format!("copying {}", from.display()))?;
+        return Ok(());
+    }
+    let save = |which: &str| -> anyhow::Result<()> {
+        write(m.params.merged(), &format!("{which}.safetensors"))?;
+        write(m.params.peft_state(), &format!("{which}.adapter.safetensors"))
+    };
+    save("final")?;
+    if best.exists() {
+        m.params.load_trainable(&best)?;
+    }
+    save("best")
+}
+
+/// The bytes of the files directly in `dir` (0 when it is missing).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
 /// `summary.json`: what a run did, and on a GPU its model FLOP utilisation.
@@ -285,6 +336,10 @@ fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &mode
         best_validation: st.best_eval.clone(),
         last_validation: outcome.last_eval.clone(),
         flop_utilisation: mfu,
+        trainable_parameters: 0,
+        parameters: 0,
+        optimizer_state_bytes: 0,
+        checkpoint_bytes: 0,
     }
 }
 

@@ -10,15 +10,16 @@ pub struct AdamW {
     pub weight_decay: f64,
     /// Optimizer steps taken.
     pub step: u64,
-    /// First and second moments, laid out like the parameters' flat buffer.
+    /// First and second moments, laid out like the trainable prefix of the parameters' flat
+    /// buffer (the frozen base under LoRA has none).
     pub m: Tensor,
     pub v: Tensor,
 }
 
 impl AdamW {
     pub fn new(params: &model::Params, weight_decay: f64) -> AdamW {
-        let m = params.flat().zeros_like().detach();
-        let v = params.flat().zeros_like().detach();
+        let m = params.flat().narrow(0, 0, params.n_trainable()).zeros_like().detach();
+        let v = m.zeros_like();
         AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, m, v }
     }
 
@@ -40,6 +41,11 @@ impl AdamW {
         (1.0 - self.beta1.powi(t), 1.0 - self.beta2.powi(t))
     }
 
+    /// The bytes of its state (two fp32 moments per trainable parameter).
+    pub fn state_bytes(&self) -> u64 {
+        2 * 4 * self.m.numel() as u64
+    }
+
     /// [`AdamW::step`] as whole-buffer tensor operations (any device). A parameter without a
     /// gradient (outside this step's graph) is left alone, as torch's AdamW and the CPU step do:
     /// its slices of the parameters and both moments are put back after the whole-buffer update.
@@ -48,18 +54,20 @@ impl AdamW {
         tch::no_grad(|| {
             // The gradients are read once: for the parameters without one and for the update.
             let grads = params.grads();
+            let flat = params.flat().narrow(0, 0, params.n_trainable());
             let untouched: Vec<(i64, i64, [Tensor; 3])> = grads
                 .iter()
                 .zip(&params.tensors)
-                .filter(|((_, g), _)| g.is_none())
-                .map(|((off, _), t)| {
+                .enumerate()
+                .filter(|(i, ((_, g), _))| g.is_none() && params.trainable(*i))
+                .map(|(_, ((off, _), t))| {
                     let (off, n) = (*off, t.numel() as i64);
-                    (off, n, [params.flat(), &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
+                    (off, n, [&flat, &self.m, &self.v].map(|b| b.narrow(0, off, n).copy()))
                 })
                 .collect();
             let norm = self.update(params, params.flat_grad_of(&grads), lr, max_grad_norm, bc1, bc2);
             for (off, n, saved) in untouched {
-                for (b, s) in [params.flat(), &self.m, &self.v].into_iter().zip(&saved) {
+                for (b, s) in [&flat, &self.m, &self.v].into_iter().zip(&saved) {
                     b.narrow(0, off, n).copy_(s);
                 }
             }
@@ -68,14 +76,14 @@ impl AdamW {
     }
 
     /// The whole-buffer update of [`AdamW::step_tensors`] with the flat gradient `g`, every
-    /// parameter included.
+    /// trainable parameter included.
     fn update(&mut self, params: &model::Params, mut g: Tensor, lr: f64, max_grad_norm: f64, bc1: f64, bc2: f64) -> Tensor {
         let norm = g.norm();
         if max_grad_norm > 0.0 {
             let coef = (max_grad_norm / (&norm + 1e-6)).clamp_max(1.0);
             let _ = g.g_mul_(&coef);
         }
-        let mut p = params.flat().shallow_clone();
+        let mut p = params.flat().narrow(0, 0, params.n_trainable());
         if self.weight_decay != 0.0 && params.n_decay() > 0 {
             let _ = p.narrow(0, 0, params.n_decay()).g_mul_scalar_(1.0 - lr * self.weight_decay);
         }
@@ -127,12 +135,14 @@ impl AdamW {
             .flat_map(|&(off, a, n)| slice(a, n).chunks(CHUNK).enumerate().map(move |(i, c)| (off + i * CHUNK, c)))
             .collect();
         let flat = params.flat();
+        // The moments cover the trainable prefix of `flat`, where every gradient lies.
         assert!(flat.is_contiguous() && self.m.is_contiguous() && self.v.is_contiguous());
+        assert!(raw.iter().all(|&(off, _, n)| (off + n) as i64 <= self.m.numel() as i64), "a frozen parameter got a gradient");
         let (pp, mp, vp) = (flat.data_ptr() as usize, self.m.data_ptr() as usize, self.v.data_ptr() as usize);
         tch::no_grad(|| {
             work.par_iter().for_each(|&(off, g)| {
-                // SAFETY: the flat buffers are contiguous fp32 of the same length, every range
-                // [off, off + g.len()) lies inside them, and no two work items overlap.
+                // SAFETY: the flat buffers are contiguous fp32, every range [off, off + g.len())
+                // lies inside all three (asserted above), and no two work items overlap.
                 let (p, m, v) = unsafe {
                     (
                         std::slice::from_raw_parts_mut((pp as *mut f32).add(off), g.len()),
@@ -158,11 +168,11 @@ impl AdamW {
         Tensor::from(norm as f32)
     }
 
-    /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`), copied to host
-    /// memory (a copy on CPU too: later steps do not change it).
+    /// State tensors under names for a checkpoint (`m.<param>`, `v.<param>`, trainable
+    /// parameters only), copied to host memory (a copy on CPU too: later steps do not change it).
     pub fn named_state(&self, params: &model::Params) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        for (i, n) in params.names.iter().enumerate() {
+        for (i, n) in params.names.iter().enumerate().filter(|(i, _)| params.trainable(*i)) {
             out.push((format!("m.{n}"), model::params::host_copy(&params.view_of(&self.m, i), Kind::Float)));
             out.push((format!("v.{n}"), model::params::host_copy(&params.view_of(&self.v, i), Kind::Float)));
         }
@@ -173,7 +183,7 @@ impl AdamW {
     pub fn load_state(&mut self, params: &model::Params, named: Vec<(String, Tensor)>, step: u64) -> anyhow::Result<()> {
         let map: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
         tch::no_grad(|| -> anyhow::Result<()> {
-            for (i, n) in params.names.iter().enumerate() {
+            for (i, n) in params.names.iter().enumerate().filter(|(i, _)| params.trainable(*i)) {
                 for (prefix, buf) in [("m", &self.m), ("v", &self.v)] {
                     let src = map.get(&format!("{prefix}.{n}")).ok_or_else(|| anyhow::anyhow!("checkpoint lacks optimizer state {prefix}.{n}"))?;
                     let mut dst = params.view_of(buf, i);

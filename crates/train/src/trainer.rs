@@ -161,10 +161,11 @@ impl Drop for Writer {
     }
 }
 
-/// Starts writing the checkpoint for `st` (weights, Adam moments, state) and, when `best`, the
-/// best weights, which are the same weights.
+/// Starts writing the checkpoint for `st` (the weights that train, their Adam moments, state)
+/// and, when `best`, the best weights, which are the same weights. Under LoRA that is the
+/// adapters and the head: the frozen base comes from the pretrained file again on resume.
 fn save_checkpoint(job: &Job, opt: &AdamW, st: &State, best: bool, writer: &mut Writer) -> anyhow::Result<()> {
-    let weights = job.model.params.host_copy(Kind::Float);
+    let weights = job.model.params.host_copy_trainable(Kind::Float);
     let moments = opt.named_state(&job.model.params);
     let state = serde_json::to_vec_pretty(st)?;
     let dir = job.work.clone();
@@ -200,7 +201,7 @@ fn load_checkpoint(job: &mut Job, opt: &mut AdamW) -> anyhow::Result<Option<Stat
         return Ok(None);
     };
     let st: State = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?).context("reading checkpoint state.json")?;
-    job.model.params.load_exact(&dir.join("weights.safetensors"))?;
+    job.model.params.load_trainable(&dir.join("weights.safetensors"))?;
     let named = Tensor::read_safetensors(dir.join("optimizer.safetensors")).context("reading the optimizer state")?;
     opt.load_state(&job.model.params, named, st.step)?;
     Ok(Some(st))
