@@ -159,7 +159,7 @@ fn write_dir(x: &Inputs, kind: Kind, out: &Path) -> anyhow::Result<serde_json::V
             n
         }
     };
-    copy_tokenizer(x, out)?;
+    copy_tokenizer(x, kind, out)?;
     std::fs::write(out.join("README.md"), model_card(x, kind, dtype_name)?)?;
     let what = if kind == Kind::Model { "model" } else { "PEFT adapter" };
     eprintln!("exported the {what} to {}: {n} tensors ({dtype_name}) with config and tokenizer", out.display());
@@ -191,15 +191,17 @@ fn adapter_config(l: &Lora, origin: &Origin) -> serde_json::Value {
 }
 
 /// The tokenizer used for training, with `model_max_length` the pipeline's max_length.
-fn copy_tokenizer(x: &Inputs, out: &Path) -> anyhow::Result<()> {
+fn copy_tokenizer(x: &Inputs, kind: Kind, out: &Path) -> anyhow::Result<()> {
     std::fs::copy(x.tokenize.dir.join("tokenizer.json"), out.join("tokenizer.json")).context("copying tokenizer.json")?;
     let model_dir = x.download.dir.join("model");
     let mut tok_cfg = read_json(&model_dir.join("tokenizer_config.json")).unwrap_or_else(|_| json!({}));
     tok_cfg["model_max_length"] = json!(x.meta.max_length);
-    // A PEFT adapter's directory has no config.json to say the family: name the class.
-    if tok_cfg.get("tokenizer_class").is_none_or(serde_json::Value::is_null) {
-        let config = read_json(&x.train.dir.join("config.json"))?;
-        tok_cfg["tokenizer_class"] = config["tokenizer_class"].clone();
+    // A PEFT adapter's directory has no config.json whose model_type tells AutoTokenizer the
+    // class: name it.
+    if let (Kind::Adapter(_), Some(class)) = (kind, &x.hp.tokenizer_class) {
+        if tok_cfg.get("tokenizer_class").is_none_or(serde_json::Value::is_null) {
+            tok_cfg["tokenizer_class"] = json!(class);
+        }
     }
     if let Some(o) = tok_cfg.as_object_mut() {
         o.remove("name_or_path");

@@ -65,8 +65,8 @@ pub trait Family: Send + Sync + std::fmt::Debug {
     fn flops_per_token(&self, seq: f64) -> f64;
     /// The linear layers LoRA adapts by default (PEFT's defaults where it has them).
     fn lora_targets(&self) -> &'static [&'static str];
-    /// The tokenizer class `AutoTokenizer` picks for the family (`config.json`'s
-    /// `tokenizer_class`, which a directory without the model's config, a PEFT adapter's, needs).
+    /// The tokenizer class `AutoTokenizer` picks for the family from `config.json`'s
+    /// `model_type` (a directory without that config, a PEFT adapter's, must name it).
     fn tokenizer_class(&self) -> &'static str;
     /// The typed config as JSON, defaults filled in.
     fn to_json(&self) -> Value;
@@ -155,9 +155,6 @@ impl Config {
         let id2label: serde_json::Map<String, Value> = names.iter().enumerate().map(|(i, n)| (i.to_string(), json!(n))).collect();
         let label2id: serde_json::Map<String, Value> = names.iter().enumerate().map(|(i, n)| (n.clone(), json!(i))).collect();
         v["architectures"] = json!([self.family.architecture()]);
-        if v.get("tokenizer_class").is_none_or(Value::is_null) {
-            v["tokenizer_class"] = json!(self.family.tokenizer_class());
-        }
         v["model_type"] = json!(self.model_type);
         v["num_labels"] = json!(names.len());
         v["problem_type"] = json!(problem_type);

@@ -259,6 +259,9 @@ pub struct Hparams {
     /// The loss's class weights (`class_weights` resolved: `balanced` computed on train).
     pub class_weights: Option<Vec<f64>>,
     pub initialized: Vec<String>,
+    /// The tokenizer class `AutoTokenizer` picks for the model's family.
+    #[serde(default)]
+    pub tokenizer_class: Option<String>,
     /// What `train.lora` resolved to (absent: a full fine-tune).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<Lora>,

@@ -210,7 +210,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         );
     }
     eprintln!(
-        "training {} of {} parameters ({:.2}%; optimizer state {:.1} MiB) on {} ({}), {} train / {} validation examples",
+        "training {} of {} parameters ({:.2}%; optimizer state {:.2} MiB) on {} ({}), {} train / {} validation examples",
         m.params.n_trainable(),
         m.params.numel(),
         100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
@@ -255,6 +255,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         positive_class: positive.map(|i| names[i].clone()),
         initialized: report.initialized.clone(),
         lora: m.lora.clone(),
+        tokenizer_class: Some(config.family().tokenizer_class().to_string()),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
     let mut summary = summarize(select, &outcome, &config, device);
