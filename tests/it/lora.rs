@@ -57,6 +57,12 @@ fn lora_trains_every_family_and_peft_loads_the_adapter_with_its_head() {
         adapter_is_peft_shaped(&export.join("adapter"), &lora, family);
         let base = out[0].artifact.clone().unwrap().join("model");
         peft_agrees(&base, &export, &train, family);
+        // Predict takes the export artifact (its merged model); an adapter alone is named as one.
+        let store = tmp.path().join("store");
+        let s = predict::source::resolve(export.to_str().unwrap(), &store, pipeline::Weights::Best).unwrap_or_else(|e| panic!("{family}: {e:#}"));
+        assert!(s.weights.ends_with("merged/model.safetensors"), "{family}: {}", s.weights.display());
+        let e = predict::source::resolve(export.join("adapter").to_str().unwrap(), &store, pipeline::Weights::Best).err().unwrap().to_string();
+        assert!(e.contains("a PEFT adapter") && e.contains("train artifact"), "{e}");
     }
 }
 

@@ -154,7 +154,9 @@ fn from_artifact(a: Artifact, store: &Path, weights: Weights) -> anyhow::Result<
                 Some(t) => Some(pipeline::files::read::<TokenizeMeta>(&t.dir.join("meta.json"))?),
                 None => None,
             };
-            let mut s = from_directory(&a.dir)?;
+            // `format: both` holds the model in `merged/`; `format: peft` holds no model.
+            let merged = a.dir.join("merged");
+            let mut s = from_directory(if merged.join("config.json").exists() { &merged } else { &a.dir })?;
             s.what = format!("export artifact {key}");
             s.tokenize = meta;
             if let (Some(train), Ok(w)) = (a.manifest.inputs.get("train"), serde_json::from_value::<Weights>(a.manifest.params["weights"].clone())) {
@@ -179,6 +181,9 @@ fn upstream(a: &Artifact, store: &Path, name: &str) -> anyhow::Result<Option<Art
 /// A Hugging Face model directory (or an export copied out of the store).
 fn from_directory(dir: &Path) -> anyhow::Result<Source> {
     let config_path = dir.join("config.json");
+    if !config_path.exists() && dir.join("adapter_config.json").exists() {
+        bail!("{}: a PEFT adapter (export.format peft), not a model; predict with the train artifact it was exported from, or an export with format merged or both", dir.display());
+    }
     if !config_path.exists() {
         bail!("{}: no config.json; MODEL must be a model directory (an export, or a Hugging Face model saved with save_pretrained)", dir.display());
     }
