@@ -3,18 +3,25 @@ ids* as ours, read from our token shards (so tokenization is not part of the com
 
   python3 hf_train.py throughput --config CONFIG.json --tokens TOKDIR --batch 32 --length 512 --steps 40
   python3 hf_train.py imdb --model MODELDIR --tokens TOKDIR --batch 128 --lr 1e-4 --epochs 3
+  python3 hf_train.py imdb ... --lora [--lora-targets query,value --lora-save classifier,pooler]
 
 Prints one JSON object. Throughput: samples/s over the steps after the first --warmup (fixed
 shapes: every batch padded to --length). imdb: padding to max_length as the seed notebook does
 (--dynamic: to each batch's longest row, as DataCollatorWithPadding), then Trainer.evaluate on
 the test split (--eval-repeats times). Peak memory: the process's maximum RSS, and on CUDA
-torch's peak allocation.
+torch's peak allocation. --lora (either mode) wraps the model with peft's LoRA for sequence
+classification (a frozen base, adapters on the targets, the saved modules trained in full).
+imdb mode also reports the trainable parameters, the optimizer's state bytes (every tensor AdamW
+keeps) and the bytes of a checkpoint of what trains (Trainer.save_model, which saves the adapter
+under LoRA, plus the optimizer's state_dict as Trainer's optimizer.pt).
 """
 import argparse
 import json
 import resource
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,6 +88,31 @@ def args_for(out, batch, workers, seed=42, **kw):
         disable_tqdm=True, **kw)
 
 
+def adapt(model, a):
+    """The model itself, or under --lora peft's LoRA model for SEQ_CLS over it."""
+    if not a.lora:
+        return model
+    from peft import LoraConfig, TaskType, get_peft_model
+    split = lambda s: [x for x in s.split(",") if x] if s else None
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                     target_modules=split(a.lora_targets), modules_to_save=split(a.lora_save))
+    return get_peft_model(model, cfg)
+
+
+def sizes(tr, model, out):
+    """Trainable parameters, optimizer state bytes and checkpoint bytes after training."""
+    opt = getattr(tr.optimizer, "optimizer", tr.optimizer)
+    state = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    ck = Path(out) / "checkpoint"
+    shutil.rmtree(ck, ignore_errors=True)
+    tr.save_model(str(ck))
+    torch.save(opt.state_dict(), ck / "optimizer.pt")
+    ck_bytes = sum(f.stat().st_size for f in ck.rglob("*") if f.is_file())
+    return {"trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "optimizer_state_bytes": state, "checkpoint_bytes": ck_bytes}
+
+
 def memory():
     return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None}
@@ -103,6 +135,12 @@ def main():
     ap.add_argument("--dynamic", action="store_true", help="pad each batch to its longest row (imdb mode)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=42, help="Trainer seed (imdb mode)")
+    ap.add_argument("--lora", action="store_true", help="train peft LoRA adapters over a frozen base")
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--lora-alpha", type=int, default=16)
+    ap.add_argument("--lora-dropout", type=float, default=0.1)
+    ap.add_argument("--lora-targets", help="comma-separated target_modules (default: peft's for the model type)")
+    ap.add_argument("--lora-save", help="comma-separated modules_to_save (default: peft's for SEQ_CLS, the classifier)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -111,7 +149,7 @@ def main():
     if a.mode == "throughput":
         cfg = AutoConfig.from_pretrained(a.config, num_labels=num_labels, problem_type=problem_type)
         cfg._attn_implementation = "sdpa"
-        model = AutoModelForSequenceClassification.from_config(cfg)
+        model = adapt(AutoModelForSequenceClassification.from_config(cfg), a)
         need = a.batch * a.steps
         reps = (need + len(ids) - 1) // len(ids)
         types = token_types(types, cfg)
@@ -126,10 +164,12 @@ def main():
                           **memory()}))
     else:
         model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=num_labels, problem_type=problem_type, dtype=torch.float32, attn_implementation="sdpa")
-        pad = model.config.pad_token_id or 0
-        ds = Rows(ids, labels, a.length, pad, token_types(types, model.config))
+        config = model.config
+        model = adapt(model, a)
+        pad = config.pad_token_id or 0
+        ds = Rows(ids, labels, a.length, pad, token_types(types, config))
         tids, tlab, ttypes = read_split(a.tokens, "test")
-        test = Rows(tids, tlab, a.length, pad, token_types(ttypes, model.config))
+        test = Rows(tids, tlab, a.length, pad, token_types(ttypes, config))
         def metrics(p):
             if problem_type == "multi_label_classification":
                 pred, y = p.predictions > 0, p.label_ids > 0.5
@@ -152,7 +192,7 @@ def main():
             t0 = time.perf_counter()
             ev = tr.evaluate(test)
             eval_s.append(time.perf_counter() - t0)
-        print(json.dumps({"mode": "imdb", "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
+        print(json.dumps({"mode": "imdb", "lora": a.lora, **sizes(tr, model, "/tmp/hf-imdb"), "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
                           "samples_per_s": out.metrics.get("train_samples_per_second"), "test_accuracy": ev["eval_accuracy"],
                           "test_f1_micro": ev.get("eval_f1_micro"),
                           "eval_seconds": eval_s[0], "eval_examples_per_s": len(test) / eval_s[0],

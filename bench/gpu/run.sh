@@ -4,7 +4,10 @@
 # 1. ours: all-MiniLM-L6-v2 on IMDB at 256, 3 epochs, bs128, lr 1e-4, bf16, bucketed; test accuracy
 # 2. ours: bert-base shape (random init) at 128/bs128, 256/bs64, 512/bs32, fixed padding and bucketed
 # 3. ours: roberta-base, distilbert-base and ModernBERT-base shapes (random init) at 512/bs32, fixed and bucketed
-# 4. HF Trainer on the same token ids: the same shapes (fixed), and the MiniLM IMDB run
+# 4. LoRA (train.lora: {}, lr 5e-4): the MiniLM IMDB run to test accuracy on its final weights,
+#    and bert-base at 256/bs64 fixed (throughput)
+# 5. HF Trainer on the same token ids: the same shapes (fixed), and the MiniLM IMDB run; with
+#    peft's LoRA on the same modules (query, value; classifier and pooler saved) for the LoRA rows
 #    (the IMDB shards' ids come from MiniLM's tokenizer and fit every family's vocabulary: only
 #    the shapes matter for a throughput figure)
 # Before them, bench/gpu/parity.py: our logits against HF's on the device, fp32 and bf16.
@@ -69,6 +72,13 @@ fi
 record parity both python3 bench/gpu/parity.py "$D/bin/ft-logits" "$W/minilm" tests/fixtures/parity/minilm-classifier.safetensors "$W/tok$IMDB_LEN" "$DEV"
 M=$(params minilm "device: $DEV" "precision: $PREC" "$IMDB_RUN" "learning_rate: 1.0e-4" "weight_decay: 0.01" "batch_size: $(BATCH 128)" "log_every_steps: 50")
 ours minilm-imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --params "$M" --out "$W/o-minilm" --eval-split test
+ML=$(params minilm-lora "device: $DEV" "precision: $PREC" "$IMDB_RUN" "learning_rate: 5.0e-4" "weight_decay: 0.01" "batch_size: $(BATCH 128)" "log_every_steps: 50" "lora: {}")
+ours minilm-imdb-lora --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --params "$ML" --out "$W/o-minilm-lora" --eval-split test --eval-weights final
+PEFT="--lora --lora-targets query,value --lora-save classifier,pooler"
+L=256; B=$(BATCH 64)
+P=$(params bert-base-lora "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: max_length" "log_every_steps: $WINDOW" "learning_rate: 5.0e-4" "lora: {}")
+ours bert-base-$L-lora --model "$D/bert-base" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-bert-base-lora"
+hf bert-base-$L-lora throughput --config "$D/bert-base/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5)) $PEFT
 # Shape, length and batch of each throughput row (random init: the weights do not matter).
 for spec in bert-base:128:128 bert-base:256:64 bert-base:512:32 roberta-base:512:32 distilbert-base-uncased:512:32 modernbert-base:512:32; do
   IFS=: read -r fam L B <<< "$spec"; B=$(BATCH "$B")
@@ -79,5 +89,6 @@ for spec in bert-base:128:128 bert-base:256:64 bert-base:512:32 roberta-base:512
   hf "$fam-$L-max_length" throughput --config "$D/$fam/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
 done
 hf minilm-imdb imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --batch "$(BATCH 128)" --lr 1e-4 $HF_IMDB_RUN --length "$IMDB_LEN"
+hf minilm-imdb-lora imdb --model "$W/minilm" --tokens "$W/tok$IMDB_LEN" --batch "$(BATCH 128)" --lr 5e-4 $HF_IMDB_RUN --length "$IMDB_LEN" $PEFT
 python3 bench/gpu/table.py "$R" | tee "$OUT/table.md"
 if [ -n "${FT_DRY_RUN:-}" ]; then echo "(FT_DRY_RUN: CPU, batches of 2 — a check of this script; the figures mean nothing)" | tee -a "$OUT/table.md"; fi

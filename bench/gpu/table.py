@@ -40,6 +40,19 @@ print(f"| MiniLM IMDB test accuracy | {fmt(o and 100 * o, 2)}% | {fmt(h and 100 
 o = get("ours", "minilm-imdb", "eval", "examples_per_s")
 h = get("hf", "minilm-imdb", "eval_examples_per_s")
 print(f"| MiniLM evaluate 25k test, examples/s | {fmt(o, 0)} | {fmt(h, 0)} | {fmt(o / h if o and h else None, 2)}x |")
+o = get("ours", "bert-base-256-lora", "steady_samples_per_s")
+h = get("hf", "bert-base-256-lora", "samples_per_s")
+print(f"| LoRA bert-base 256/bs64 samples/s, fixed, ours vs HF + peft | {fmt(o)} | {fmt(h)} | {fmt(o / h if o and h else None, 2)}x |")
+o = get("ours", "minilm-imdb-lora", "train", "samples_per_second")
+h = get("hf", "minilm-imdb-lora", "samples_per_s")
+print(f"| LoRA MiniLM IMDB@256 training samples/s, ours vs HF + peft | {fmt(o)} | {fmt(h)} | {fmt(o / h if o and h else None, 2)}x |")
+o = get("ours", "minilm-imdb-lora", "eval", "accuracy")
+h = get("hf", "minilm-imdb-lora", "test_accuracy")
+print(f"| LoRA MiniLM IMDB test accuracy (final weights) | {fmt(o and 100 * o, 2)}% | {fmt(h and 100 * h, 2)}% | |")
+for key, what in [("optimizer_state_bytes", "optimizer state MiB"), ("checkpoint_bytes", "checkpoint MiB")]:
+    o = get("ours", "minilm-imdb-lora", "train", key)
+    h = get("hf", "minilm-imdb-lora", key)
+    print(f"| LoRA MiniLM {what} | {fmt(o and o / 2**20)} | {fmt(h and h / 2**20)} | |")
 p = by.get(("both", "parity"), {})
 if "ours_fp32" in p:
     print(f"\nModel parity on {p['device']} (all-MiniLM-L6-v2, {p['rows']} rows padded to {p['len']}, {p['real_tokens']} real tokens; "

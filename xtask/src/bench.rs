@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::{root, setup};
 
+mod lora;
 mod scale;
 
 /// The parts of the benchmark (`--sections`).
@@ -41,12 +42,16 @@ pub enum Section {
     /// Each stage on IMDB's train split repeated to each `--scale-rows` size (bench/scale_data.py):
     /// wall seconds, rows/s and peak RSS. Not in the default set: at 10M rows it takes an hour.
     Scale,
+    /// LoRA (`train.lora: {}`) against a full fine-tune of ours, and against HF Trainer + peft
+    /// LoRA on the same modules, `--full-runs` seeds each on the subset: test accuracy,
+    /// training samples/s, peak RSS, trainable parameters, optimizer state, checkpoint size.
+    Lora,
 }
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Which parts to run (comma-separated; default: all).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache, Section::Tasks, Section::Predict])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Section::Tokenize, Section::Train, Section::Accuracy, Section::Cache, Section::Tasks, Section::Predict, Section::Lora])]
     sections: Vec<Section>,
     /// `cpu` or `cuda` (both sides run there).
     #[arg(long, default_value = "cpu")]
@@ -83,6 +88,9 @@ pub struct Args {
     /// Learning rate of the full fine-tunes (default: 5e-5 on cpu, 1e-4 on cuda).
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// Learning rate of the LoRA section's LoRA runs, both sides (default: 5e-4).
+    #[arg(long)]
+    lora_learning_rate: Option<f64>,
     /// Full fine-tunes per side for time-to-accuracy.
     #[arg(long, default_value_t = 1)]
     full_runs: usize,
@@ -183,9 +191,9 @@ impl Plan {
                 std::fs::create_dir_all(&logs)?;
                 json_of(Command::new(python()).arg(root().join("bench/random_model.py")).arg(&a.model).arg(&dir), &logs.join("random-model.log"))?;
             }
-            if self.has(Section::Accuracy) || self.has(Section::Tasks) {
-                eprintln!("== no accuracy or tasks section: random weights (`--model {}`) have nothing to fine-tune from", a.model);
-                self.sections.retain(|s| !matches!(s, Section::Accuracy | Section::Tasks));
+            if self.has(Section::Accuracy) || self.has(Section::Tasks) || self.has(Section::Lora) {
+                eprintln!("== no accuracy, tasks or lora section: random weights (`--model {}`) have nothing to fine-tune from", a.model);
+                self.sections.retain(|s| !matches!(s, Section::Accuracy | Section::Tasks | Section::Lora));
             }
             self.model_dir = Some(dir);
         } else if Path::new(&a.model).is_dir() {
@@ -457,32 +465,34 @@ fn nums(v: &Value, key: &str) -> Runs {
     Runs(v[key].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
 }
 
+/// `bench/hf_train.py imdb` on our token ids with the bench's settings, learning rate `lr` and
+/// Trainer seed `seed`.
+fn hf_command(plan: &Plan, model_dir: &Path, tokens: &Path, lr: f64, seed: u64) -> Command {
+    let mut cmd = Command::new(python());
+    cmd.arg(root().join("bench/hf_train.py"))
+        .arg("imdb")
+        .arg("--model")
+        .arg(model_dir)
+        .arg("--tokens")
+        .arg(tokens)
+        .arg("--batch")
+        .arg(plan.batch.to_string())
+        .arg("--lr")
+        .arg(lr.to_string())
+        .arg("--epochs")
+        .arg(plan.epochs.to_string())
+        .arg("--length")
+        .arg(plan.max_length.to_string())
+        .arg("--seed")
+        .arg(seed.to_string())
+        .args(plan.hf_dynamic().then_some("--dynamic"));
+    cmd
+}
+
 /// HF Trainer's full fine-tune on our token ids (`bench/hf_train.py imdb`): train, then
 /// evaluate the test split `evals` times.
 fn hf_fine_tune(plan: &Plan, model_dir: &Path, tokens: &Path, evals: usize, seed: u64, log: &Path) -> anyhow::Result<Value> {
-    json_of(
-        Command::new(python())
-            .arg(root().join("bench/hf_train.py"))
-            .arg("imdb")
-            .arg("--model")
-            .arg(model_dir)
-            .arg("--tokens")
-            .arg(tokens)
-            .arg("--batch")
-            .arg(plan.batch.to_string())
-            .arg("--lr")
-            .arg(plan.lr.to_string())
-            .arg("--epochs")
-            .arg(plan.epochs.to_string())
-            .arg("--length")
-            .arg(plan.max_length.to_string())
-            .arg("--eval-repeats")
-            .arg(evals.to_string())
-            .arg("--seed")
-            .arg(seed.to_string())
-            .args(plan.hf_dynamic().then_some("--dynamic")),
-        log,
-    )
+    json_of(hf_command(plan, model_dir, tokens, plan.lr, seed).arg("--eval-repeats").arg(evals.to_string()), log)
 }
 
 /// The tasks section: a pairs and a multi-label dataset made from the subset's reviews, a full
@@ -652,7 +662,7 @@ fn context(plan: &Plan, a: &Args) -> Value {
         "python": cmd_out(Command::new(python()).args(["-c", "import torch, transformers, tokenizers, datasets; print('torch', torch.__version__, '· transformers', transformers.__version__, '· tokenizers', tokenizers.__version__, '· datasets', datasets.__version__)"])),
         "gpu": if plan.cuda { cmd_out(Command::new("nvidia-smi").args(["--query-gpu=name", "--format=csv,noheader"])) } else { String::new() },
         "device": a.device, "model": a.model, "dataset": a.dataset, "subset": plan.subset, "seed": a.seed, "max_length": plan.max_length,
-        "batch_size": plan.batch, "learning_rate": plan.lr, "epochs": plan.epochs, "repeats": plan.repeats,
+        "batch_size": plan.batch, "learning_rate": plan.lr, "lora_learning_rate": lora::learning_rate(a.lora_learning_rate), "epochs": plan.epochs, "repeats": plan.repeats,
         "sections": format!("{:?}", plan.sections), "full_runs": plan.full_runs, "throughput_steps": {"warmup": plan.warmup_steps, "measured": plan.measured_steps},
     })
 }
@@ -906,6 +916,14 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
         match &subset_dir {
             Some(dir) => rows.extend(task_rows(&a, &plan, &bins, dir, &logs)?),
             None => eprintln!("== no tasks section: it is made from a subset (--subset N, N > 0)"),
+        }
+    }
+
+    if plan.has(Section::Lora) {
+        if plan.subset > 0 {
+            rows.extend(lora::rows(&plan, a.seed, lora::learning_rate(a.lora_learning_rate), &model_dir, &sub_tok, &logs)?);
+        } else {
+            eprintln!("== no lora section: it runs on a subset (--subset N, N > 0)");
         }
     }
 

@@ -105,6 +105,7 @@ impl Plan {
         }
         let modules_to_save = modules_to_save(&spec.modules_to_save, &layout.slots, base)?;
         let (r, scale) = (i64::from(spec.r), spec.alpha / f64::from(spec.r));
+        let n_base = layout.slots.len();
         for (module, inp, out, weight) in &pending {
             let a = layout.slots.len();
             // PEFT: kaiming_uniform_(a=√5) on A, i.e. U(±1/√in); B zero, so training starts at the base.
@@ -113,8 +114,9 @@ impl Plan {
             layout.adapters.push(crate::nn::Adapter { weight: *weight, a, b: a + 1, scale, dropout: spec.dropout });
         }
         let adapted: Vec<String> = pending.iter().map(|p| p.0.clone()).collect();
-        for s in layout.slots.iter_mut() {
-            s.trainable = s.head || s.name.ends_with(".lora_A.weight") || s.name.ends_with(".lora_B.weight") || saved(&s.name, &modules_to_save);
+        // The adapters (appended after the base) train; of the base, the head and what is saved.
+        for s in &mut layout.slots[..n_base] {
+            s.trainable = s.head || saved(&s.name, &modules_to_save);
         }
         if let Some(s) = layout.slots.iter().find(|s| s.trainable && !s.head && adapted.iter().any(|m| module_of(&s.name) == m)) {
             bail!("train.lora: `{}` is both adapted (target_modules) and trained in full (modules_to_save); leave it out of one of them", module_of(&s.name));

@@ -214,7 +214,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         m.params.n_trainable(),
         m.params.numel(),
         100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
-        (8 * m.params.n_trainable()) as f64 / (1 << 20) as f64,
+        optim::AdamW::state_bytes_for(m.params.n_trainable() as u64) as f64 / (1 << 20) as f64,
         model::device::describe(device),
         if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
         p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
@@ -258,11 +258,8 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         tokenizer_class: Some(config.family().tokenizer_class().to_string()),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
-    let mut summary = summarize(select, &outcome, &config, device);
-    summary.trainable_parameters = m.params.n_trainable() as u64;
-    summary.parameters = m.params.numel() as u64;
-    summary.optimizer_state_bytes = 8 * m.params.n_trainable() as u64;
-    summary.checkpoint_bytes = checkpoint_bytes;
+    let sizes = Sizes { trainable: m.params.n_trainable() as u64, parameters: m.params.numel() as u64, checkpoint_bytes };
+    let summary = summarize(select, &outcome, &config, device, sizes);
     pipeline::files::write(&out.join("summary.json"), &summary)?;
     let st = &outcome.state;
     eprintln!(
@@ -311,8 +308,15 @@ fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()).unwrap_or(0)
 }
 
+/// What a run's model and checkpoint weigh, for its summary.
+struct Sizes {
+    trainable: u64,
+    parameters: u64,
+    checkpoint_bytes: u64,
+}
+
 /// `summary.json`: what a run did, and on a GPU its model FLOP utilisation.
-fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &model::Config, device: tch::Device) -> TrainSummary {
+fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &model::Config, device: tch::Device, sizes: Sizes) -> TrainSummary {
     let st = &outcome.state;
     let avg_len = st.tokens as f64 / st.samples.max(1) as f64;
     let flops = 3.0 * st.tokens as f64 * config.family().flops_per_token(avg_len);
@@ -337,10 +341,10 @@ fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &mode
         best_validation: st.best_eval.clone(),
         last_validation: outcome.last_eval.clone(),
         flop_utilisation: mfu,
-        trainable_parameters: 0,
-        parameters: 0,
-        optimizer_state_bytes: 0,
-        checkpoint_bytes: 0,
+        trainable_parameters: sizes.trainable,
+        parameters: sizes.parameters,
+        optimizer_state_bytes: outcome.optimizer_state_bytes,
+        checkpoint_bytes: sizes.checkpoint_bytes,
     }
 }
 

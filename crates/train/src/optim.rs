@@ -43,7 +43,12 @@ impl AdamW {
 
     /// The bytes of its state (two fp32 moments per trainable parameter).
     pub fn state_bytes(&self) -> u64 {
-        2 * 4 * self.m.numel() as u64
+        Self::state_bytes_for(self.m.numel() as u64)
+    }
+
+    /// The bytes of the state it keeps for `trainable` parameters.
+    pub fn state_bytes_for(trainable: u64) -> u64 {
+        2 * 4 * trainable
     }
 
     /// [`AdamW::step`] as whole-buffer tensor operations (any device). A parameter without a

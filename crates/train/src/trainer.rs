@@ -91,6 +91,8 @@ pub struct Outcome {
     pub last_eval: Option<Validation>,
     pub samples_per_second: f64,
     pub tokens_per_second: f64,
+    /// Bytes of the optimizer's state ([`AdamW::state_bytes`]).
+    pub optimizer_state_bytes: u64,
 }
 
 /// The loss and the task's metrics on `split`: single-label accuracy, F1 (of class `positive`,
@@ -426,6 +428,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     Ok(Outcome {
         samples_per_second: st.samples as f64 / secs,
         tokens_per_second: st.tokens as f64 / secs,
+        optimizer_state_bytes: opt.state_bytes(),
         state: st,
         interrupted,
         resumed_from,

@@ -25,6 +25,9 @@ struct Cli {
     /// Split to evaluate after training (left out: no evaluation).
     #[arg(long)]
     eval_split: Option<String>,
+    /// The weights evaluated: `best` (validation's pick) or `final` (the last step's).
+    #[arg(long, default_value = "best", value_parser = ["best", "final"])]
+    eval_weights: String,
     /// Log windows to skip as warm-up when reporting steady-state throughput.
     #[arg(long, default_value_t = 1)]
     warmup_windows: usize,
@@ -64,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         let config = model::Config::from_file(&cli.out.join("config.json"))?;
         let mut m = model::Model::random(config, labels.outputs() as i64, device, 0)?;
         m.compute = train::compute_kind(params.precision, device);
-        m.params.load_exact(&cli.out.join("best.safetensors"))?;
+        m.params.load_exact(&cli.out.join(format!("{}.safetensors", cli.eval_weights)))?;
         let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         let secs = t.elapsed().as_secs_f64();
         out["eval"] = serde_json::to_value(&ev)?;
         out["eval"]["split"] = serde_json::json!(split);
+        out["eval"]["weights"] = serde_json::json!(cli.eval_weights);
         out["eval"]["seconds"] = serde_json::json!(secs);
         out["eval"]["examples_per_s"] = serde_json::json!(s.len() as f64 / secs);
     }
