@@ -187,6 +187,7 @@ def main():
         t0 = time.perf_counter()
         out = tr.train()
         train_s = time.perf_counter() - t0
+        train_peak = memory()["peak_rss_mb"]
         eval_s = []
         for _ in range(a.eval_repeats):
             t0 = time.perf_counter()
@@ -194,7 +195,7 @@ def main():
             eval_s.append(time.perf_counter() - t0)
         print(json.dumps({"mode": "imdb", "lora": a.lora, **sizes(tr, model, "/tmp/hf-imdb"), "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
                           "samples_per_s": out.metrics.get("train_samples_per_second"), "test_accuracy": ev["eval_accuracy"],
-                          "test_f1_micro": ev.get("eval_f1_micro"),
+                          "test_f1_micro": ev.get("eval_f1_micro"), "train_peak_rss_mb": train_peak,
                           "eval_seconds": eval_s[0], "eval_examples_per_s": len(test) / eval_s[0],
                           "eval_examples_per_s_runs": [len(test) / e for e in eval_s], **memory()}))
 

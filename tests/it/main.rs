@@ -9,6 +9,7 @@ mod lora;
 mod model_parity;
 mod pipelines;
 mod predict;
+mod remote;
 mod runner_cache;
 mod smoke;
 mod sweep;

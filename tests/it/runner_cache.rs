@@ -6,8 +6,8 @@ use std::time::Instant;
 use pipeline::Stage;
 use runner::{RunOptions, StageOutcome};
 
-struct World {
-    dir: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 const PIPELINE: &str = "name: fake
@@ -26,7 +26,7 @@ export:
 ";
 
 impl World {
-    fn new() -> World {
+    pub(crate) fn new() -> World {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
@@ -37,40 +37,40 @@ impl World {
     }
     /// Puts fresh copies of the fake stage in `bin/`, as a rebuild would: the runner's memo of
     /// keys is tied to the binaries, and a control change stands for a code change.
-    fn build(&self) {
+    pub(crate) fn build(&self) {
         for s in Stage::ALL {
             let dst = self.dir.path().join("bin").join(s.binary());
             let _ = std::fs::remove_file(&dst);
             std::fs::copy(env!("CARGO_BIN_EXE_ft-fake-stage"), &dst).unwrap();
         }
     }
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.dir.path().join("store")
     }
-    fn write_pipeline(&self, text: &str) {
+    pub(crate) fn write_pipeline(&self, text: &str) {
         let text = text.replace("STORE", &self.store().display().to_string());
         std::fs::write(self.dir.path().join("p.yaml"), text).unwrap();
     }
-    fn control(&self, lines: &str) {
+    pub(crate) fn control(&self, lines: &str) {
         std::fs::write(self.dir.path().join("fake.env"), lines).unwrap();
         self.build();
     }
-    fn opts(&self) -> RunOptions {
+    pub(crate) fn opts(&self) -> RunOptions {
         RunOptions { bin_dir: self.dir.path().join("bin"), ..Default::default() }
     }
-    fn run_with(&self, opts: &RunOptions) -> anyhow::Result<Vec<StageOutcome>> {
+    pub(crate) fn run_with(&self, opts: &RunOptions) -> anyhow::Result<Vec<StageOutcome>> {
         let p = pipeline::load(&self.dir.path().join("p.yaml"))?;
         runner::run(&p, opts, |_| {})
     }
-    fn run(&self) -> Vec<StageOutcome> {
+    pub(crate) fn run(&self) -> Vec<StageOutcome> {
         self.run_with(&self.opts()).unwrap()
     }
-    fn runs_logged(&self) -> Vec<String> {
+    pub(crate) fn runs_logged(&self) -> Vec<String> {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default().lines().map(String::from).collect()
     }
 }
 
-fn ran(out: &[StageOutcome]) -> Vec<&str> {
+pub(crate) fn ran(out: &[StageOutcome]) -> Vec<&str> {
     out.iter().filter(|o| !o.cached).map(|o| o.stage.as_str()).collect()
 }
 

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::{root, setup};
 
 mod lora;
+mod remote;
 mod scale;
 
 /// The parts of the benchmark (`--sections`).
@@ -46,6 +47,10 @@ pub enum Section {
     /// LoRA on the same modules, `--full-runs` seeds each on the subset: test accuracy,
     /// training samples/s, peak RSS, trainable parameters, optimizer state, checkpoint size.
     Lora,
+    /// The smoke pipeline and `imdb-minilm-cpu` computed into an empty store, pushed to an S3
+    /// server on 127.0.0.1 (moto) and pulled into another empty store: seconds and bytes. Not in
+    /// the default set (a few minutes per repeat).
+    Remote,
 }
 
 #[derive(clap::Args)]
@@ -929,6 +934,10 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 
     if plan.has(Section::Predict) {
         rows.extend(predict_rows(&plan, &bins, &model_dir, &whole.join("dataset/test.parquet"), a.seed, &logs)?);
+    }
+
+    if plan.has(Section::Remote) {
+        rows.extend(remote::rows(&plan, &bins, &logs)?);
     }
 
     if plan.has(Section::Scale) {

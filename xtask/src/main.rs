@@ -22,6 +22,25 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where a run's remote store is and how it is used (flag > environment > pipeline file).
+#[derive(clap::Args)]
+struct RemoteArgs {
+    /// The remote store's URL (s3://bucket/prefix, gs://, az://, file:///path); default:
+    /// FT_REMOTE, else the pipeline's `store_remote`.
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+    /// Use no remote store, whatever FT_REMOTE or the pipeline say.
+    #[arg(long, conflicts_with = "remote")]
+    no_remote: bool,
+    /// pull-push (default): pull what is missing, push what was made; pull: never write to it
+    /// (pull requests' CI); push: never read from it. Default: FT_REMOTE_MODE, else pull-push.
+    #[arg(long, value_enum)]
+    remote_mode: Option<artifact::remote::RemoteMode>,
+    /// Fail when the remote cannot be reached (default: warn and go on locally).
+    #[arg(long)]
+    remote_required: bool,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline: each stage reuses its artifact when nothing it depends on changed.
@@ -62,6 +81,39 @@ enum Cmd {
         /// Stop a sweep at its first failing combination (default: record it and go on).
         #[arg(long)]
         fail_fast: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+    /// Upload a pipeline's artifacts (those in the local store for its current parameters) to
+    /// the remote store; computes nothing.
+    Push {
+        pipeline: PathBuf,
+        /// Only these stages' artifacts (repeatable; default: every stage's).
+        #[arg(long, value_parser = parse_stage)]
+        stage: Vec<Stage>,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The remote (default: FT_REMOTE, else the pipeline's `store_remote`).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+    },
+    /// Download a pipeline's artifacts from the remote store into the local one, each verified
+    /// file by file; computes nothing.
+    Pull {
+        pipeline: PathBuf,
+        /// Up to this stage (the stages before it come too: their artifacts are its inputs;
+        /// default: every stage).
+        #[arg(long, value_parser = parse_stage)]
+        stage: Vec<Stage>,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// The remote (default: FT_REMOTE, else the pipeline's `store_remote`).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
     },
     /// Run the test suite (sets up libtorch first when needed).
     Test {
@@ -190,7 +242,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store, set, grid, fail_fast } => {
+        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store, set, grid, fail_fast, remote } => {
             let s = pipeline::load_sweep(&pipeline, &set, &grid)?;
             if only.is_some() && from.is_some() {
                 bail!("--only and --from cannot be combined");
@@ -200,7 +252,8 @@ fn real_main() -> anyhow::Result<()> {
                 Some(d) => d,
                 None => build_stages(&runner::binaries_needed(p))?,
             };
-            let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store };
+            let remote = runner::remote_config(p, remote.remote.as_deref(), remote.no_remote, remote.remote_mode, remote.remote_required)?;
+            let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store, remote, ..Default::default() };
             let t = Instant::now();
             if s.combinations.is_empty() {
                 runner::run(p, &opts, |o| {
@@ -216,6 +269,8 @@ fn real_main() -> anyhow::Result<()> {
             eprintln!("pipeline `{}`: {:.2} s", p.name, t.elapsed().as_secs_f64());
             Ok(())
         }
+        Cmd::Push { pipeline, stage, bin_dir, store, remote } => transfer(&pipeline, &stage, bin_dir, store, remote.as_deref(), artifact::remote::RemoteMode::Push),
+        Cmd::Pull { pipeline, stage, bin_dir, store, remote } => transfer(&pipeline, &stage, bin_dir, store, remote.as_deref(), artifact::remote::RemoteMode::Pull),
         Cmd::Test { args } => {
             setup::ensure()?;
             // The end-to-end tests run the stage binaries, which `cargo test` does not build.
@@ -332,6 +387,33 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `cargo xtask push` / `pull`: every stage looked up (locally, then on the remote for a pull),
+/// the remote required, and `stages` (all when empty) moved one way.
+fn transfer(pipeline: &Path, stages: &[Stage], bin_dir: Option<PathBuf>, store: Option<PathBuf>, remote: Option<&str>, mode: artifact::remote::RemoteMode) -> anyhow::Result<()> {
+    let p = pipeline::load(pipeline)?;
+    let Some(remote) = runner::remote_config(&p, remote, false, Some(mode), true)? else {
+        bail!("no remote store: pass --remote URL, set FT_REMOTE, or give the pipeline `store_remote: URL`");
+    };
+    for s in stages {
+        if p.section(*s).is_none() {
+            bail!("--stage {s}: pipeline `{}` has no such stage", p.name);
+        }
+    }
+    let bin_dir = match bin_dir {
+        Some(d) => d,
+        None => build_stages(&runner::binaries_needed(&p))?,
+    };
+    let shown = remote.shown();
+    let only = stages.iter().max().copied();
+    // A pull brings the stages before the last one asked for too: their artifacts are the
+    // inputs its key is made from. A push moves only the stages asked for.
+    let remote_stages = if mode.pulls() { Vec::new() } else { stages.to_vec() };
+    let opts = runner::RunOptions { only, bin_dir, store, remote: Some(remote), remote_stages, lookup_only: true, ..Default::default() };
+    runner::run(&p, &opts, |o| print_outcome(o, false))?;
+    eprintln!("pipeline `{}`: {} {shown} done", p.name, if mode == artifact::remote::RemoteMode::Push { "push to" } else { "pull from" });
+    Ok(())
+}
+
 fn print_outcome(o: &runner::StageOutcome, explain: bool) {
     let path = o.artifact.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     if explain {
@@ -345,7 +427,13 @@ fn print_outcome(o: &runner::StageOutcome, explain: bool) {
             println!("            - {r}");
         }
     } else {
-        let verdict = if o.cached { "cached" } else { "ran" };
+        let verdict = if o.pulled {
+            "pulled"
+        } else if o.cached {
+            "cached"
+        } else {
+            "ran"
+        };
         println!("{:<9} {:<6} {:<8} {:>8.2} s  {}", o.stage, verdict, artifact::short(&o.key), o.seconds, path);
     }
 }

@@ -9,8 +9,9 @@ use anyhow::{bail, Context as _};
 
 /// PyTorch version that tch 0.24 pairs with. Bump together with `tch` in Cargo.toml.
 pub const TORCH: &str = "torch==2.11.0";
-/// Reference packages for parity tests and benchmarks (tokenizers, transformers, safetensors).
-pub const EXTRAS: &[&str] = &["transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "pyarrow==26.0.1", "accelerate==1.15.0", "tensorboard==2.21.0", "peft==0.21.2"];
+/// Reference packages for parity tests and benchmarks (tokenizers, transformers, safetensors,
+/// peft), and moto's S3 server for the remote store's tests and CI.
+pub const EXTRAS: &[&str] = &["transformers==5.24.0", "tokenizers==0.23.3", "safetensors==0.8.0", "pyarrow==26.0.1", "accelerate==1.15.0", "tensorboard==2.21.0", "peft==0.21.2", "moto[server]==5.2.5"];
 
 fn venv() -> PathBuf {
     super::root().join(".venv")

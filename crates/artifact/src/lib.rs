@@ -9,6 +9,7 @@
 mod hash;
 mod manifest;
 mod progress;
+pub mod remote;
 mod stage;
 mod store;
 

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::{compute_key, short};
 use crate::manifest::{InputRef, Manifest};
-use crate::store::{Artifact, Store};
+use crate::remote::{Corrupt, Pulled, Pushed, Remote};
+use crate::store::{Artifact, KeyLock, Store};
 
 /// Exit code of `--mode lookup` when the artifact is not in the store.
 pub const EXIT_NOT_CACHED: i32 = 3;
@@ -165,6 +166,9 @@ pub struct Report {
     /// ([`Runtime::files`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime_files: Vec<PathBuf>,
+    /// The artifact came from the remote (pulled, verified and published locally).
+    #[serde(default)]
+    pub pulled: bool,
 }
 
 /// What a stage body gets: where to write, its inputs, and places to report into.
@@ -326,6 +330,84 @@ fn explain(def: &StageDef, store: &Store, k: &Keyed, force: bool, report: &mut R
     }
 }
 
+/// The remote the environment configures ([`crate::remote::Config::from_env`]), opened; one
+/// that cannot be opened is a warning (an error when required) and the run goes on locally.
+fn open_remote() -> anyhow::Result<Option<Remote>> {
+    let Some(config) = crate::remote::Config::from_env()? else { return Ok(None) };
+    match Remote::open(&config) {
+        Ok(r) => Ok(Some(r)),
+        Err(e) => unavailable(&config, e).map(|()| None),
+    }
+}
+
+/// A remote that could not be reached or refused: an error when it is required, else a warning
+/// naming it, and the invocation goes on with the local store only.
+fn unavailable(config: &crate::remote::Config, e: anyhow::Error) -> anyhow::Result<()> {
+    if config.required {
+        return Err(e.context(format!("remote {} is required (--remote-required / FT_REMOTE_REQUIRED)", config.shown())));
+    }
+    // Every remote error names the remote already.
+    eprintln!("warning: {e:#}; going on with the local store only");
+    Ok(())
+}
+
+/// [`pull_locked`] under the key's lock, looking locally once more first (another process may
+/// have published it meanwhile); the artifact, and whether it came from the remote.
+fn pull(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &str) -> anyhow::Result<Option<(Artifact, bool)>> {
+    if !remote.as_ref().is_some_and(|r| r.config.mode.pulls()) {
+        return Ok(None);
+    }
+    let lock = store.lock(stage, key)?;
+    if let Some(a) = store.lookup_locked(stage, key, &lock)? {
+        return Ok(Some((a, false)));
+    }
+    Ok(pull_locked(remote, store, stage, key, &lock)?.map(|a| (a, true)))
+}
+
+/// The artifact pulled from the remote when it has the key and every file verifies. A copy that
+/// does not verify is not used: a warning names the file and the stage computes it. A remote
+/// that fails is dropped for the rest of the invocation ([`unavailable`]).
+fn pull_locked(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &str, lock: &KeyLock) -> anyhow::Result<Option<Artifact>> {
+    let Some(r) = remote.as_ref().filter(|r| r.config.mode.pulls()) else { return Ok(None) };
+    match r.pull(store, stage, key, lock) {
+        Ok(Pulled::Published(a)) => {
+            eprintln!("pulled {stage} {} from {}", short(key), r.config.shown());
+            crate::remote::mark_on_remote(store, &r.config, stage, key);
+            Ok(Some(a))
+        }
+        Ok(Pulled::Absent) => Ok(None),
+        Err(e) if e.downcast_ref::<Corrupt>().is_some() => {
+            eprintln!("warning: not using the remote's {stage} {}: {e:#}; computing it here", short(key));
+            Ok(None)
+        }
+        Err(e) => {
+            let config = r.config.clone();
+            *remote = None;
+            unavailable(&config, e).map(|()| None)
+        }
+    }
+}
+
+/// Pushes a local artifact when the remote takes pushes and lacks it, then marks it pushed
+/// ([`crate::remote::mark_on_remote`]) so the runner's memo can answer for it next time.
+fn push(remote: &mut Option<Remote>, store: &Store, art: &Artifact) -> anyhow::Result<()> {
+    let Some(r) = remote.as_ref().filter(|r| r.config.mode.pushes()) else { return Ok(()) };
+    match r.push(art) {
+        Ok(pushed) => {
+            if let Pushed::Uploaded { blobs, bytes } = pushed {
+                eprintln!("pushed {} {} to {}: {blobs} new files, {}", art.manifest.stage, short(&art.manifest.key), r.config.shown(), indicatif::HumanBytes(bytes));
+            }
+            crate::remote::mark_on_remote(store, &r.config, &art.manifest.stage, &art.manifest.key);
+            Ok(())
+        }
+        Err(e) => {
+            let config = r.config.clone();
+            *remote = None;
+            unavailable(&config, e)
+        }
+    }
+}
+
 /// Runs one stage invocation. `extra_inputs` names content that the key must cover beyond the
 /// input artifacts (local source files: name -> blake3). `body` writes the outputs into
 /// `ctx.out`; it runs only when the artifact must be computed, under the key's lock.
@@ -354,6 +436,8 @@ pub fn execute<P: Serialize>(
         Ok(report)
     };
 
+    // The remote takes part in runs and lookups, never in explanations.
+    let mut remote = if args.mode == Mode::Explain { None } else { open_remote()? };
     match args.mode {
         Mode::Explain => {
             explain(def, &store, &k, args.force, &mut report);
@@ -362,6 +446,10 @@ pub fn execute<P: Serialize>(
         Mode::Lookup => {
             if let Some(a) = store.lookup(def.name, &k.key)? {
                 report.found(&a);
+                push(&mut remote, &store, &a)?;
+            } else if let Some((a, pulled)) = pull(&mut remote, &store, def.name, &k.key)? {
+                report.found(&a);
+                report.pulled = pulled;
             }
             return finish(report);
         }
@@ -371,6 +459,7 @@ pub fn execute<P: Serialize>(
     if !args.force {
         if let Some(a) = store.lookup(def.name, &k.key)? {
             report.found(&a);
+            push(&mut remote, &store, &a)?;
             return finish(report);
         }
     }
@@ -379,6 +468,11 @@ pub fn execute<P: Serialize>(
         // Another process may have published it while we waited for the lock.
         if let Some(a) = store.lookup_locked(def.name, &k.key, &lock)? {
             report.found(&a);
+            return finish(report);
+        }
+        if let Some(a) = pull_locked(&mut remote, &store, def.name, &k.key, &lock)? {
+            report.found(&a);
+            report.pulled = true;
             return finish(report);
         }
     }
@@ -401,6 +495,7 @@ pub fn execute<P: Serialize>(
     };
     let art = store.publish(staging, manifest)?;
     drop(lock);
+    push(&mut remote, &store, &art)?;
     report.content_hash = Some(art.manifest.content_hash.clone());
     report.artifact = Some(art.path.clone());
     finish(report)

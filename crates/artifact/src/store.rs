@@ -9,6 +9,7 @@
 //! ROOT/.versions/<stage>/<key>/<version>.lock   shared by readers, exclusive to removers
 //! ROOT/.locks/<stage>-<key>.lock           the key lock: producers, discarders and gc
 //! ROOT/.tmp/  staging directories of runs in progress     ROOT/.trash/  being deleted
+//! ROOT/.remote/<url hash>/<stage>-<key>    known to be on that remote store (remote.rs)
 //! ```
 //!
 //! A key's path always names a whole, verified version: publishing renames a complete version
@@ -354,14 +355,35 @@ impl Store {
     /// reader finds the old artifact or the new one, never none. The replaced version is
     /// deleted unless a reader holds it (gc reclaims it later). `manifest.files` and
     /// `manifest.content_hash` are filled in here. Call under the key's lock.
-    pub fn publish(&self, mut staging: Staging, mut manifest: Manifest) -> Result<Artifact> {
+    pub fn publish(&self, staging: Staging, manifest: Manifest) -> Result<Artifact> {
+        self.publish_as(staging, manifest, None)
+    }
+
+    /// [`Store::publish`] of an artifact made elsewhere (pulled from a remote store), with its
+    /// manifest's own bytes, `text` (parsed: `manifest`), so that the copy is byte-identical:
+    /// fails, publishing nothing, unless the staged files hash to the manifest's content hash.
+    pub fn publish_copy(&self, staging: Staging, manifest: Manifest, text: Vec<u8>) -> Result<Artifact> {
+        self.publish_as(staging, manifest, Some(text))
+    }
+
+    fn publish_as(&self, mut staging: Staging, mut manifest: Manifest, text: Option<Vec<u8>>) -> Result<Artifact> {
         let mut files = Vec::new();
         collect_files(&staging.dir, &staging.dir, &mut files)?;
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        manifest.files = files;
-        manifest.content_hash = content_hash(&manifest.files);
         let mpath = staging.dir.join("manifest.json");
-        let text = serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Manifest { path: mpath.clone(), source })?;
+        let text = match text {
+            Some(t) => {
+                if content_hash(&files) != manifest.content_hash || files != manifest.files {
+                    return Err(VerifyError::Content { dir: staging.dir.clone() }.into());
+                }
+                t
+            }
+            None => {
+                manifest.files = files;
+                manifest.content_hash = content_hash(&manifest.files);
+                serde_json::to_vec_pretty(&manifest).map_err(|source| Error::Manifest { path: mpath.clone(), source })?
+            }
+        };
         {
             use std::io::Write;
             let mut f = File::create(&mpath).at(&mpath)?;
@@ -508,6 +530,20 @@ impl Store {
             if !dry_run {
                 let p = ckpt.join(&n);
                 fs::remove_dir_all(&p).at(&p)?;
+            }
+        }
+        // Marks of artifacts known to be on a remote (remote.rs), of keys not kept.
+        let remote = self.root.join(".remote");
+        for url in names(&remote) {
+            for n in names(&remote.join(&url)) {
+                let Some((stage, key)) = n.split_once('-') else { continue };
+                if !kept(stage, key) {
+                    let p = remote.join(&url).join(&n);
+                    out.push(Reclaimed::of(p.clone(), "remote mark"));
+                    if !dry_run {
+                        let _ = fs::remove_file(&p);
+                    }
+                }
             }
         }
         let memo = self.root.join(".memo");

@@ -91,6 +91,8 @@ pub struct Pipeline {
     pub name: String,
     /// The artifact store, relative to the current directory when not absolute.
     pub store: PathBuf,
+    /// `store_remote`: the URL of a remote store shared by runs elsewhere (CI, teammates).
+    pub store_remote: Option<String>,
     pub stages: Vec<Section>,
     /// The file's `sweep:` section: keys with several values (see [`load_sweep`]).
     pub sweep: Vec<Axis>,
@@ -111,7 +113,7 @@ pub enum Error {
     Parse { path: PathBuf, message: String },
 }
 
-const TOP_KEYS: &[&str] = &["name", "store", "download", "tokenize", "train", "evaluate", "export", "sweep"];
+const TOP_KEYS: &[&str] = &["name", "store", "store_remote", "download", "tokenize", "train", "evaluate", "export", "sweep"];
 
 /// Parses one stage's parameters (typed, defaults applied, validated) into canonical JSON.
 fn typed_section<'de, A: MapAccess<'de>>(stage: Stage, map: &mut A) -> Result<serde_json::Value, A::Error> {
@@ -141,6 +143,7 @@ impl<'de> Visitor<'de> for PipelineVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Pipeline, A::Error> {
         let mut name: Option<String> = None;
         let mut store: Option<PathBuf> = None;
+        let mut store_remote: Option<String> = None;
         let mut stages: Vec<Section> = Vec::new();
         let mut sweep: Option<Vec<Axis>> = None;
         while let Some(key) = map.next_key::<String>()? {
@@ -162,6 +165,12 @@ impl<'de> Visitor<'de> for PipelineVisitor {
                         return Err(de::Error::duplicate_field("store"));
                     }
                     store = Some(map.next_value()?);
+                }
+                "store_remote" => {
+                    if store_remote.is_some() {
+                        return Err(de::Error::duplicate_field("store_remote"));
+                    }
+                    store_remote = Some(map.next_value()?);
                 }
                 other => {
                     let Some(stage) = Stage::parse(other) else {
@@ -195,7 +204,7 @@ impl<'de> Visitor<'de> for PipelineVisitor {
         if stages.is_empty() {
             return Err(de::Error::custom("a pipeline needs at least one stage section"));
         }
-        Ok(Pipeline { name, store: store.unwrap_or_else(|| PathBuf::from("data")), stages, sweep: sweep.unwrap_or_default() })
+        Ok(Pipeline { name, store: store.unwrap_or_else(|| PathBuf::from("data")), store_remote, stages, sweep: sweep.unwrap_or_default() })
     }
 }
 

@@ -33,6 +33,14 @@ pub struct RunOptions {
     pub bin_dir: PathBuf,
     /// Overrides the pipeline's store.
     pub store: Option<PathBuf>,
+    /// The remote store the stages pull from and push to ([`remote_config`]); `None`: local only
+    /// (the stage binaries get no `FT_REMOTE` then, whatever the caller's environment says).
+    pub remote: Option<artifact::remote::Config>,
+    /// The stages the remote applies to (empty: all).
+    pub remote_stages: Vec<Stage>,
+    /// Look every stage up (locally, then on the remote) and compute none: an error names the
+    /// first that neither has.
+    pub lookup_only: bool,
 }
 
 /// One stage's outcome, as printed with `--json`.
@@ -41,6 +49,8 @@ pub struct StageOutcome {
     pub stage: String,
     pub key: String,
     pub cached: bool,
+    /// Came from the remote store (then `cached` too).
+    pub pulled: bool,
     pub seconds: f64,
     pub artifact: Option<PathBuf>,
     /// `--explain` only.
@@ -69,7 +79,12 @@ fn plan(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<Vec<(Stage, Mode, boo
     for sec in &p.stages {
         let s = sec.stage;
         let forced = opts.force.contains(&s) || (opts.refresh && s == Stage::Download);
-        let (mode, force) = if opts.explain {
+        let (mode, force) = if opts.lookup_only {
+            if opts.only.is_some_and(|only| s > only) {
+                break;
+            }
+            (Mode::Lookup, false)
+        } else if opts.explain {
             (Mode::Explain, forced || opts.from.is_some_and(|f| s >= f))
         } else if let Some(only) = opts.only {
             if s < only {
@@ -100,6 +115,33 @@ fn names(p: &Pipeline) -> String {
     p.stages.iter().map(|s| s.stage.name()).collect::<Vec<_>>().join(", ")
 }
 
+/// The remote a run uses: the URL from `flag`, else `FT_REMOTE`, else the pipeline's
+/// `store_remote` (none with `no_remote`); the mode from `mode`, else `FT_REMOTE_MODE`, else
+/// pull-push; required when `required` or `FT_REMOTE_REQUIRED=1`.
+pub fn remote_config(
+    p: &Pipeline,
+    flag: Option<&str>,
+    no_remote: bool,
+    mode: Option<artifact::remote::RemoteMode>,
+    required: bool,
+) -> anyhow::Result<Option<artifact::remote::Config>> {
+    if no_remote {
+        return Ok(None);
+    }
+    let env = artifact::remote::Config::from_env()?;
+    let url = flag.map(str::to_string).or_else(|| env.as_ref().map(|c| c.url.clone())).or_else(|| p.store_remote.clone());
+    let Some(url) = url.filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+    let env_mode = match std::env::var(artifact::remote::ENV_MODE) {
+        Ok(m) if !m.is_empty() => Some(artifact::remote::RemoteMode::parse(&m).with_context(|| format!("{}={m}: expected pull-push, pull or push", artifact::remote::ENV_MODE))?),
+        _ => None,
+    };
+    Ok(Some(artifact::remote::Config {
+        url,
+        mode: mode.or(env_mode).unwrap_or_default(),
+        required: required || matches!(std::env::var(artifact::remote::ENV_REQUIRED).as_deref(), Ok("1") | Ok("true")),
+    }))
+}
+
 /// The store a pipeline uses under these options.
 pub fn store_of(p: &Pipeline, opts: &RunOptions) -> PathBuf {
     opts.store.clone().unwrap_or_else(|| p.store.clone())
@@ -114,6 +156,7 @@ fn invoke(
     inputs: &BTreeMap<Stage, PathBuf>,
     mode: Mode,
     force: bool,
+    remote: Option<&artifact::remote::Config>,
 ) -> anyhow::Result<Report> {
     let tmp = store.join(".tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
@@ -136,6 +179,7 @@ fn invoke(
     if force {
         cmd.arg("--force");
     }
+    artifact::remote::Config::to_env(remote, &mut cmd);
     for up in stage.inputs() {
         if let Some(dir) = inputs.get(up) {
             cmd.arg("--input").arg(format!("{}={}", up, dir.display()));
@@ -176,6 +220,7 @@ pub fn run(
                 stage: stage.name().into(),
                 key: String::new(),
                 cached: false,
+                pulled: false,
                 seconds: 0.0,
                 artifact: None,
                 would_run: None,
@@ -188,11 +233,15 @@ pub fn run(
             continue;
         }
         let t = Instant::now();
+        let remote = opts.remote.as_ref().filter(|_| opts.remote_stages.is_empty() || opts.remote_stages.contains(&stage));
         let memo = (mode != Mode::Explain).then(|| memo::id(&opts.bin_dir, stage, params, &hashes)).flatten();
-        let r = match memo.as_deref().filter(|_| !force).zip(memo_store.as_ref()).and_then(|(id, st)| memo::recall(st, stage, id)) {
+        let recalled = memo.as_deref().filter(|_| !force).zip(memo_store.as_ref()).and_then(|(id, st)| memo::recall(st, stage, id));
+        // A remembered artifact the remote may lack goes through its binary, which pushes it.
+        let recalled = recalled.filter(|r| !remote.is_some_and(|c| c.mode.pushes() && !memo_store.as_ref().is_some_and(|st| artifact::remote::is_on_remote(st, c, stage.name(), &r.key))));
+        let r = match recalled {
             Some(r) => r,
             None => {
-                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force)?;
+                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force, remote)?;
                 if let (Some(id), Some(dir)) = (&memo, &r.artifact) {
                     memo::remember(&store, stage, id, dir, &r.runtime_files);
                 }
@@ -200,17 +249,20 @@ pub fn run(
             }
         };
         if mode == Mode::Lookup && r.artifact.is_none() {
+            let remote_too = remote.map(|c| format!(" nor on the remote {}", c.shown())).unwrap_or_default();
             bail!(
-                "stage `{stage}` of pipeline `{}` has no artifact in {} for its current parameters and inputs; \
-                 run the pipeline without --only/--from first",
+                "stage `{stage}` of pipeline `{}` has no artifact in {}{remote_too} for its current parameters and inputs; \
+                 run the pipeline{} first",
                 p.name,
-                store.display()
+                store.display(),
+                if opts.lookup_only { "" } else { " without --only/--from" }
             );
         }
         let o = StageOutcome {
             stage: stage.name().into(),
             key: r.key.clone(),
             cached: r.cached,
+            pulled: r.pulled,
             seconds: t.elapsed().as_secs_f64(),
             artifact: r.artifact.clone(),
             would_run: r.would_run,
@@ -244,7 +296,7 @@ pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<artifact::K
     let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
     let mut keep = artifact::Keep::new();
     for sec in &p.stages {
-        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, Mode::Lookup, false)?;
+        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, Mode::Lookup, false, None)?;
         keep.insert((sec.stage.name().to_string(), r.key.clone()));
         let Some(dir) = r.artifact else { break };
         artifacts.insert(sec.stage, dir);

@@ -32,7 +32,7 @@ impl Side {
     fn push_ours(&mut self, v: &Value) -> anyhow::Result<()> {
         self.accuracy.0.push(num(v, &["eval", "accuracy"])?);
         self.samples_per_s.0.push(num(v, &["train", "samples_per_second"])?);
-        self.peak_rss_mib.0.push(num(v, &["peak_rss_mb"])?);
+        self.peak_rss_mib.0.push(num(v, &["train_peak_rss_mb"])?);
         self.trainable.0.push(num(v, &["train", "trainable_parameters"])?);
         self.optimizer_mib.0.push(num(v, &["train", "optimizer_state_bytes"])? / MIB);
         self.checkpoint_mib.0.push(num(v, &["train", "checkpoint_bytes"])? / MIB);
@@ -43,7 +43,7 @@ impl Side {
     fn push_hf(&mut self, v: &Value) -> anyhow::Result<()> {
         self.accuracy.0.push(num(v, &["test_accuracy"])?);
         self.samples_per_s.0.push(num(v, &["samples_per_s"])?);
-        self.peak_rss_mib.0.push(num(v, &["peak_rss_mb"])?);
+        self.peak_rss_mib.0.push(num(v, &["train_peak_rss_mb"])?);
         self.trainable.0.push(num(v, &["trainable_parameters"])?);
         self.optimizer_mib.0.push(num(v, &["optimizer_state_bytes"])? / MIB);
         self.checkpoint_mib.0.push(num(v, &["checkpoint_bytes"])? / MIB);
@@ -158,7 +158,7 @@ fn compare(section: &'static str, ours: &Side, reference: &Side, name: &str, rat
     vec![
         row("test accuracy (final weights)", "%", &ours.accuracy, &reference.accuracy, true, format!("within noise: {}", noise_verdict(&ours.accuracy, &reference.accuracy))),
         row("training samples/s over the whole run", "samples/s", &ours.samples_per_s, &reference.samples_per_s, true, rate_target.into()),
-        row("peak RSS MiB (process: train, then evaluate test)", "MiB", &ours.peak_rss_mib, &reference.peak_rss_mib, false, String::new()),
+        row("peak RSS MiB of the process while training", "MiB", &ours.peak_rss_mib, &reference.peak_rss_mib, false, String::new()),
         row("trainable parameters", "", &ours.trainable, &reference.trainable, false, String::new()),
         row("optimizer state MiB (every tensor AdamW keeps)", "MiB", &ours.optimizer_mib, &reference.optimizer_mib, false, String::new()),
         row("checkpoint MiB (what trains + optimizer state)", "MiB", &ours.checkpoint_mib, &reference.checkpoint_mib, false, String::new()),

@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
     let t = std::time::Instant::now();
     let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work)?;
     let wall = t.elapsed().as_secs_f64();
+    // Before evaluation, whose batches of 256 can set a higher peak than training's.
+    let train_peak = peak_rss_mb();
     let log_path = cli.out.join("log.jsonl");
     let log = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let rates = pipeline::files::LogLine::steady_rates(&pipeline::files::LogLine::parse_all(&log_path, &log)?, cli.warmup_windows);
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         "wall_seconds": wall,
         "steady_samples_per_s": samples_per_s,
         "steady_tokens_per_s": tokens_per_s,
+        "train_peak_rss_mb": train_peak,
     });
     if let Some(split) = &cli.eval_split {
         let device = model::device::resolve(&params.device)?;
