@@ -232,4 +232,21 @@ fn the_smoke_pipeline_round_trips_through_an_s3_server() {
     let third = xtask_run(&tmp.path().join("b"), &env, &remote);
     assert!(third.iter().all(|o| o["cached"] == true && o["pulled"] == false), "{third:?}");
     assert!(t.elapsed().as_secs_f64() < 5.0, "the rerun took {:?}", t.elapsed());
+    // An empty store with the server gone: a warning, and every stage computed here; required,
+    // the run fails naming the remote.
+    let fourth = xtask_run(&tmp.path().join("c"), &env, &remote);
+    assert!(fourth.iter().all(|o| o["cached"] == false), "{fourth:?}");
+    let out = Command::new(tests::release_bin("xtask"))
+        .current_dir(tests::repo())
+        .args(["run", "pipelines/smoke.yaml", "--bin-dir"])
+        .arg(tests::release_dir())
+        .arg("--store")
+        .arg(tmp.path().join("d"))
+        .args(remote)
+        .arg("--remote-required")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("remote s3://ft-test/ci is required"), "{err}");
 }

@@ -123,14 +123,6 @@ fn shown(url: &str) -> String {
     }
 }
 
-/// What a pull found.
-pub enum Pulled {
-    /// Published locally from the remote, every file verified.
-    Published(Artifact),
-    /// The remote has no artifact for the key.
-    Absent,
-}
-
 /// What a push did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -240,9 +232,9 @@ impl Remote {
     /// Pulls `stage`/`key` into `store` under the key's `lock`: every file streamed into a
     /// staging directory and hashed on the way, then published through the store's ordinary
     /// atomic publish. A file that does not match the manifest fails the pull with [`Corrupt`]
-    /// naming it; nothing is published then.
-    pub fn pull(&self, store: &Store, stage: &str, key: &str, _lock: &KeyLock) -> anyhow::Result<Pulled> {
-        let Some((manifest, text)) = self.manifest(stage, key)? else { return Ok(Pulled::Absent) };
+    /// naming it; nothing is published then. `None`: the remote has no artifact for the key.
+    pub fn pull(&self, store: &Store, stage: &str, key: &str, _lock: &KeyLock) -> anyhow::Result<Option<Artifact>> {
+        let Some((manifest, text)) = self.manifest(stage, key)? else { return Ok(None) };
         let staging = store.stage_dir(stage)?;
         let total: u64 = manifest.files.iter().map(|f| f.size).sum();
         let progress = Progress::bytes(&format!("pull {stage} {}", crate::short(key)), total);
@@ -270,7 +262,7 @@ impl Remote {
         progress.finish();
         // Every file verified, so the staged tree is the manifest's; publish checks it again.
         let art = store.publish_copy(staging, manifest, text).map_err(|e| Corrupt(format!("remote {}: {stage}/{}: {e}", self.config.shown(), crate::short(key))))?;
-        Ok(Pulled::Published(art))
+        Ok(Some(art))
     }
 
     /// Streams one blob into `dst`, returning its size and blake3.
@@ -416,7 +408,7 @@ mod tests {
         Remote::open(&Config { url: format!("file://{}", dir.display()), mode: RemoteMode::PullPush, required: false }).unwrap()
     }
 
-    fn pull(r: &Remote, store: &Store, stage: &str, key: &str) -> anyhow::Result<Pulled> {
+    fn pull(r: &Remote, store: &Store, stage: &str, key: &str) -> anyhow::Result<Option<Artifact>> {
         let lock = store.lock(stage, key)?;
         r.pull(store, stage, key, &lock)
     }
@@ -433,12 +425,12 @@ mod tests {
         assert_eq!(r.push(&art).unwrap(), Pushed::Uploaded { blobs: 2, bytes: 5 + 7 });
         assert_eq!(r.push(&art).unwrap(), Pushed::Present);
         assert!(r.has("train", "k1").unwrap() && !r.has("train", "k2").unwrap());
-        let Pulled::Published(got) = pull(&r, &b, "train", "k1").unwrap() else { panic!("not pulled") };
+        let got = pull(&r, &b, "train", "k1").unwrap().expect("not pulled");
         got.verify().unwrap();
         for f in ["a.txt", "sub/b.bin", "c.txt", "manifest.json"] {
             assert_eq!(std::fs::read(art.file(f)).unwrap(), std::fs::read(got.file(f)).unwrap(), "{f}");
         }
-        assert!(matches!(pull(&r, &b, "train", "k2").unwrap(), Pulled::Absent));
+        assert!(pull(&r, &b, "train", "k2").unwrap().is_none());
     }
 
     #[test]
@@ -453,11 +445,11 @@ mod tests {
         std::fs::create_dir_all(root.join("blobs").join(second).join("x")).unwrap();
         assert!(r.push(&art).is_err());
         assert!(!r.has("train", "k1").unwrap(), "a manifest was written although a file was not");
-        assert!(matches!(pull(&r, &b, "train", "k1").unwrap(), Pulled::Absent));
+        assert!(pull(&r, &b, "train", "k1").unwrap().is_none());
         // Once the obstacle is gone a push completes it.
         std::fs::remove_dir_all(root.join("blobs").join(second)).unwrap();
         assert!(matches!(r.push(&art).unwrap(), Pushed::Uploaded { blobs: 1, .. }));
-        assert!(matches!(pull(&r, &b, "train", "k1").unwrap(), Pulled::Published(_)));
+        assert!(pull(&r, &b, "train", "k1").unwrap().is_some());
     }
 
     #[test]
@@ -470,7 +462,7 @@ mod tests {
         r.push(&art).unwrap();
         let f = art.manifest.files.iter().find(|f| f.path == "sub/b.bin").unwrap();
         std::fs::write(root.join("blobs").join(&f.blake3), b"\x00\x01\x02BETA").unwrap();
-        let e = pull(&r, &b, "train", "k1").err().expect("a corrupted blob was used");
+        let e = pull(&r, &b, "train", "k1").expect_err("a corrupted blob was used");
         assert!(e.downcast_ref::<Corrupt>().is_some(), "{e:#}");
         assert!(format!("{e}").contains("`sub/b.bin`"), "{e}");
         assert!(b.lookup("train", "k1").unwrap().is_none());
@@ -520,7 +512,7 @@ mod tests {
         });
         assert_eq!(results.iter().filter(|p| matches!(p, Pushed::Uploaded { .. })).count(), 1, "{results:?}");
         let fresh = Store::open(t.path().join("fresh")).unwrap();
-        let Pulled::Published(got) = pull(&remote(&root), &fresh, "train", "k1").unwrap() else { panic!("not pulled") };
+        let got = pull(&remote(&root), &fresh, "train", "k1").unwrap().expect("not pulled");
         got.verify().unwrap();
         assert!(arts.iter().any(|a| a.manifest.content_hash == got.manifest.content_hash));
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::{compute_key, short};
 use crate::manifest::{InputRef, Manifest};
-use crate::remote::{Corrupt, Pulled, Pushed, Remote};
+use crate::remote::{Corrupt, Pushed, Remote};
 use crate::store::{Artifact, KeyLock, Store};
 
 /// Exit code of `--mode lookup` when the artifact is not in the store.
@@ -370,12 +370,12 @@ fn pull(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &str) -> a
 fn pull_locked(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &str, lock: &KeyLock) -> anyhow::Result<Option<Artifact>> {
     let Some(r) = remote.as_ref().filter(|r| r.config.mode.pulls()) else { return Ok(None) };
     match r.pull(store, stage, key, lock) {
-        Ok(Pulled::Published(a)) => {
+        Ok(Some(a)) => {
             eprintln!("pulled {stage} {} from {}", short(key), r.config.shown());
             crate::remote::mark_on_remote(store, &r.config, stage, key);
             Ok(Some(a))
         }
-        Ok(Pulled::Absent) => Ok(None),
+        Ok(None) => Ok(None),
         Err(e) if e.downcast_ref::<Corrupt>().is_some() => {
             eprintln!("warning: not using the remote's {stage} {}: {e:#}; computing it here", short(key));
             Ok(None)

@@ -466,6 +466,18 @@ evaluate:
     }
 
     #[test]
+    fn the_remote_store_is_read_and_a_near_miss_of_it_named() {
+        let ok = ONE_FILE.replace("split: test", "split: validation");
+        let p = parse(Path::new("p.yaml"), &ok.replace("name: p", "name: p\nstore_remote: s3://team/ft")).unwrap();
+        assert_eq!(p.store_remote.as_deref(), Some("s3://team/ft"));
+        assert_eq!(parse(Path::new("p.yaml"), &ok).unwrap().store_remote, None);
+        let e = err(&ONE_FILE.replace("name: p", "name: p\nstore_remot: s3://team/ft"));
+        assert!(e.contains("did you mean `store_remote`?"), "{e}");
+        let e = err(&ONE_FILE.replace("name: p", "name: p\nstore_remote: a\nstore_remote: b"));
+        assert!(e.contains("store_remote"), "{e}");
+    }
+
+    #[test]
     fn a_near_miss_key_gets_a_suggestion() {
         let e = err(&ONE_FILE.replace("epochs: 1", "epochs: 1\n  learnig_rate: 1.0e-4"));
         assert!(e.contains("unknown field `learnig_rate`") && e.contains("did you mean `learning_rate`?"), "{e}");

@@ -147,17 +147,16 @@ pub fn store_of(p: &Pipeline, opts: &RunOptions) -> PathBuf {
     opts.store.clone().unwrap_or_else(|| p.store.clone())
 }
 
-/// Invokes one stage binary and reads its report.
-fn invoke(
-    store: &Path,
-    bin_dir: &Path,
-    stage: Stage,
-    params: &serde_json::Value,
-    inputs: &BTreeMap<Stage, PathBuf>,
+/// How a stage binary is invoked: its mode, whether forced, and the remote store it is given.
+struct How<'a> {
     mode: Mode,
     force: bool,
-    remote: Option<&artifact::remote::Config>,
-) -> anyhow::Result<Report> {
+    remote: Option<&'a artifact::remote::Config>,
+}
+
+/// Invokes one stage binary and reads its report.
+fn invoke(store: &Path, bin_dir: &Path, stage: Stage, params: &serde_json::Value, inputs: &BTreeMap<Stage, PathBuf>, how: How) -> anyhow::Result<Report> {
+    let How { mode, force, remote } = how;
     let tmp = store.join(".tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -241,7 +240,7 @@ pub fn run(
         let r = match recalled {
             Some(r) => r,
             None => {
-                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, mode, force, remote)?;
+                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, How { mode, force, remote })?;
                 if let (Some(id), Some(dir)) = (&memo, &r.artifact) {
                     memo::remember(&store, stage, id, dir, &r.runtime_files);
                 }
@@ -296,7 +295,7 @@ pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<artifact::K
     let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
     let mut keep = artifact::Keep::new();
     for sec in &p.stages {
-        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, Mode::Lookup, false, None)?;
+        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, How { mode: Mode::Lookup, force: false, remote: None })?;
         keep.insert((sec.stage.name().to_string(), r.key.clone()));
         let Some(dir) = r.artifact else { break };
         artifacts.insert(sec.stage, dir);
