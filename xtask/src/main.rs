@@ -41,6 +41,23 @@ struct RemoteArgs {
     remote_required: bool,
 }
 
+/// What `cargo xtask push` and `pull` move, and between which stores.
+#[derive(clap::Args)]
+struct TransferArgs {
+    pipeline: PathBuf,
+    /// push: only these stages' artifacts; pull: up to the last of them, with the stages before
+    /// it (their artifacts are its inputs). Repeatable; default: every stage.
+    #[arg(long, value_parser = parse_stage)]
+    stage: Vec<Stage>,
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// The remote (default: FT_REMOTE, else the pipeline's `store_remote`).
+    #[arg(long, value_name = "URL")]
+    remote: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a pipeline: each stage reuses its artifact when nothing it depends on changed.
@@ -86,35 +103,10 @@ enum Cmd {
     },
     /// Upload a pipeline's artifacts (those in the local store for its current parameters) to
     /// the remote store; computes nothing.
-    Push {
-        pipeline: PathBuf,
-        /// Only these stages' artifacts (repeatable; default: every stage's).
-        #[arg(long, value_parser = parse_stage)]
-        stage: Vec<Stage>,
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// The remote (default: FT_REMOTE, else the pipeline's `store_remote`).
-        #[arg(long, value_name = "URL")]
-        remote: Option<String>,
-    },
+    Push(TransferArgs),
     /// Download a pipeline's artifacts from the remote store into the local one, each verified
     /// file by file; computes nothing.
-    Pull {
-        pipeline: PathBuf,
-        /// Up to this stage (the stages before it come too: their artifacts are its inputs;
-        /// default: every stage).
-        #[arg(long, value_parser = parse_stage)]
-        stage: Vec<Stage>,
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long)]
-        store: Option<PathBuf>,
-        /// The remote (default: FT_REMOTE, else the pipeline's `store_remote`).
-        #[arg(long, value_name = "URL")]
-        remote: Option<String>,
-    },
+    Pull(TransferArgs),
     /// Run the test suite (sets up libtorch first when needed).
     Test {
         /// Extra arguments for `cargo test`.
@@ -269,8 +261,8 @@ fn real_main() -> anyhow::Result<()> {
             eprintln!("pipeline `{}`: {:.2} s", p.name, t.elapsed().as_secs_f64());
             Ok(())
         }
-        Cmd::Push { pipeline, stage, bin_dir, store, remote } => transfer(&pipeline, &stage, bin_dir, store, remote.as_deref(), artifact::remote::RemoteMode::Push),
-        Cmd::Pull { pipeline, stage, bin_dir, store, remote } => transfer(&pipeline, &stage, bin_dir, store, remote.as_deref(), artifact::remote::RemoteMode::Pull),
+        Cmd::Push(t) => transfer(t, artifact::remote::RemoteMode::Push),
+        Cmd::Pull(t) => transfer(t, artifact::remote::RemoteMode::Pull),
         Cmd::Test { args } => {
             setup::ensure()?;
             // The end-to-end tests run the stage binaries, which `cargo test` does not build.
@@ -389,12 +381,13 @@ fn human_bytes(n: u64) -> String {
 
 /// `cargo xtask push` / `pull`: every stage looked up (locally, then on the remote for a pull),
 /// the remote required, and `stages` (all when empty) moved one way.
-fn transfer(pipeline: &Path, stages: &[Stage], bin_dir: Option<PathBuf>, store: Option<PathBuf>, remote: Option<&str>, mode: artifact::remote::RemoteMode) -> anyhow::Result<()> {
-    let p = pipeline::load(pipeline)?;
-    let Some(remote) = runner::remote_config(&p, remote, false, Some(mode), true)? else {
+fn transfer(t: TransferArgs, mode: artifact::remote::RemoteMode) -> anyhow::Result<()> {
+    let TransferArgs { pipeline, stage: stages, bin_dir, store, remote } = t;
+    let p = pipeline::load(&pipeline)?;
+    let Some(remote) = runner::remote_config(&p, remote.as_deref(), false, Some(mode), true)? else {
         bail!("no remote store: pass --remote URL, set FT_REMOTE, or give the pipeline `store_remote: URL`");
     };
-    for s in stages {
+    for s in &stages {
         if p.section(*s).is_none() {
             bail!("--stage {s}: pipeline `{}` has no such stage", p.name);
         }
