@@ -11,7 +11,7 @@ shapes: every batch padded to --length). imdb: padding to max_length as the seed
 the test split (--eval-repeats times). Peak memory: the process's maximum RSS, and on CUDA
 torch's peak allocation. --lora (either mode) wraps the model with peft's LoRA for sequence
 classification (a frozen base, adapters on the targets, the saved modules trained in full).
-imdb mode also reports the trainable parameters, the optimizer's state bytes (every tensor AdamW
+imdb mode under --lora also reports the trainable parameters, the optimizer's state bytes (every tensor AdamW
 keeps) and the bytes of a checkpoint of what trains (Trainer.save_model, which saves the adapter
 under LoRA, plus the optimizer's state_dict as Trainer's optimizer.pt).
 """
@@ -193,7 +193,7 @@ def main():
             t0 = time.perf_counter()
             ev = tr.evaluate(test)
             eval_s.append(time.perf_counter() - t0)
-        print(json.dumps({"mode": "imdb", "lora": a.lora, **sizes(tr, model, "/tmp/hf-imdb"), "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
+        print(json.dumps({"mode": "imdb", "lora": a.lora, **(sizes(tr, model, "/tmp/hf-imdb") if a.lora else {}), "train_seconds": train_s, "train_runtime": out.metrics.get("train_runtime"),
                           "samples_per_s": out.metrics.get("train_samples_per_second"), "test_accuracy": ev["eval_accuracy"],
                           "test_f1_micro": ev.get("eval_f1_micro"), "train_peak_rss_mb": train_peak,
                           "eval_seconds": eval_s[0], "eval_examples_per_s": len(test) / eval_s[0],

@@ -41,6 +41,19 @@ pub const ENV_URL: &str = "FT_REMOTE";
 pub const ENV_MODE: &str = "FT_REMOTE_MODE";
 pub const ENV_REQUIRED: &str = "FT_REMOTE_REQUIRED";
 
+/// `FT_REMOTE_MODE`, when set.
+pub fn env_mode() -> anyhow::Result<Option<RemoteMode>> {
+    match std::env::var(ENV_MODE) {
+        Ok(m) if !m.is_empty() => Ok(Some(RemoteMode::parse(&m).with_context(|| format!("{ENV_MODE}={m}: expected pull-push, pull or push"))?)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether `FT_REMOTE_REQUIRED` asks for the remote to be required (`1` or `true`).
+pub fn env_required() -> bool {
+    matches!(std::env::var(ENV_REQUIRED).as_deref(), Ok("1") | Ok("true"))
+}
+
 /// Which way artifacts move.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RemoteMode {
@@ -90,12 +103,7 @@ impl Config {
         if url.trim().is_empty() {
             return Ok(None);
         }
-        let mode = match std::env::var(ENV_MODE) {
-            Ok(m) if !m.is_empty() => RemoteMode::parse(&m).with_context(|| format!("{ENV_MODE}={m}: expected pull-push, pull or push"))?,
-            _ => RemoteMode::default(),
-        };
-        let required = matches!(std::env::var(ENV_REQUIRED).as_deref(), Ok("1") | Ok("true"));
-        Ok(Some(Config { url: url.trim().to_string(), mode, required }))
+        Ok(Some(Config { url: url.trim().to_string(), mode: env_mode()?.unwrap_or_default(), required: env_required() }))
     }
 
     /// Sets the variables [`Config::from_env`] reads on a child process (or clears them for none).

@@ -351,6 +351,14 @@ fn unavailable(config: &crate::remote::Config, e: anyhow::Error) -> anyhow::Resu
     Ok(())
 }
 
+/// A remote that failed: dropped for the rest of the invocation ([`unavailable`]).
+fn drop_remote(remote: &mut Option<Remote>, e: anyhow::Error) -> anyhow::Result<()> {
+    match remote.take() {
+        Some(r) => unavailable(&r.config, e),
+        None => Err(e),
+    }
+}
+
 /// [`pull_locked`] under the key's lock, looking locally once more first (another process may
 /// have published it meanwhile); the artifact, and whether it came from the remote.
 fn pull(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &str) -> anyhow::Result<Option<(Artifact, bool)>> {
@@ -380,11 +388,7 @@ fn pull_locked(remote: &mut Option<Remote>, store: &Store, stage: &str, key: &st
             eprintln!("warning: not using the remote's {stage} {}: {e:#}; computing it here", short(key));
             Ok(None)
         }
-        Err(e) => {
-            let config = r.config.clone();
-            *remote = None;
-            unavailable(&config, e).map(|()| None)
-        }
+        Err(e) => drop_remote(remote, e).map(|()| None),
     }
 }
 
@@ -400,11 +404,7 @@ fn push(remote: &mut Option<Remote>, store: &Store, art: &Artifact) -> anyhow::R
             crate::remote::mark_on_remote(store, &r.config, &art.manifest.stage, &art.manifest.key);
             Ok(())
         }
-        Err(e) => {
-            let config = r.config.clone();
-            *remote = None;
-            unavailable(&config, e)
-        }
+        Err(e) => drop_remote(remote, e),
     }
 }
 

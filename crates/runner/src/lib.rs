@@ -129,16 +129,15 @@ pub fn remote_config(
         return Ok(None);
     }
     let env = artifact::remote::Config::from_env()?;
-    let url = flag.map(str::to_string).or_else(|| env.as_ref().map(|c| c.url.clone())).or_else(|| p.store_remote.clone());
+    let url = flag.map(str::to_string).or_else(|| env.map(|c| c.url)).or_else(|| p.store_remote.clone());
     let Some(url) = url.filter(|u| !u.trim().is_empty()) else { return Ok(None) };
-    let env_mode = match std::env::var(artifact::remote::ENV_MODE) {
-        Ok(m) if !m.is_empty() => Some(artifact::remote::RemoteMode::parse(&m).with_context(|| format!("{}={m}: expected pull-push, pull or push", artifact::remote::ENV_MODE))?),
-        _ => None,
-    };
     Ok(Some(artifact::remote::Config {
         url,
-        mode: mode.or(env_mode).unwrap_or_default(),
-        required: required || matches!(std::env::var(artifact::remote::ENV_REQUIRED).as_deref(), Ok("1") | Ok("true")),
+        mode: match mode {
+            Some(m) => m,
+            None => artifact::remote::env_mode()?.unwrap_or_default(),
+        },
+        required: required || artifact::remote::env_required(),
     }))
 }
 
