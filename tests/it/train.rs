@@ -55,6 +55,7 @@ fn job<'a>(p: &'a TrainParams, m: &'a mut model::Model, train: &'a shards::Split
         progress: false,
         objective: cross_entropy(),
         select: p.check_task(pipeline::Task::SingleLabel, Some(2)).unwrap(),
+        group: None,
     }
 }
 
@@ -317,12 +318,12 @@ fn the_train_stage_selects_by_f1_of_the_configured_positive_class() {
     let (tmp, model_dir, out) = stage_inputs();
     let tokens = tmp.path();
     let p = params("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\nselect_metric: f1\npositive_class: neg\n");
-    let summary = train::run(&p, &model_dir, tokens, &out, &tmp.path().join("work")).unwrap();
+    let summary = train::run(&p, &model_dir, tokens, &out, &tmp.path().join("work"), None).unwrap();
     let best = summary.best_validation.unwrap();
     assert_eq!(best.positive_class.as_deref(), Some("neg"), "F1 of the class the pipeline names, not class 1");
     let hp: pipeline::files::Hparams = pipeline::files::read(&out.join("hparams.json")).unwrap();
     assert_eq!(hp.positive_class.as_deref(), Some("neg"));
-    let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2")).unwrap_err());
+    let e = format!("{:#}", train::run(&params("device: cpu\ninit: random\nmax_steps: 2\npositive_class: maybe\n"), &model_dir, tokens, &out, &tmp.path().join("w2"), None).unwrap_err());
     assert!(e.contains("train.positive_class `maybe`") && e.contains("neg"), "{e}");
 }
 
@@ -332,7 +333,7 @@ fn max_validation_examples_validates_on_a_seeded_subset() {
     let (tmp, model_dir, out) = stage_inputs();
     let run = |extra: &str, work: &str| {
         let p = params(&format!("device: cpu\ninit: random\nmax_steps: 2\nbatch_size: 16\n{extra}"));
-        train::run(&p, &model_dir, tmp.path(), &out, &tmp.path().join(work)).unwrap().best_validation.unwrap()
+        train::run(&p, &model_dir, tmp.path(), &out, &tmp.path().join(work), None).unwrap().best_validation.unwrap()
     };
     let (a, b) = (run("max_validation_examples: 5\nseed: 1\n", "a"), run("max_validation_examples: 5\nseed: 1\n", "b"));
     assert_eq!(a.examples, 5);
@@ -369,7 +370,7 @@ fn a_max_length_beyond_the_familys_positions_is_refused_before_training() {
         "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": 1});
     std::fs::write(model_dir.join("config.json"), config.to_string()).unwrap();
     let p = params("device: cpu\ninit: random\nmax_steps: 2\n");
-    let e = format!("{:#}", train::run(&p, &model_dir, tmp.path(), &tmp.path().join("out"), &tmp.path().join("work")).unwrap_err());
+    let e = format!("{:#}", train::run(&p, &model_dir, tmp.path(), &tmp.path().join("out"), &tmp.path().join("work"), None).unwrap_err());
     assert!(e.contains("tokenize.max_length 64 exceeds the 62 positions of roberta") && e.contains("config.json"), "{e}");
     assert!(!tmp.path().join("work").exists(), "nothing ran");
 }

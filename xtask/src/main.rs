@@ -100,6 +100,11 @@ enum Cmd {
         fail_fast: bool,
         #[command(flatten)]
         remote: RemoteArgs,
+        /// Train data-parallel with N ranks on this machine, as `torchrun --nproc-per-node N`
+        /// (one per GPU on CUDA; on CPU they share the cores). The artifact's key does not
+        /// depend on N: a run with another N finds it cached.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        nproc_per_node: u16,
     },
     /// Upload a pipeline's artifacts (those in the local store for its current parameters) to
     /// the remote store; computes nothing.
@@ -234,7 +239,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store, set, grid, fail_fast, remote } => {
+        Cmd::Run { pipeline, only, from, force, refresh, explain, json, bin_dir, store, set, grid, fail_fast, remote, nproc_per_node } => {
             let s = pipeline::load_sweep(&pipeline, &set, &grid)?;
             if only.is_some() && from.is_some() {
                 bail!("--only and --from cannot be combined");
@@ -245,7 +250,8 @@ fn real_main() -> anyhow::Result<()> {
                 None => build_stages(&runner::binaries_needed(p))?,
             };
             let remote = runner::remote_config(p, remote.remote.as_deref(), remote.no_remote, remote.remote_mode, remote.remote_required)?;
-            let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store, remote, ..Default::default() };
+            let nproc_per_node = usize::from(nproc_per_node);
+            let opts = runner::RunOptions { only, from, force, refresh, explain, bin_dir, store, remote, nproc_per_node, ..Default::default() };
             let t = Instant::now();
             if s.combinations.is_empty() {
                 runner::run(p, &opts, |o| {

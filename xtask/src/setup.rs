@@ -86,8 +86,45 @@ fn check_free_space(venv: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Debian packages the build needs: Gloo's headers and library for the CPU backend of
+/// data-parallel training (crates/collective). Bump with the header check below.
+pub const SYSTEM_PACKAGES: &[&str] = &["libgloo-dev"];
+
+fn gloo_present() -> bool {
+    let include = std::env::var_os("GLOO_INCLUDE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/include"));
+    include.join("gloo/allreduce.h").exists()
+}
+
+/// Installs [`SYSTEM_PACKAGES`] with apt-get when they are missing and this runs as root;
+/// otherwise says the one command to run.
+fn ensure_system_packages() -> anyhow::Result<()> {
+    if gloo_present() {
+        return Ok(());
+    }
+    let list = SYSTEM_PACKAGES.join(" ");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let apt = Command::new("apt-get").arg("--version").stdout(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    if !(root && apt) {
+        bail!("the build needs Gloo's headers and library (data-parallel training on CPU): run `sudo apt-get install -y {list}` (Debian/Ubuntu), then `cargo xtask setup` again; or set GLOO_INCLUDE and GLOO_LIB to a Gloo build");
+    }
+    eprintln!("setup: installing {list} with apt-get");
+    let install = || Command::new("apt-get").args(["install", "-y", "--no-install-recommends"]).args(SYSTEM_PACKAGES).env("DEBIAN_FRONTEND", "noninteractive").status();
+    let mut ok = install().is_ok_and(|s| s.success());
+    if !ok {
+        // A fresh machine may have no package lists yet.
+        let _ = Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").status();
+        ok = install().is_ok_and(|s| s.success());
+    }
+    if !ok || !gloo_present() {
+        bail!("apt-get install -y {list} failed (see above)");
+    }
+    Ok(())
+}
+
 /// Runs setup unless it is already done.
 pub fn ensure() -> anyhow::Result<()> {
+    ensure_system_packages()?;
     if is_done() {
         return Ok(());
     }
@@ -95,6 +132,7 @@ pub fn ensure() -> anyhow::Result<()> {
 }
 
 pub fn setup() -> anyhow::Result<()> {
+    ensure_system_packages()?;
     if let Some(lt) = user_libtorch() {
         eprintln!("LIBTORCH is set ({}): using it, no venv needed", lt.display());
         return Ok(());

@@ -16,7 +16,7 @@ mod store;
 pub use hash::{canonical_json, compute_key, content_hash, hash_file, short};
 pub use manifest::{FileEntry, InputRef, Manifest, FILE_INPUT};
 pub use progress::{Progress, TICK_GAP};
-pub use stage::{check_lineage, execute, exit, parse_dependencies, Ctx, Lineage, Mode, Report, Runtime, StageArgs, StageDef, EXIT_NOT_CACHED};
+pub use stage::{check_lineage, execute, exit, parse_dependencies, parse_inputs, Ctx, Lineage, Mode, Report, Runtime, StageArgs, StageDef, EXIT_NOT_CACHED};
 pub use store::{Artifact, Keep, KeyLock, Reclaimed, Staging, Store, VerifyError};
 
 /// Version of the store layout and manifest format. It is part of every key: bumping it

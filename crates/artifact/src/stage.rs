@@ -198,7 +198,9 @@ impl Ctx {
     }
 }
 
-fn parse_inputs(specs: &[String]) -> anyhow::Result<BTreeMap<String, Artifact>> {
+/// The artifacts `--input NAME=DIR` names, opened read-only: what a stage reads without taking
+/// part in the store's life cycle (a data-parallel rank other than 0 does that).
+pub fn parse_inputs(specs: &[String]) -> anyhow::Result<BTreeMap<String, Artifact>> {
     let mut out = BTreeMap::new();
     for spec in specs {
         let Some((name, dir)) = spec.split_once('=') else {

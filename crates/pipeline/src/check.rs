@@ -158,6 +158,11 @@ impl Params for TrainParams {
         if let Some(l) = &self.lora {
             l.validate()?;
         }
+        if let Some(d) = &self.distributed {
+            if let Some(t) = d.timeout_s {
+                positive("train.distributed.timeout_s", t)?;
+            }
+        }
         Ok(())
     }
 }

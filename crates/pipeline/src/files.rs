@@ -324,6 +324,19 @@ pub struct TrainSummary {
     /// Bytes of the last checkpoint's files (weights that train, moments, state).
     #[serde(default)]
     pub checkpoint_bytes: u64,
+    /// How many ranks trained and how they talked; absent for one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedRun>,
+}
+
+/// A data-parallel run, as the train summary (and so the manifest) records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistributedRun {
+    pub world_size: usize,
+    /// `gloo` or `nccl`.
+    pub backend: String,
+    /// `ft` (`--nproc-per-node`), `torchrun`, `slurm` or `env`.
+    pub launcher: String,
 }
 
 impl TrainSummary {

@@ -414,6 +414,47 @@ pub struct TrainParams {
     /// LoRA adapters over a frozen encoder (PEFT's `LoraConfig`); absent: a full fine-tune.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraParams>,
+    /// How ranks of a data-parallel run talk (read only when this process is one of several
+    /// ranks: `--nproc-per-node`, torchrun, Slurm). Not in the artifact's key, which does not
+    /// depend on how many ranks trained it either ([`TrainParams::for_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedParams>,
+}
+
+impl TrainParams {
+    /// The settings that make the artifact's key: all but `distributed`.
+    pub fn for_key(&self) -> TrainParams {
+        TrainParams { distributed: None, ..self.clone() }
+    }
+}
+
+/// `train.distributed`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedParams {
+    #[serde(default)]
+    pub backend: DistributedBackend,
+    /// Seconds a collective operation (or the rendezvous) may wait for the other ranks before
+    /// every rank fails; default 600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+}
+
+impl DistributedParams {
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.timeout_s.unwrap_or(600))
+    }
+}
+
+/// `train.distributed.backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DistributedBackend {
+    /// NCCL on CUDA, the CPU backend (Gloo) otherwise.
+    #[default]
+    Auto,
+    Nccl,
+    Cpu,
 }
 
 /// `train.lora`: PEFT's LoRA for sequence classification. The update `B·A·(alpha/r)` is added

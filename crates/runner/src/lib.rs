@@ -41,6 +41,9 @@ pub struct RunOptions {
     /// Look every stage up (locally, then on the remote) and compute none: an error names the
     /// first that neither has.
     pub lookup_only: bool,
+    /// Train data-parallel with this many ranks on this machine (0 or 1: one process); the
+    /// other stages run once. The artifact's key does not depend on it.
+    pub nproc_per_node: usize,
 }
 
 /// One stage's outcome, as printed with `--json`.
@@ -151,11 +154,42 @@ struct How<'a> {
     mode: Mode,
     force: bool,
     remote: Option<&'a artifact::remote::Config>,
+    /// Ranks to start for a stage that trains data-parallel (see [`RunOptions::nproc_per_node`]).
+    ranks: usize,
+}
+
+/// Starts `ranks` copies of the command `make` builds, as torchrun would on one machine (rank
+/// 0 serves the rendezvous on a free loopback port), and waits for all: rank 0's exit is the
+/// stage's.
+fn run_ranks(make: &dyn Fn() -> Command, ranks: usize) -> anyhow::Result<std::process::ExitStatus> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port for the rendezvous")?.port();
+    let mut children = Vec::new();
+    for r in 0..ranks {
+        let mut cmd = make();
+        cmd.env("RANK", r.to_string())
+            .env("WORLD_SIZE", ranks.to_string())
+            .env("LOCAL_RANK", r.to_string())
+            .env("LOCAL_WORLD_SIZE", ranks.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("FT_LAUNCHER", "ft");
+        children.push(cmd.spawn().context("starting a rank")?);
+    }
+    let mut statuses = Vec::new();
+    for mut c in children {
+        statuses.push(c.wait().context("waiting for a rank")?);
+    }
+    for (r, st) in statuses.iter().enumerate().skip(1) {
+        if !st.success() && statuses[0].success() {
+            eprintln!("warning: rank {r} exited with {st} after rank 0 finished");
+        }
+    }
+    Ok(statuses[0])
 }
 
 /// Invokes one stage binary and reads its report.
 fn invoke(store: &Path, bin_dir: &Path, stage: Stage, params: &serde_json::Value, inputs: &BTreeMap<Stage, PathBuf>, how: How) -> anyhow::Result<Report> {
-    let How { mode, force, remote } = how;
+    let How { mode, force, remote, ranks } = how;
     let tmp = store.join(".tmp");
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -167,23 +201,31 @@ fn invoke(store: &Path, bin_dir: &Path, stage: Stage, params: &serde_json::Value
         .with_context(|| format!("writing {}", params_path.display()))?;
     let _ = std::fs::remove_file(&report_path);
     let bin = bin_dir.join(stage.binary());
-    let mut cmd = Command::new(&bin);
-    cmd.arg("--params").arg(&params_path).arg("--store").arg(store).arg("--report").arg(&report_path);
-    cmd.arg("--mode").arg(match mode {
-        Mode::Run => "run",
-        Mode::Lookup => "lookup",
-        Mode::Explain => "explain",
-    });
-    if force {
-        cmd.arg("--force");
-    }
-    artifact::remote::Config::to_env(remote, &mut cmd);
-    for up in stage.inputs() {
-        if let Some(dir) = inputs.get(up) {
-            cmd.arg("--input").arg(format!("{}={}", up, dir.display()));
+    let make = || {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--params").arg(&params_path).arg("--store").arg(store).arg("--report").arg(&report_path);
+        cmd.arg("--mode").arg(match mode {
+            Mode::Run => "run",
+            Mode::Lookup => "lookup",
+            Mode::Explain => "explain",
+        });
+        if force {
+            cmd.arg("--force");
         }
+        artifact::remote::Config::to_env(remote, &mut cmd);
+        for up in stage.inputs() {
+            if let Some(dir) = inputs.get(up) {
+                cmd.arg("--input").arg(format!("{}={}", up, dir.display()));
+            }
+        }
+        cmd
+    };
+    let status = if ranks > 1 && stage == Stage::Train && mode == Mode::Run {
+        run_ranks(&make, ranks)
+    } else {
+        make().status().map_err(anyhow::Error::from)
     }
-    let status = cmd.status().with_context(|| format!("starting {}", bin.display()))?;
+    .with_context(|| format!("starting {}", bin.display()))?;
     let _ = std::fs::remove_file(&params_path);
     let not_cached = mode == Mode::Lookup && status.code() == Some(artifact::EXIT_NOT_CACHED);
     if !status.success() && !not_cached {
@@ -239,7 +281,7 @@ pub fn run(
         let r = match recalled {
             Some(r) => r,
             None => {
-                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, How { mode, force, remote })?;
+                let r = invoke(&store, &opts.bin_dir, stage, params, &artifacts, How { mode, force, remote, ranks: opts.nproc_per_node })?;
                 if let (Some(id), Some(dir)) = (&memo, &r.artifact) {
                     memo::remember(&store, stage, id, dir, &r.runtime_files);
                 }
@@ -294,7 +336,7 @@ pub fn referenced(p: &Pipeline, opts: &RunOptions) -> anyhow::Result<artifact::K
     let mut artifacts: BTreeMap<Stage, PathBuf> = BTreeMap::new();
     let mut keep = artifact::Keep::new();
     for sec in &p.stages {
-        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, How { mode: Mode::Lookup, force: false, remote: None })?;
+        let r = invoke(&store, &opts.bin_dir, sec.stage, &sec.params, &artifacts, How { mode: Mode::Lookup, force: false, remote: None, ranks: 1 })?;
         keep.insert((sec.stage.name().to_string(), r.key.clone()));
         let Some(dir) = r.artifact else { break };
         artifacts.insert(sec.stage, dir);

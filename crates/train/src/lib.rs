@@ -18,6 +18,7 @@
 //! Ctrl-C resumes from there.
 
 pub mod batches;
+pub mod distributed;
 pub mod optim;
 pub mod tensorboard;
 pub mod trainer;
@@ -178,8 +179,10 @@ fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: 
 }
 
 /// Runs the stage: `model_dir` holds config.json and model.safetensors (the download artifact's
-/// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory.
-pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path) -> anyhow::Result<TrainSummary> {
+/// `model/`), `tokenize` is the tokenize artifact, `work` the checkpoint directory. In a
+/// data-parallel run every rank calls it with the `group`; ranks other than 0 write nothing
+/// (`out` and `work` are not touched) and return the same summary.
+pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path, group: Option<&collective::Group>) -> anyhow::Result<TrainSummary> {
     validate(p)?;
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
     let (pad_id, max_length) = (meta.pad_id, meta.max_length);
@@ -193,12 +196,16 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let val = validation_subset(&val_split, p);
     // Before the model is loaded: a class that cannot be balanced fails at once.
     let weights = class_weights(p, &labels, &train)?;
-    let device = model::device::resolve(&p.device)?;
+    let device = match group {
+        None => model::device::resolve(&p.device)?,
+        Some(g) => rank_device(&p.device, &g.launch)?,
+    };
     let kind = compute_kind(p.precision, device);
     let (mut m, report) = load_model(p, &config, labels.outputs() as i64, model_dir, device)?;
     m.compute = kind;
     let objective = objective(p, labels.task, weights.as_deref(), device);
-    if let Some(l) = &m.lora {
+    let leads = group.is_none_or(|g| g.rank() == 0);
+    if let (Some(l), true) = (&m.lora, leads) {
         eprintln!(
             "LoRA r={} alpha={} dropout={} on {} layers (target_modules {}); trained in full: {}",
             l.r,
@@ -209,6 +216,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
             l.modules_to_save.join(", ")
         );
     }
+    if leads {
     eprintln!(
         "training {} of {} parameters ({:.2}%; optimizer state {:.2} MiB) on {} ({}), {} train / {} validation examples",
         m.params.n_trainable(),
@@ -220,6 +228,7 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
         val.len()
     );
+    }
     let job = trainer::Job {
         params: p,
         model: &mut m,
@@ -235,9 +244,15 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         progress: true,
         objective: &objective,
         select,
+        group,
     };
     let outcome = trainer::run(job)?;
-    let checkpoint_bytes = dir_bytes(&work.join("checkpoint"));
+    let sizes = Sizes { trainable: m.params.n_trainable() as u64, parameters: m.params.numel() as u64, checkpoint_bytes: dir_bytes(&work.join("checkpoint")) };
+    let mut summary = summarize(select, &outcome, &config, device, sizes);
+    summary.distributed = group.map(|g| pipeline::files::DistributedRun { world_size: g.size(), backend: g.backend.name().into(), launcher: g.launch.launcher.clone() });
+    if !leads {
+        return Ok(summary);
+    }
     save_weights(&m, work, out)?;
     std::fs::copy(work.join("log.jsonl"), out.join("log.jsonl")).context("copying the log")?;
     tensorboard::write(&out.join("log.jsonl"), out)?;
@@ -258,8 +273,6 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         tokenizer_class: Some(config.family().tokenizer_class().to_string()),
     };
     pipeline::files::write(&out.join("hparams.json"), &hparams)?;
-    let sizes = Sizes { trainable: m.params.n_trainable() as u64, parameters: m.params.numel() as u64, checkpoint_bytes };
-    let summary = summarize(select, &outcome, &config, device, sizes);
     pipeline::files::write(&out.join("summary.json"), &summary)?;
     let st = &outcome.state;
     eprintln!(
@@ -274,6 +287,46 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         st.best_step.map(|s| s.to_string()).unwrap_or_else(|| "-".into())
     );
     Ok(summary)
+}
+
+/// This rank's device for `train.device`: its own GPU (by local rank) where the setting allows
+/// CUDA and one is there, else the CPU.
+pub fn rank_device(spec: &str, launch: &collective::Launch) -> anyhow::Result<tch::Device> {
+    let local = launch.local_rank;
+    match spec {
+        "cpu" => Ok(tch::Device::Cpu),
+        "auto" if !tch::Cuda::is_available() => Ok(tch::Device::Cpu),
+        "auto" | "cuda" => model::device::resolve(&format!("cuda:{local}")).map_err(|e| {
+            e.context(format!("rank {} runs as local rank {local}, on GPU {local}: start at most as many ranks per machine as it has GPUs", launch.rank))
+        }),
+        one if launch.local_world_size > 1 => bail!(
+            "train.device `{one}` names one device, but {} ranks run on this machine: use `auto` or `cuda` (each rank takes the GPU of its local rank)",
+            launch.local_world_size
+        ),
+        one => model::device::resolve(one),
+    }
+}
+
+/// The engine for `train.distributed.backend` on `device`.
+pub fn backend(setting: pipeline::DistributedBackend, device: tch::Device) -> anyhow::Result<collective::Backend> {
+    use pipeline::DistributedBackend as B;
+    let cuda = matches!(device, tch::Device::Cuda(_));
+    match (setting, cuda) {
+        (B::Auto, _) => Ok(collective::Backend::for_device(device)),
+        (B::Nccl, true) | (B::Cpu, false) => Ok(if cuda { collective::Backend::Nccl } else { collective::Backend::Gloo }),
+        (B::Nccl, false) => bail!("train.distributed.backend is nccl, which moves CUDA tensors, but this rank trains on the CPU: use backend cpu or auto"),
+        (B::Cpu, true) => bail!("train.distributed.backend is cpu (Gloo), which moves CPU tensors, but this rank trains on {device:?}: use backend nccl or auto"),
+    }
+}
+
+/// On the CPU, ranks on one machine share its cores: each takes cores / local ranks threads
+/// (unless `OMP_NUM_THREADS` says otherwise), so they do not fight over them.
+pub fn share_cores(launch: &collective::Launch, device: tch::Device) {
+    if device != tch::Device::Cpu || launch.local_world_size < 2 || std::env::var_os("OMP_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    tch::set_num_threads((cores / launch.local_world_size).max(1) as i32);
 }
 
 /// Writes `final.safetensors` (the weights now) and `best.safetensors` (the trainable weights
@@ -345,6 +398,7 @@ fn summarize(select: pipeline::Metric, outcome: &trainer::Outcome, config: &mode
         parameters: sizes.parameters,
         optimizer_state_bytes: outcome.optimizer_state_bytes,
         checkpoint_bytes: sizes.checkpoint_bytes,
+        distributed: None,
     }
 }
 

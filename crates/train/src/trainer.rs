@@ -40,6 +40,9 @@ pub struct State {
     /// Of which validation and checkpoint writing.
     pub eval_seconds: f64,
     pub done: bool,
+    /// Ranks of the data-parallel run that took this state (absent: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
 }
 
 /// The figure of a validation that `m` (the resolved `select_metric`) selects by; a metric the
@@ -78,6 +81,16 @@ pub struct Job<'a> {
     /// What weights are selected by (`select_metric` resolved for the task, see
     /// [`pipeline::Task::select`]).
     pub select: Metric,
+    /// The other ranks of a data-parallel run (see [`crate::distributed`]); only rank 0 writes
+    /// to `work`.
+    pub group: Option<&'a collective::Group>,
+}
+
+impl Job<'_> {
+    /// Whether this process writes the log, checkpoints and best weights: one process, or rank 0.
+    pub fn leads(&self) -> bool {
+        self.group.is_none_or(|g| g.rank() == 0)
+    }
 }
 
 /// How a run ended.
@@ -101,10 +114,15 @@ pub struct Outcome {
 /// failed batch (it knows which setting sets the batch size).
 pub fn evaluate<E: shards::Examples + ?Sized>(m: &model::Model, objective: &Objective, split: &E, batch: usize, pad: u32, device: Device, positive: Option<(usize, &str)>) -> Result<Validation, BatchError> {
     let pred = model::infer::predict(m, objective, split, batch, pad, device, &mut |_| {})?;
+    Ok(validation(m, &pred, split, positive))
+}
+
+/// Validation figures of predictions `pred` of `split` (see [`evaluate`]).
+pub fn validation<E: shards::Examples + ?Sized>(m: &model::Model, pred: &model::infer::Predictions, split: &E, positive: Option<(usize, &str)>) -> Validation {
     // A split's examples always carry labels; only an empty split has no loss.
     let base = Validation { loss: pred.loss.unwrap_or(0.0), examples: split.len(), ..Default::default() };
-    let Some(targets) = split.every_target() else { return Ok(base) };
-    Ok(match targets {
+    let Some(targets) = split.every_target() else { return base };
+    match targets {
         shards::Targets::Class(labels) => {
             let p = pred.argmax();
             let n = m.num_labels as usize;
@@ -130,7 +148,27 @@ pub fn evaluate<E: shards::Examples + ?Sized>(m: &model::Model, objective: &Obje
             let p: Vec<f64> = pred.probs.iter().map(|r| f64::from(r[0])).collect();
             Validation { pearson: Some(metrics::pearson(&y, &p)), spearman: Some(metrics::spearman(&y, &p)), mse: Some(metrics::mse(&y, &p)), ..base }
         }
-    })
+    }
+}
+
+/// [`evaluate`] for a job: across the ranks of a data-parallel run, each predicting its
+/// contiguous part of `val` and every rank computing the figures of all the parts gathered.
+fn evaluate_job(job: &Job, val: &dyn shards::Examples) -> anyhow::Result<Validation> {
+    let p = job.params;
+    let positive = job.positive_class.map(|i| (i, job.names[i].as_str()));
+    let explain = |e: BatchError| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length");
+    let batch = p.batch_size.max(32);
+    let Some(group) = job.group else {
+        return evaluate(job.model, job.objective, val, batch, job.pad_id, job.device, positive).map_err(explain);
+    };
+    let part = crate::distributed::Part { inner: val, range: crate::distributed::share(val.len(), group.rank(), group.size()) };
+    let mine = if part.range.is_empty() {
+        model::infer::Predictions { probs: Vec::new(), loss: None, tokens: 0 }
+    } else {
+        model::infer::predict(job.model, job.objective, &part, batch, job.pad_id, job.device, &mut |_| {}).map_err(explain)?
+    };
+    let all = crate::distributed::gather(group, &mine, part.range.len())?;
+    Ok(validation(job.model, &all, val, positive))
 }
 
 /// Writes checkpoints and best weights on a background thread, one write at a time. The tensors
@@ -227,7 +265,9 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
 /// Runs (or resumes) training.
 pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let p = job.params;
-    std::fs::create_dir_all(&job.work).with_context(|| format!("creating {}", job.work.display()))?;
+    if job.leads() {
+        std::fs::create_dir_all(&job.work).with_context(|| format!("creating {}", job.work.display()))?;
+    }
     let n_train = job.train.len();
     if u32::try_from(n_train).is_err() {
         bail!("the train split has {n_train} examples; at most {} can be trained on (set train.max_train_examples)", u32::MAX);
@@ -273,17 +313,30 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     };
     let warmup = p.warmup_steps.unwrap_or_else(|| (p.warmup_ratio * total_steps as f64).ceil() as u64);
     let mut opt = AdamW::new(&job.model.params, p.weight_decay);
-    let mut st = load_checkpoint(&mut job, &mut opt)?.unwrap_or_default();
+    let mut st = if job.leads() { load_checkpoint(&mut job, &mut opt)?.unwrap_or_default() } else { State::default() };
+    let world = job.group.map_or(1, |g| g.size());
+    let taken_by = st.world_size.unwrap_or(1);
+    if let Some(group) = job.group {
+        crate::distributed::start_together(group, &job.model.params, &mut opt, &mut st)?;
+    }
+    if st.step > 0 && taken_by != world && job.leads() {
+        eprintln!("the checkpoint was taken by {taken_by} rank(s); {world} go on with the same global batches (results differ in summation order only)");
+    }
+    st.world_size = (world > 1).then_some(world);
     let resumed_from = (st.step > 0).then_some(st.step);
     let log_path = job.work.join("log.jsonl");
-    if st.step > 0 {
-        eprintln!("resuming from the checkpoint at step {} (epoch {}, batch {})", st.step, st.epoch + 1, st.batch);
-        trim_log(&log_path, st.step)?;
+    let mut log: Box<dyn Write> = if job.leads() {
+        if st.step > 0 {
+            eprintln!("resuming from the checkpoint at step {} (epoch {}, batch {})", st.step, st.epoch + 1, st.batch);
+            trim_log(&log_path, st.step)?;
+        } else {
+            let _ = std::fs::remove_file(&log_path);
+        }
+        Box::new(std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("opening log.jsonl")?)
     } else {
-        let _ = std::fs::remove_file(&log_path);
-    }
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("opening log.jsonl")?;
-    let progress = if job.progress { artifact::Progress::new("steps", total_steps, st.step) } else { artifact::Progress::hidden() };
+        Box::new(std::io::sink())
+    };
+    let progress = if job.progress && job.leads() { artifact::Progress::new("steps", total_steps, st.step) } else { artifact::Progress::hidden() };
     let mut last_eval = None;
     let higher = job.select.higher_is_better();
     // Pending per-step losses (device scalars), checked for NaN at each log point.
@@ -296,7 +349,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let validate_and_checkpoint = |job: &Job,
                                    st: &mut State,
                                    opt: &AdamW,
-                                   log: &mut std::fs::File,
+                                   log: &mut dyn Write,
                                    last_eval: &mut Option<Validation>,
                                    writer: &mut Writer|
      -> anyhow::Result<bool> {
@@ -304,9 +357,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let mut best = false;
         let t_eval = Instant::now();
         if let Some(val) = job.val {
-            let ev = progress
-                .during(&format!("validating {} examples", val.len()), || evaluate(job.model, job.objective, val, p.batch_size.max(32), job.pad_id, job.device, job.positive_class.map(|i| (i, job.names[i].as_str()))))
-                .map_err(|e| e.explain("validation", "train.batch_size (validation batches hold max(32, batch_size) examples) or tokenize.max_length"))?;
+            let ev = progress.during(&format!("validating {} examples", val.len()), || evaluate_job(job, val))?;
             let m = metric(&ev, job.select);
             let better = match st.best_metric(job.select) {
                 None => true,
@@ -329,7 +380,9 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             progress.println(&format!("step {}: validation {}{}", st.step, figures.join(", "), if better { " (best)" } else { "" }));
             *last_eval = Some(ev);
         }
-        save_checkpoint(job, opt, st, best, writer)?;
+        if job.leads() {
+            save_checkpoint(job, opt, st, best, writer)?;
+        }
         st.eval_seconds += t_eval.elapsed().as_secs_f64();
         st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
         Ok(stop)
@@ -340,18 +393,34 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let n_batches = batches.len();
         let mut micro_in_step = 0usize;
         while st.batch < n_batches {
-            let idx: Vec<usize> = batches[st.batch].iter().map(|&i| i as usize).collect();
-            tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro)) as i64);
+            let global: Vec<usize> = batches[st.batch].iter().map(|&i| i as usize).collect();
+            // Each rank draws its own dropout masks; rank 0's are the one-process masks.
+            let rank = job.group.map_or(0, |g| g.rank() as u64);
+            tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro).wrapping_add(rank << 40)) as i64);
+            let (idx, share) = match job.group {
+                None => (global.clone(), 1.0),
+                Some(g) => crate::distributed::local_rows(job.objective, job.train, &global, g)?,
+            };
             let b = shards::pad_batch(job.train, &idx, job.pad_id, plan.pad_to(), plan.length_multiple);
-            let (rows, len, tokens) = (b.rows, b.len, b.tokens);
+            let (len, mut tokens) = (b.len, b.tokens);
+            let rows = global.len();
+            if job.group.is_some() {
+                tokens = global.iter().map(|&i| job.train.length(i)).sum();
+            }
             let Some(targets) = &b.targets else { bail!("the training split has no labels") };
-            let loss = model::device::guard(rows, len, job.device, || {
+            let loss = model::device::guard(b.rows, len, job.device, || {
                 let x = model::infer::to_device(&b, job.device);
                 let labels = model::loss::targets(targets, job.device);
                 let logits = job.model.forward(&x, true);
                 let loss = job.objective.loss(&logits, &labels);
-                (&loss / accum as f64).backward();
-                loss.detach()
+                if share == 1.0 {
+                    (&loss / accum as f64).backward();
+                    loss.detach()
+                } else {
+                    let weighted = &loss * share;
+                    (&weighted / accum as f64).backward();
+                    weighted.detach()
+                }
             })
             .map_err(|e| e.explain(&format!("training step {}", st.step + 1), "train.batch_size (or set train.batch_tokens), or tokenize.max_length"))?;
             st.micro += 1;
@@ -366,6 +435,9 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             micro_in_step = 0;
             let lr = p.learning_rate * lr_lambda(st.step, warmup, total_steps);
+            if let Some(g) = job.group {
+                crate::distributed::all_reduce_grads(g, &job.model.params)?;
+            }
             let norm = opt.step(&job.model.params, lr, p.max_grad_norm);
             job.model.params.zero_grad();
             st.step += 1;
@@ -373,7 +445,10 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             progress.set_position(st.step);
             let at_log = st.step % p.log_every_steps.max(1) == 0 || st.step == total_steps;
             if at_log {
-                let losses: Vec<f64> = pending.iter().map(|(_, l)| l.double_value(&[])).collect();
+                let losses: Vec<f64> = match job.group {
+                    None => pending.iter().map(|(_, l)| l.double_value(&[])).collect(),
+                    Some(g) => crate::distributed::sum_losses(g, &pending.iter().map(|(_, l)| l.shallow_clone()).collect::<Vec<_>>(), job.device)?,
+                };
                 if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
                     bail!(
                         "loss became {} at step {} (lr {lr:.3e}); nothing was published. Lower train.learning_rate or use precision: fp32",
@@ -391,7 +466,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
                 pending.clear();
                 window = (Instant::now(), 0, 0, st.step);
             }
-            if p.eval_every_steps.is_some_and(|e| st.step % e == 0) && st.step < total_steps && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval, &mut writer)? {
+            if p.eval_every_steps.is_some_and(|e| st.step % e == 0) && st.step < total_steps && validate_and_checkpoint(&job, &mut st, &opt, &mut *log, &mut last_eval, &mut writer)? {
                 st.done = true;
                 break 'outer;
             }
@@ -400,7 +475,9 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             if job.stop_after == Some(st.step) {
                 st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
-                save_checkpoint(&job, &opt, &st, false, &mut writer)?;
+                if job.leads() {
+                    save_checkpoint(&job, &opt, &st, false, &mut writer)?;
+                }
                 interrupted = true;
                 break 'outer;
             }
@@ -414,13 +491,17 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             st.done = true;
         }
         let epoch_end = p.eval_every_steps.is_none() || finished;
-        if epoch_end && validate_and_checkpoint(&job, &mut st, &opt, &mut log, &mut last_eval, &mut writer)? {
+        if epoch_end && validate_and_checkpoint(&job, &mut st, &opt, &mut *log, &mut last_eval, &mut writer)? {
             st.done = true;
         }
     }
     progress.finish();
     let t_wait = Instant::now();
     writer.wait()?;
+    if let Some(g) = job.group {
+        // No rank leaves (rank 0 would take the rendezvous store with it) before all are done.
+        g.barrier()?;
+    }
     st.eval_seconds += t_wait.elapsed().as_secs_f64();
     st.train_seconds = base_seconds + t_start.elapsed().as_secs_f64();
     // Throughput counts the training loop only, not validation and checkpoints.

@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
     let work = cli.out.join("work");
     let _ = std::fs::remove_dir_all(&work);
     let t = std::time::Instant::now();
-    let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work)?;
+    let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work, None)?;
     let wall = t.elapsed().as_secs_f64();
     // Before evaluation, whose batches of 256 can set a higher peak than training's.
     let train_peak = peak_rss_mb();

@@ -1,4 +1,8 @@
-//! `ft-train`: the train stage as a command.
+//! `ft-train`: the train stage as a command. Started as one of several ranks (`RANK`,
+//! `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` as torchrun sets them, or Slurm's `srun`), it
+//! trains data-parallel: rank 0 goes through the artifact's life cycle (key lock, staging,
+//! checkpoints, publish) and tells the others whether to train; they read the same inputs and
+//! write nothing.
 
 use clap::Parser;
 
@@ -9,20 +13,89 @@ struct Cli {
     args: artifact::StageArgs,
 }
 
+/// What rank 0 tells the others before any work.
+const TRAIN: &[u8] = b"train";
+const NOTHING_TO_DO: &[u8] = b"nothing to do";
+const FAILED: &[u8] = b"failed";
+
 fn main() {
     let cli = Cli::parse();
-    artifact::exit(&cli.args, real_main(&cli.args))
+    let launch = match collective::Launch::from_env() {
+        Ok(l) => l.filter(|_| cli.args.mode == artifact::Mode::Run),
+        Err(e) => artifact::exit(&cli.args, Err(e)),
+    };
+    match launch {
+        None => artifact::exit(&cli.args, real_main(&cli.args, None)),
+        Some(l) => {
+            let rank = l.rank;
+            let result = ranked(&cli.args, &l);
+            match (rank, result) {
+                (0, r) => artifact::exit(&cli.args, r.and_then(|r| r.ok_or_else(|| anyhow::anyhow!("rank 0 wrote no report")))),
+                (_, Ok(_)) => std::process::exit(0),
+                (_, Err(e)) => {
+                    eprintln!("error: rank {rank}: {e:#}");
+                    std::process::exit(1)
+                }
+            }
+        }
+    }
 }
 
-fn real_main(args: &artifact::StageArgs) -> anyhow::Result<artifact::Report> {
+/// One rank of a data-parallel run: joins the others, then rank 0 runs the stage and the others
+/// follow its word. Returns rank 0's report.
+fn ranked(args: &artifact::StageArgs, launch: &collective::Launch) -> anyhow::Result<Option<artifact::Report>> {
     let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
     train::validate(&params)?;
-    artifact::execute(&train::stage_def(), args, &params, Default::default(), |ctx| {
+    let dist = params.distributed.clone().unwrap_or_default();
+    let device = train::rank_device(&params.device, launch)?;
+    let backend = train::backend(dist.backend, device)?;
+    train::share_cores(launch, device);
+    let group = collective::Group::join(launch, backend, dist.timeout(), device)?;
+    if launch.rank == 0 {
+        let mut told = false;
+        let result = real_main(args, Some((&group, &mut told)));
+        if !told {
+            // A cached artifact, or a failure before training: the others stop too.
+            let _ = group.broadcast_bytes(if result.is_ok() { NOTHING_TO_DO } else { FAILED });
+            let _ = group.barrier();
+        }
+        return result.map(Some);
+    }
+    let word = group.broadcast_bytes(&[])?;
+    if word != TRAIN {
+        group.barrier()?;
+        if word == FAILED {
+            anyhow::bail!("rank 0 failed before training (see its output)");
+        }
+        return Ok(None);
+    }
+    let inputs = artifact::parse_inputs(&args.inputs)?;
+    let input = |name: &str| inputs.get(name).map(|a| a.dir.clone()).ok_or_else(|| anyhow::anyhow!("missing input `{name}` (pass --input {name}=DIR)"));
+    let (download, tokenize) = (input("download")?, input("tokenize")?);
+    let nowhere = std::path::Path::new("");
+    train::run(&params, &download.join("model"), &tokenize, nowhere, nowhere, Some(&group))?;
+    Ok(None)
+}
+
+/// The stage, alone or as rank 0 of `group` (which it tells, once it knows, to train).
+fn real_main(args: &artifact::StageArgs, group: Option<(&collective::Group, &mut bool)>) -> anyhow::Result<artifact::Report> {
+    let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
+    train::validate(&params)?;
+    // The key leaves out how the ranks talk, as it leaves out how many there are.
+    artifact::execute(&train::stage_def(), args, &params.for_key(), Default::default(), |ctx| {
         let download = ctx.input("download")?.dir.clone();
         let tokenize = ctx.input("tokenize")?.dir.clone();
         let work = ctx.store.join(".checkpoints").join(format!("train-{}", ctx.key));
         ctx.environment.insert("libtorch_lib".into(), option_env!("FT_LIBTORCH_LIB").unwrap_or("?").into());
-        ctx.summary = serde_json::to_value(train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work)?)?;
+        let group = match group {
+            Some((g, told)) => {
+                g.broadcast_bytes(TRAIN)?;
+                *told = true;
+                Some(g)
+            }
+            None => None,
+        };
+        ctx.summary = serde_json::to_value(train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work, group)?)?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
     })

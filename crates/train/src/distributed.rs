@@ -1,0 +1,166 @@
+//! What a rank of a data-parallel run does differently from one process. The global batch
+//! stays `train.batch_size`: every rank builds the same global, length-bucketed order and takes
+//! a contiguous share of each micro-batch; its loss is weighted by its share of the batch's
+//! loss denominator, so the summed gradients are the one-process gradients up to summation
+//! order. The flat gradient is summed with one all-reduce per optimizer step; the step then
+//! runs identically on every rank. Validation is split the same way and the predictions are
+//! gathered, so every rank computes the same metrics (and takes the same early-stopping
+//! decision). Only rank 0 writes: log, checkpoints, best weights, the artifact.
+
+use std::ops::Range;
+
+use anyhow::Context as _;
+use collective::Group;
+use model::infer::Predictions;
+use model::loss::Objective;
+use tch::{Kind, Tensor};
+
+use crate::optim::AdamW;
+use crate::trainer::State;
+
+/// Rank `rank`'s contiguous share of `n` items among `world` ranks.
+pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
+    n * rank / world..n * (rank + 1) / world
+}
+
+/// What a micro-batch's mean loss divides by: its rows, the rows' class weights, or its rows
+/// times labels (multi-label BCE averages over every label).
+fn denominator(objective: &Objective, targets: &shards::Targets) -> f64 {
+    match (objective, targets) {
+        (Objective::SingleLabel { weights: Some(w), .. }, shards::Targets::Class(y)) => {
+            let w: Vec<f64> = Vec::try_from(w.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
+            y.iter().map(|&c| w.get(c as usize).copied().unwrap_or(0.0)).sum()
+        }
+        (_, shards::Targets::Class(y)) => y.len() as f64,
+        (_, shards::Targets::Multi { hot, .. }) => hot.len() as f64,
+        (_, shards::Targets::Score(y)) => y.len() as f64,
+    }
+}
+
+/// This rank's rows of the global micro-batch `global`, and the factor its mean loss is
+/// multiplied by so that the ranks' losses sum to the global batch's mean. A rank whose share
+/// is empty (a last batch smaller than the world) runs one row at factor 0: its gradients then
+/// exist, as zeros, like everyone else's.
+pub fn local_rows(objective: &Objective, train: &dyn shards::Examples, global: &[usize], group: &Group) -> anyhow::Result<(Vec<usize>, f64)> {
+    let mine = &global[share(global.len(), group.rank(), group.size())];
+    if mine.is_empty() {
+        return Ok((global[..1].to_vec(), 0.0));
+    }
+    let (Some(part), Some(all)) = (train.targets(mine), train.targets(global)) else { anyhow::bail!("the training split has no labels") };
+    let whole = denominator(objective, &all);
+    Ok((mine.to_vec(), if whole > 0.0 { denominator(objective, &part) / whole } else { 0.0 }))
+}
+
+/// Sums the trainable parameters' gradients across the ranks (one all-reduce of the flat
+/// gradient) and writes the sums back into each parameter's gradient.
+pub fn all_reduce_grads(group: &Group, params: &model::Params) -> anyhow::Result<()> {
+    tch::no_grad(|| {
+        let grads = params.grads();
+        let flat = params.flat_grad_of(&grads);
+        group.all_reduce_sum(&flat)?;
+        for (off, g) in &grads {
+            if let Some(g) = g {
+                let mut g = g.shallow_clone();
+                g.copy_(&flat.narrow(0, *off, g.numel() as i64).view_as(&g));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Sums device scalars (the ranks' weighted micro-batch losses) across the ranks.
+pub fn sum_losses(group: &Group, losses: &[Tensor], device: tch::Device) -> anyhow::Result<Vec<f64>> {
+    if losses.is_empty() {
+        return Ok(Vec::new());
+    }
+    let host = if matches!(device, tch::Device::Cuda(_)) { device } else { tch::Device::Cpu };
+    let t = Tensor::stack(losses, 0).to_kind(Kind::Float).to_device(host).contiguous();
+    group.all_reduce_sum(&t)?;
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).context("reading the summed losses")
+}
+
+/// Makes every rank start where rank 0 starts: its loop state (from its checkpoint, if any),
+/// all the weights (the checkpoint's, or the pretrained ones with rank 0's head) and both Adam
+/// moments.
+pub fn start_together(group: &Group, params: &model::Params, opt: &mut AdamW, st: &mut State) -> anyhow::Result<()> {
+    let mine = serde_json::to_vec(st)?;
+    let theirs = group.broadcast_bytes(&mine)?;
+    *st = serde_json::from_slice(&theirs).context("reading rank 0's training state")?;
+    opt.step = st.step;
+    for t in [params.flat(), &opt.m, &opt.v] {
+        group.broadcast(t, 0)?;
+    }
+    Ok(())
+}
+
+/// A contiguous range of some examples, as examples.
+pub struct Part<'a> {
+    pub inner: &'a dyn shards::Examples,
+    pub range: Range<usize>,
+}
+
+impl shards::Examples for Part<'_> {
+    fn len(&self) -> usize {
+        self.range.len()
+    }
+    fn length(&self, i: usize) -> usize {
+        self.inner.length(self.range.start + i)
+    }
+    fn has_token_types(&self) -> bool {
+        self.inner.has_token_types()
+    }
+    fn ids_into(&self, i: usize, out: &mut Vec<u32>) {
+        self.inner.ids_into(self.range.start + i, out)
+    }
+    fn types_into(&self, i: usize, out: &mut Vec<u32>) {
+        self.inner.types_into(self.range.start + i, out)
+    }
+    fn targets(&self, index: &[usize]) -> Option<shards::Targets> {
+        let shifted: Vec<usize> = index.iter().map(|&i| self.range.start + i).collect();
+        self.inner.targets(&shifted)
+    }
+}
+
+fn encode(p: &Predictions, rows: usize) -> Vec<u8> {
+    let width = p.probs.first().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(24 + 4 * rows * width);
+    out.extend_from_slice(&(rows as u64).to_le_bytes());
+    out.extend_from_slice(&(width as u64).to_le_bytes());
+    out.extend_from_slice(&p.loss.unwrap_or(f64::NAN).to_le_bytes());
+    out.extend_from_slice(&(p.tokens as u64).to_le_bytes());
+    for v in p.probs.iter().flatten() {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+fn decode(b: &[u8]) -> anyhow::Result<(Predictions, usize)> {
+    let word = |i: usize| -> anyhow::Result<[u8; 8]> { b.get(8 * i..8 * i + 8).and_then(|s| s.try_into().ok()).context("a truncated prediction message") };
+    let rows = u64::from_le_bytes(word(0)?) as usize;
+    let width = u64::from_le_bytes(word(1)?) as usize;
+    let loss = f64::from_le_bytes(word(2)?);
+    let tokens = u64::from_le_bytes(word(3)?) as usize;
+    let floats: Vec<f32> = b[32..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    anyhow::ensure!(floats.len() == rows * width, "a prediction message with {} values for {rows} x {width}", floats.len());
+    let probs = if width == 0 { vec![Vec::new(); rows] } else { floats.chunks(width).map(<[f32]>::to_vec).collect() };
+    Ok((Predictions { probs, loss: (!loss.is_nan()).then_some(loss), tokens }, rows))
+}
+
+/// Every rank's predictions of its part, joined in rank order (the split's order), with the
+/// mean loss over all of them.
+pub fn gather(group: &Group, mine: &Predictions, rows: usize) -> anyhow::Result<Predictions> {
+    let all = group.all_gather_bytes(&encode(mine, rows))?;
+    let mut out = Predictions { probs: Vec::new(), loss: None, tokens: 0 };
+    let (mut loss_sum, mut n) = (0.0, 0usize);
+    for b in &all {
+        let (p, rows) = decode(b)?;
+        if let Some(l) = p.loss {
+            loss_sum += l * rows as f64;
+            n += rows;
+        }
+        out.tokens += p.tokens;
+        out.probs.extend(p.probs);
+    }
+    out.loss = (n > 0).then(|| loss_sum / n as f64);
+    Ok(out)
+}
