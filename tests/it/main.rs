@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test (clippy.toml allows it in #[test] functions only).
 #![allow(clippy::unwrap_used)]
 
+mod distributed;
 mod download;
 mod families;
 mod lora;
