@@ -158,3 +158,11 @@ fn rank_zero_gone_before_the_rendezvous_is_an_error_naming_the_address() {
     assert!(e.contains(&format!("127.0.0.1:{port}")) && e.contains("rank 1 of 2"), "{e}");
     assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
 }
+
+#[test]
+fn nccl_loads_from_the_torch_wheel_and_makes_a_communicator_id_without_a_gpu() {
+    // Joining a communicator needs GPUs (bench/gpu/run.sh runs that); loading NCCL and the CUDA
+    // runtime and making rank 0's unique id do not.
+    let id = collective::nccl::Nccl::unique_id().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(id.0.iter().any(|&b| b != 0), "an all-zero NCCL id");
+}
