@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::{root, setup};
 
 mod lora;
+mod distributed;
 mod remote;
 mod scale;
 
@@ -51,6 +52,10 @@ pub enum Section {
     /// server on 127.0.0.1 (moto) and pulled into another empty store: seconds and bytes. Not in
     /// the default set (a few minutes per repeat).
     Remote,
+    /// The train stage with one process and with two CPU ranks (`--nproc-per-node 2`, Gloo),
+    /// 40 steps at the bench's batch: training samples/s and the stage's wall seconds. Not in
+    /// the default set.
+    Distributed,
 }
 
 #[derive(clap::Args)]
@@ -938,6 +943,10 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
 
     if plan.has(Section::Remote) {
         rows.extend(remote::rows(&plan, &bins, &logs)?);
+    }
+
+    if plan.has(Section::Distributed) {
+        rows.extend(distributed::rows(&plan, &sub, &bins)?);
     }
 
     if plan.has(Section::Scale) {

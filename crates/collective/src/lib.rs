@@ -277,7 +277,7 @@ impl Group {
         self.with_comm("all-reduce", |c| match c {
             // SAFETY: a contiguous fp32 CPU tensor of `n` elements, not used elsewhere meanwhile.
             Comm::Gloo(g) => g.all_reduce_sum(unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), n) }),
-            Comm::Nccl(c) => c.borrow_mut().all_reduce_sum(t.data_ptr(), n),
+            Comm::Nccl(c) => c.borrow_mut().all_reduce_sum(t),
         })
     }
 
@@ -288,7 +288,7 @@ impl Group {
         self.with_comm("broadcast", |c| match c {
             // SAFETY: a contiguous CPU tensor of `bytes` bytes, not used elsewhere meanwhile.
             Comm::Gloo(g) => g.broadcast(unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<u8>(), bytes) }, root),
-            Comm::Nccl(c) => c.borrow_mut().broadcast(t.data_ptr(), bytes, root),
+            Comm::Nccl(c) => c.borrow_mut().broadcast(t, root),
         })
     }
 

@@ -183,15 +183,18 @@ impl Nccl {
         }
     }
 
-    /// Sums `n` fp32 values at device pointer `ptr` across the ranks, in place.
-    pub fn all_reduce_sum(&mut self, ptr: *mut c_void, n: usize) -> anyhow::Result<()> {
+    /// Sums a contiguous fp32 tensor on this rank's device across the ranks, in place (the
+    /// caller checks contiguity, kind and device).
+    pub fn all_reduce_sum(&mut self, t: &tch::Tensor) -> anyhow::Result<()> {
+        let (ptr, n) = (t.data_ptr(), t.numel());
         // SAFETY: `ptr` holds `n` fp32 values on this rank's device (the caller's tensor).
         let rc = unsafe { (self.api.all_reduce)(ptr, ptr, n, NCCL_FLOAT32, NCCL_SUM, self.comm, std::ptr::null_mut()) };
         self.finish("NCCL all-reduce", rc)
     }
 
-    /// Broadcasts `n` bytes at device pointer `ptr` from `root`.
-    pub fn broadcast(&mut self, ptr: *mut c_void, n: usize, root: usize) -> anyhow::Result<()> {
+    /// Broadcasts a contiguous tensor on this rank's device from `root`, in place.
+    pub fn broadcast(&mut self, t: &tch::Tensor, root: usize) -> anyhow::Result<()> {
+        let (ptr, n) = (t.data_ptr(), t.numel() * t.kind().elt_size_in_bytes());
         let root = c_int::try_from(root).context("root rank")?;
         // SAFETY: `ptr` holds `n` bytes on this rank's device.
         let rc = unsafe { (self.api.broadcast)(ptr, ptr, n, NCCL_UINT8, root, self.comm, std::ptr::null_mut()) };

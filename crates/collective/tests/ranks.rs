@@ -71,7 +71,7 @@ fn all_reduce_sums_and_averages_and_broadcast_and_gather_agree_across_two_and_th
         let mean = &t / n;
         let want_mean = (&base + 1.0) * (ranks_sum / n);
         assert!(f64::try_from((&mean - &want_mean).abs().max()).unwrap() < 1e-5, "average");
-        let b = Tensor::full([5], r as f64 + 0.5, (Kind::Float, Device::Cpu));
+        let b = Tensor::full([5], r + 0.5, (Kind::Float, Device::Cpu));
         g.broadcast(&b, 1).unwrap();
         assert_eq!(Vec::<f32>::try_from(&b).unwrap(), vec![1.5f32; 5], "broadcast from rank 1");
         let gathered = g.all_gather_bytes(format!("rank {}", g.rank()).as_bytes()).unwrap();
