@@ -4,6 +4,7 @@
 # 1. ours: all-MiniLM-L6-v2 on IMDB at 256, 3 epochs, bs128, lr 1e-4, bf16, bucketed; test accuracy
 # 2. ours: bert-base shape (random init) at 128/bs128, 256/bs64, 512/bs32, fixed padding and bucketed
 # 3. ours: roberta-base, distilbert-base and ModernBERT-base shapes (random init) at 512/bs32, fixed and bucketed
+# 3b. ours: bert-base 128/bs128 fixed as one rank of a data-parallel run over NCCL
 # 4. LoRA (train.lora: {}, lr 5e-4): the MiniLM IMDB run to test accuracy on its final weights,
 #    and bert-base at 256/bs64 fixed (throughput)
 # 5. HF Trainer on the same token ids: the same shapes (fixed), and the MiniLM IMDB run; with
@@ -79,6 +80,10 @@ L=256; B=$(BATCH 64)
 P=$(params bert-base-lora "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: max_length" "log_every_steps: $WINDOW" "learning_rate: 5.0e-4" "lora: {}")
 ours bert-base-$L-lora --model "$D/bert-base" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-bert-base-lora"
 hf bert-base-$L-lora throughput --config "$D/bert-base/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5)) $PEFT
+# Data-parallel over NCCL with one rank (the device has one GPU): bert-base 128/bs128 fixed, as
+# the plain row below; on the CPU dry run the same path over Gloo.
+P=$(params bert-base-128-nccl "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $(BATCH 128)" "padding: max_length" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 ours bert-base-128-nccl --model "$D/bert-base" --tokens "$W/tok$(TOK 128)" --params "$P" --out "$W/o-bert-base-128-nccl"
 # Shape, length and batch of each throughput row (random init: the weights do not matter).
 for spec in bert-base:128:128 bert-base:256:64 bert-base:512:32 roberta-base:512:32 distilbert-base-uncased:512:32 modernbert-base:512:32; do
   IFS=: read -r fam L B <<< "$spec"; B=$(BATCH "$B")

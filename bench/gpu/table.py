@@ -53,6 +53,10 @@ for key, what in [("optimizer_state_bytes", "optimizer state MiB"), ("checkpoint
     o = get("ours", "minilm-imdb-lora", "train", key)
     h = get("hf", "minilm-imdb-lora", key)
     print(f"| LoRA MiniLM {what} | {fmt(o and o / 2**20)} | {fmt(h and h / 2**20)} | |")
+o = get("ours", "bert-base-128-nccl", "steady_samples_per_s")
+h = get("ours", "bert-base-128-max_length", "steady_samples_per_s")
+d = get("ours", "bert-base-128-nccl", "train", "distributed") or {}
+print(f"| bert-base 128/bs128 fixed samples/s, one {d.get('backend', '?')} rank vs one process (ours both) | {fmt(o)} | {fmt(h)} | {fmt(o / h if o and h else None, 2)}x |")
 p = by.get(("both", "parity"), {})
 if "ours_fp32" in p:
     print(f"\nModel parity on {p['device']} (all-MiniLM-L6-v2, {p['rows']} rows padded to {p['len']}, {p['real_tokens']} real tokens; "

@@ -173,12 +173,40 @@ fn run_ranks(make: &dyn Fn() -> Command, ranks: usize) -> anyhow::Result<std::pr
             .env("MASTER_ADDR", "127.0.0.1")
             .env("MASTER_PORT", port.to_string())
             .env("FT_LAUNCHER", "ft");
-        children.push(cmd.spawn().context("starting a rank")?);
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for c in &mut children {
+                    let _ = c.kill();
+                }
+                return Err(e).with_context(|| format!("starting rank {r}"));
+            }
+        }
     }
-    let mut statuses = Vec::new();
-    for mut c in children {
-        statuses.push(c.wait().context("waiting for a rank")?);
+    // Once rank 0 has ended, the others get a moment to end too; then, as torchrun does, they
+    // are stopped (a rank whose rank 0 never served the rendezvous would otherwise wait for
+    // its whole timeout).
+    let grace = std::time::Duration::from_secs(10);
+    let mut statuses: Vec<Option<std::process::ExitStatus>> = vec![None; ranks];
+    let mut rank0_done: Option<Instant> = None;
+    while statuses.iter().any(Option::is_none) {
+        for (st, c) in statuses.iter_mut().zip(children.iter_mut()) {
+            if st.is_none() {
+                *st = c.try_wait().context("waiting for a rank")?;
+            }
+        }
+        if statuses[0].is_some() && rank0_done.get_or_insert_with(Instant::now).elapsed() > grace {
+            for (r, (st, c)) in statuses.iter_mut().zip(children.iter_mut()).enumerate() {
+                if st.is_none() {
+                    eprintln!("warning: stopping rank {r}, still running {} s after rank 0 ended", grace.as_secs());
+                    let _ = c.kill();
+                    *st = Some(c.wait().context("waiting for a rank")?);
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let statuses: Vec<std::process::ExitStatus> = statuses.into_iter().flatten().collect();
     for (r, st) in statuses.iter().enumerate().skip(1) {
         if !st.success() && statuses[0].success() {
             eprintln!("warning: rank {r} exited with {st} after rank 0 finished");

@@ -249,7 +249,13 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
     let outcome = trainer::run(job)?;
     let sizes = Sizes { trainable: m.params.n_trainable() as u64, parameters: m.params.numel() as u64, checkpoint_bytes: dir_bytes(&work.join("checkpoint")) };
     let mut summary = summarize(select, &outcome, &config, device, sizes);
-    summary.distributed = group.map(|g| pipeline::files::DistributedRun { world_size: g.size(), backend: g.backend.name().into(), launcher: g.launch.launcher.clone() });
+    if let Some(g) = group {
+        summary.distributed = Some(pipeline::files::DistributedRun { world_size: g.size(), backend: g.backend.name().into(), launcher: g.launch.launcher.clone() });
+        // The model FLOPs are the whole run's; the peak is one GPU's.
+        if let Some(m) = &mut summary.flop_utilisation {
+            m.mfu /= g.size() as f64;
+        }
+    }
     if !leads {
         return Ok(summary);
     }
@@ -305,6 +311,16 @@ pub fn rank_device(spec: &str, launch: &collective::Launch) -> anyhow::Result<tc
         ),
         one => model::device::resolve(one),
     }
+}
+
+/// Joins the other ranks of `launch` on this rank's device, with `train.distributed`'s backend
+/// and timeout, after giving this rank its share of the machine's cores.
+pub fn join(p: &TrainParams, launch: &collective::Launch) -> anyhow::Result<collective::Group> {
+    let dist = p.distributed.clone().unwrap_or_default();
+    let device = rank_device(&p.device, launch)?;
+    let backend = backend(dist.backend, device)?;
+    share_cores(launch, device);
+    collective::Group::join(launch, backend, dist.timeout(), device)
 }
 
 /// The engine for `train.distributed.backend` on `device`.

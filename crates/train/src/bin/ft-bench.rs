@@ -48,8 +48,17 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cli.out).with_context(|| format!("creating {}", cli.out.display()))?;
     let work = cli.out.join("work");
     let _ = std::fs::remove_dir_all(&work);
+    // Started with torchrun's variables (bench/gpu/run.sh's NCCL row: one rank), it trains as a
+    // rank; ranks other than 0 write nothing and print no figures.
+    let group = match collective::Launch::from_env()? {
+        Some(l) => Some(train::join(&params, &l)?),
+        None => None,
+    };
     let t = std::time::Instant::now();
-    let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work, None)?;
+    let summary = train::run(&params, &cli.model, &cli.tokens, &cli.out, &work, group.as_ref())?;
+    if group.as_ref().is_some_and(|g| g.rank() > 0) {
+        return Ok(());
+    }
     let wall = t.elapsed().as_secs_f64();
     // Before evaluation, whose batches of 256 can set a higher peak than training's.
     let train_peak = peak_rss_mb();

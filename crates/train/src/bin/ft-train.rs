@@ -46,11 +46,7 @@ fn main() {
 fn ranked(args: &artifact::StageArgs, launch: &collective::Launch) -> anyhow::Result<Option<artifact::Report>> {
     let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
     train::validate(&params)?;
-    let dist = params.distributed.clone().unwrap_or_default();
-    let device = train::rank_device(&params.device, launch)?;
-    let backend = train::backend(dist.backend, device)?;
-    train::share_cores(launch, device);
-    let group = collective::Group::join(launch, backend, dist.timeout(), device)?;
+    let group = train::join(&params, launch)?;
     if launch.rank == 0 {
         let mut told = false;
         let result = real_main(args, Some((&group, &mut told)));
