@@ -11,17 +11,23 @@ use tests::repo;
 /// The tiny BERT with its dropouts at 0, so two ranks (which draw their own masks) and one
 /// process compute the same function.
 fn model_without_dropout(dir: &Path) -> PathBuf {
+    let dst = model_copy(dir);
+    let config = std::fs::read_to_string(dst.join("config.json")).unwrap();
+    let config = config.replace("\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.0").replace("\"attention_probs_dropout_prob\": 0.1", "\"attention_probs_dropout_prob\": 0.0");
+    assert!(config.contains("\"hidden_dropout_prob\": 0.0") && config.contains("\"attention_probs_dropout_prob\": 0.0"), "{config}");
+    std::fs::write(dst.join("config.json"), config).unwrap();
+    dst
+}
+
+/// A copy of the tiny BERT in `dir` (the pipelines below name it by a path outside fixtures).
+fn model_copy(dir: &Path) -> PathBuf {
     let src = tests::fixtures().join("tiny-bert");
-    let dst = dir.join("tiny-bert-no-dropout");
+    let dst = dir.join("tiny-bert");
     std::fs::create_dir_all(&dst).unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    let config = std::fs::read_to_string(dst.join("config.json")).unwrap();
-    let config = config.replace("\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.0").replace("\"attention_probs_dropout_prob\": 0.1", "\"attention_probs_dropout_prob\": 0.0");
-    assert!(config.contains("\"hidden_dropout_prob\": 0.0") && config.contains("\"attention_probs_dropout_prob\": 0.0"), "{config}");
-    std::fs::write(dst.join("config.json"), config).unwrap();
     dst
 }
 
@@ -169,7 +175,7 @@ fn with_dropout_a_two_rank_run_is_reproducible() {
     // Each rank draws its own masks, from (seed, micro-batch, rank): the same run twice gives
     // the same bytes.
     let tmp = tempfile::tempdir().unwrap();
-    let model = tests::fixtures().join("tiny-bert");
+    let model = model_copy(tmp.path());
     let weights = |store: &str| {
         let o = run(&pipeline(&tmp.path().join(store), &model, 1, ""), 2);
         std::fs::read(o[2].artifact.clone().unwrap().join("final.safetensors")).unwrap()
