@@ -142,6 +142,26 @@ fn lookup_only_pulls_or_names_the_missing_stage() {
 }
 
 #[test]
+fn push_fills_a_remote_emptied_since_the_last_push() {
+    let remote_dir = tempfile::tempdir().unwrap();
+    let a = World::new();
+    a.run();
+    let push = || a.run_with(&runner::RunOptions { remote: Some(file_remote(remote_dir.path(), RemoteMode::Push, true)), lookup_only: true, ..a.opts() }).unwrap();
+    let first = push();
+    // The bucket is wiped (a lifecycle rule, a new bucket under the same name); the local
+    // store still marks every artifact as on the remote.
+    std::fs::remove_dir_all(remote_dir.path()).unwrap();
+    std::fs::create_dir_all(remote_dir.path()).unwrap();
+    push();
+    for o in &first {
+        assert!(remote_dir.path().join(&o.stage).join(&o.key).join("manifest.json").exists(), "{} was not pushed again", o.stage);
+    }
+    let b = World::new();
+    let out = b.run_with(&runner::RunOptions { remote: Some(file_remote(remote_dir.path(), RemoteMode::Pull, true)), lookup_only: true, ..b.opts() }).unwrap();
+    assert_eq!(pulled(&out).len(), 5);
+}
+
+#[test]
 fn an_unreachable_remote_warns_and_runs_locally_unless_required() {
     // A remote directory that cannot be created stands for a remote that refuses.
     let bad = Path::new("/proc/ft-no-such-remote");

@@ -305,7 +305,9 @@ pub fn run(
         let memo = (mode != Mode::Explain).then(|| memo::id(&opts.bin_dir, stage, params, &hashes)).flatten();
         let recalled = memo.as_deref().filter(|_| !force).zip(memo_store.as_ref()).and_then(|(id, st)| memo::recall(st, stage, id));
         // A remembered artifact the remote may lack goes through its binary, which pushes it.
-        let recalled = recalled.filter(|r| !remote.is_some_and(|c| c.mode.pushes() && !memo_store.as_ref().is_some_and(|st| artifact::remote::is_on_remote(st, c, stage.name(), &r.key))));
+        // `cargo xtask push`/`pull` (lookup_only) do not trust the on-remote marks: the remote
+        // may have been emptied since they were made, and asking it is their whole job.
+        let recalled = recalled.filter(|r| !remote.is_some_and(|c| opts.lookup_only || (c.mode.pushes() && !memo_store.as_ref().is_some_and(|st| artifact::remote::is_on_remote(st, c, stage.name(), &r.key)))));
         let r = match recalled {
             Some(r) => r,
             None => {

@@ -262,6 +262,35 @@ fn trim_log(path: &Path, step: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One micro-batch (`global`, the batch's examples across all ranks): this rank's share through
+/// forward and backward, the gradient scaled for accumulation over `accum` micro-batches and,
+/// across ranks, by the share's part of the batch's loss. Returns the (weighted) loss as a
+/// device scalar, and the global batch's rows and real tokens.
+fn forward_backward(job: &Job, plan: &Plan, st: &State, global: &[usize], accum: usize) -> anyhow::Result<(Tensor, usize, usize)> {
+    let p = job.params;
+    // Each rank draws its own dropout masks; rank 0's are the one-process masks.
+    let rank = job.group.map_or(0, |g| g.rank() as u64);
+    tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro).wrapping_add(rank << 40)) as i64);
+    let (idx, share) = match job.group {
+        None => (global.to_vec(), 1.0),
+        Some(g) => crate::distributed::local_rows(job.objective, job.train, global, g)?,
+    };
+    let b = shards::pad_batch(job.train, &idx, job.pad_id, plan.pad_to(), plan.length_multiple);
+    let tokens = if job.group.is_some() { global.iter().map(|&i| job.train.length(i)).sum() } else { b.tokens };
+    let Some(targets) = &b.targets else { bail!("the training split has no labels") };
+    let loss = model::device::guard(b.rows, b.len, job.device, || {
+        let x = model::infer::to_device(&b, job.device);
+        let labels = model::loss::targets(targets, job.device);
+        let logits = job.model.forward(&x, true);
+        let loss = job.objective.loss(&logits, &labels);
+        let loss = if share == 1.0 { loss } else { loss * share };
+        (&loss / accum as f64).backward();
+        loss.detach()
+    })
+    .map_err(|e| e.explain(&format!("training step {}", st.step + 1), "train.batch_size (or set train.batch_tokens), or tokenize.max_length"))?;
+    Ok((loss, global.len(), tokens))
+}
+
 /// Runs (or resumes) training.
 pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
     let p = job.params;
@@ -394,35 +423,7 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
         let mut micro_in_step = 0usize;
         while st.batch < n_batches {
             let global: Vec<usize> = batches[st.batch].iter().map(|&i| i as usize).collect();
-            // Each rank draws its own dropout masks; rank 0's are the one-process masks.
-            let rank = job.group.map_or(0, |g| g.rank() as u64);
-            tch::manual_seed((p.seed.wrapping_mul(0x9E37_79B9).wrapping_add(st.micro).wrapping_add(rank << 40)) as i64);
-            let (idx, share) = match job.group {
-                None => (global.clone(), 1.0),
-                Some(g) => crate::distributed::local_rows(job.objective, job.train, &global, g)?,
-            };
-            let b = shards::pad_batch(job.train, &idx, job.pad_id, plan.pad_to(), plan.length_multiple);
-            let (len, mut tokens) = (b.len, b.tokens);
-            let rows = global.len();
-            if job.group.is_some() {
-                tokens = global.iter().map(|&i| job.train.length(i)).sum();
-            }
-            let Some(targets) = &b.targets else { bail!("the training split has no labels") };
-            let loss = model::device::guard(b.rows, len, job.device, || {
-                let x = model::infer::to_device(&b, job.device);
-                let labels = model::loss::targets(targets, job.device);
-                let logits = job.model.forward(&x, true);
-                let loss = job.objective.loss(&logits, &labels);
-                if share == 1.0 {
-                    (&loss / accum as f64).backward();
-                    loss.detach()
-                } else {
-                    let weighted = &loss * share;
-                    (&weighted / accum as f64).backward();
-                    weighted.detach()
-                }
-            })
-            .map_err(|e| e.explain(&format!("training step {}", st.step + 1), "train.batch_size (or set train.batch_tokens), or tokenize.max_length"))?;
+            let (loss, rows, tokens) = forward_backward(&job, &plan, &st, &global, accum)?;
             st.micro += 1;
             st.batch += 1;
             st.samples += rows as u64;

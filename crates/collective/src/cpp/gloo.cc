@@ -10,6 +10,8 @@
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
 
+#include "guarded.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -27,25 +29,7 @@ struct ft_store_callbacks {
 
 namespace {
 
-void fail(char* err, size_t len, const char* what) {
-  if (err != nullptr && len > 0) {
-    std::strncpy(err, what, len - 1);
-    err[len - 1] = '\0';
-  }
-}
-
-template <typename F>
-int guarded(char* err, size_t len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    fail(err, len, e.what());
-  } catch (...) {
-    fail(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
+using ft::guarded;
 
 class CallbackStore : public gloo::rendezvous::Store {
  public:

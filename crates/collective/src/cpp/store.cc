@@ -3,34 +3,21 @@
 // C++ exceptions turned into a message in `err` and a nonzero return.
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+// c10's errors append libtorch's C++ stack trace to what(); the message goes without it.
+static const char* message_of(const std::exception& e) {
+  auto* c = dynamic_cast<const c10::Error*>(&e);
+  return c != nullptr ? c->what_without_backtrace() : e.what();
+}
+#define FT_MESSAGE_OF(e) message_of(e)
+#include "guarded.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <string>
 
 namespace {
 
-void fail(char* err, size_t len, const char* what) {
-  if (err != nullptr && len > 0) {
-    std::strncpy(err, what, len - 1);
-    err[len - 1] = '\0';
-  }
-}
-
-template <typename F>
-int guarded(char* err, size_t len, F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const c10::Error& e) {
-    // Without libtorch's C++ stack trace, which what() appends.
-    fail(err, len, e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    fail(err, len, e.what());
-  } catch (...) {
-    fail(err, len, "unknown C++ exception");
-  }
-  return 1;
-}
+using ft::guarded;
 
 struct Store {
   c10::intrusive_ptr<c10d::TCPStore> inner;
