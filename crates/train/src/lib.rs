@@ -161,18 +161,18 @@ fn checked_config(model_dir: &Path, meta: &TokenizeMeta) -> anyhow::Result<model
 }
 
 /// The pretrained weights with a new head of `outputs` (or random weights, `init: random`), and
-/// LoRA adapters over them when `train.lora` asks, saying which parameters the checkpoint lacked
-/// or had to spare.
-fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: &Path, device: tch::Device) -> anyhow::Result<(model::Model, model::LoadReport)> {
+/// LoRA adapters over them when `train.lora` asks, saying (when `says`: one process, or rank 0)
+/// which parameters the checkpoint lacked or had to spare.
+fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: &Path, device: tch::Device, says: bool) -> anyhow::Result<(model::Model, model::LoadReport)> {
     let lora = p.lora.as_ref();
     let (m, report) = match p.init {
         pipeline::Init::Pretrained => model::Model::load_with(config.clone(), outputs, lora, &model_dir.join("model.safetensors"), device, p.seed)?,
         pipeline::Init::Random => (model::Model::new(config.clone(), outputs, lora, device, p.seed)?, model::LoadReport::default()),
     };
-    if !report.initialized.is_empty() {
+    if says && !report.initialized.is_empty() {
         eprintln!("initialized (not in the checkpoint): {}", report.initialized.join(", "));
     }
-    if !report.unused.is_empty() {
+    if says && !report.unused.is_empty() {
         eprintln!("not used from the checkpoint: {}", report.unused.join(", "));
     }
     Ok((m, report))
@@ -201,10 +201,10 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         Some(g) => rank_device(&p.device, &g.launch)?,
     };
     let kind = compute_kind(p.precision, device);
-    let (mut m, report) = load_model(p, &config, labels.outputs() as i64, model_dir, device)?;
+    let leads = group.is_none_or(|g| g.rank() == 0);
+    let (mut m, report) = load_model(p, &config, labels.outputs() as i64, model_dir, device, leads)?;
     m.compute = kind;
     let objective = objective(p, labels.task, weights.as_deref(), device);
-    let leads = group.is_none_or(|g| g.rank() == 0);
     if let (Some(l), true) = (&m.lora, leads) {
         eprintln!(
             "LoRA r={} alpha={} dropout={} on {} layers (target_modules {}); trained in full: {}",
@@ -223,7 +223,10 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         m.params.numel(),
         100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
         optim::AdamW::state_bytes_for(m.params.n_trainable() as u64) as f64 / (1 << 20) as f64,
-        model::device::describe(device),
+        match group {
+            Some(g) => format!("{} ranks over {}, each on {}", g.size(), g.backend.name(), model::device::describe(device)),
+            None => model::device::describe(device),
+        },
         if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
         p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
         val.len()
