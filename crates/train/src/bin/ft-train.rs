@@ -20,9 +20,11 @@ const FAILED: &[u8] = b"failed";
 
 fn main() {
     let cli = Cli::parse();
-    let launch = match collective::Launch::from_env() {
-        Ok(l) => l.filter(|_| cli.args.mode == artifact::Mode::Run),
-        Err(e) => artifact::exit(&cli.args, Err(e)),
+    // Lookups and explanations are one process's business, whatever the environment says.
+    let launch = match (cli.args.mode, collective::Launch::from_env()) {
+        (artifact::Mode::Run, Ok(l)) => l,
+        (artifact::Mode::Run, Err(e)) => artifact::exit(&cli.args, Err(e)),
+        _ => None,
     };
     match launch {
         None => artifact::exit(&cli.args, real_main(&cli.args, None)),
