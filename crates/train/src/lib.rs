@@ -217,20 +217,20 @@ pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work:
         );
     }
     if leads {
-    eprintln!(
-        "training {} of {} parameters ({:.2}%; optimizer state {:.2} MiB) on {} ({}), {} train / {} validation examples",
-        m.params.n_trainable(),
-        m.params.numel(),
-        100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
-        optim::AdamW::state_bytes_for(m.params.n_trainable() as u64) as f64 / (1 << 20) as f64,
-        match group {
-            Some(g) => format!("{} ranks over {}, each on {}", g.size(), g.backend.name(), model::device::describe(device)),
-            None => model::device::describe(device),
-        },
-        if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
-        p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
-        val.len()
-    );
+        eprintln!(
+            "training {} of {} parameters ({:.2}%; optimizer state {:.2} MiB) on {} ({}), {} train / {} validation examples",
+            m.params.n_trainable(),
+            m.params.numel(),
+            100.0 * m.params.n_trainable() as f64 / m.params.numel().max(1) as f64,
+            optim::AdamW::state_bytes_for(m.params.n_trainable() as u64) as f64 / (1 << 20) as f64,
+            match group {
+                Some(g) => format!("{} ranks over {}, each on {}", g.size(), g.backend.name(), model::device::describe(device)),
+                None => model::device::describe(device),
+            },
+            if kind == Kind::BFloat16 { "bf16" } else { "fp32" },
+            p.max_train_examples.map_or(train.len(), |n| n.min(train.len())),
+            val.len()
+        );
     }
     let job = trainer::Job {
         params: p,
