@@ -78,24 +78,10 @@ fn shim_path() -> String {
 
 fn load() -> anyhow::Result<Shim> {
     let path = shim_path();
-    let c = c_string(&path)?;
-    // SAFETY: dlopen of a library we built; RTLD_DEEPBIND keeps its Gloo apart from torch's.
-    let handle = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND) };
-    if handle.is_null() {
-        // SAFETY: dlerror returns a NUL-terminated message or null.
-        let why = unsafe { libc::dlerror() };
-        let why = if why.is_null() { "unknown".into() } else { unsafe { CStr::from_ptr(why) }.to_string_lossy().to_string() };
-        bail!("loading the Gloo backend {path}: {why} (is libgloo-dev installed? `cargo xtask setup` installs it)");
-    }
-    let sym = |name: &str| -> anyhow::Result<*mut c_void> {
-        let n = c_string(name)?;
-        // SAFETY: looking up a symbol of the library just opened.
-        let p = unsafe { libc::dlsym(handle, n.as_ptr()) };
-        if p.is_null() {
-            bail!("{path} lacks {name}: rebuild it (cargo build)");
-        }
-        Ok(p)
-    };
+    // RTLD_DEEPBIND keeps the shim's Gloo apart from torch's.
+    let lib = crate::dl::Library::open(&path, libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_DEEPBIND)
+        .with_context(|| format!("loading the Gloo backend {path} (is libgloo-dev installed? `cargo xtask setup` installs it)"))?;
+    let sym = |name: &str| lib.sym(name).context("rebuild it (cargo build)");
     // SAFETY: the symbols are the shim's extern "C" functions with these signatures.
     unsafe {
         Ok(Shim {

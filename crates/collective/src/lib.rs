@@ -9,6 +9,7 @@
 //! group's timeout; a failure names the ranks that did not report one themselves (those that
 //! died or hung) — see [`Group`].
 
+mod dl;
 pub mod gloo;
 pub mod nccl;
 pub mod store;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 
-use crate::store::c_string;
+use crate::dl::Library;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -47,37 +47,26 @@ struct Api {
 
 /// Opens a library by soname (already loaded with libtorch_cuda), else from the torch wheel's
 /// `nvidia/` directory beside torch's `lib/`.
-fn open(soname: &str, wheel_dir: &str) -> anyhow::Result<*mut c_void> {
+fn open(soname: &str, wheel_dir: &str) -> anyhow::Result<Library> {
     let mut tried = vec![soname.to_string()];
     if let Some(lib) = option_env!("FT_LIBTORCH_LIB") {
         tried.push(format!("{lib}/../../nvidia/{wheel_dir}/{soname}"));
     }
+    let mut why = Vec::new();
     for path in &tried {
-        let c = c_string(path)?;
-        // SAFETY: dlopen of a system library by name or path.
-        let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
-        if !h.is_null() {
-            return Ok(h);
+        match Library::open(path, libc::RTLD_NOW | libc::RTLD_LOCAL) {
+            Ok(l) => return Ok(l),
+            Err(e) => why.push(e.to_string()),
         }
     }
-    bail!("cannot load {soname} (tried {}): the NCCL backend needs libtorch's CUDA build (the torch wheel ships it)", tried.join(", "))
-}
-
-fn sym(handle: *mut c_void, lib: &str, name: &str) -> anyhow::Result<*mut c_void> {
-    let n = c_string(name)?;
-    // SAFETY: looking up a symbol of an open library.
-    let p = unsafe { libc::dlsym(handle, n.as_ptr()) };
-    if p.is_null() {
-        bail!("{lib} lacks {name}");
-    }
-    Ok(p)
+    bail!("cannot load {soname} ({}): the NCCL backend needs libtorch's CUDA build (the torch wheel ships it)", why.join("; "))
 }
 
 fn load() -> anyhow::Result<Api> {
     let nccl = open("libnccl.so.2", "nccl/lib")?;
     let cudart = open("libcudart.so.13", "cu13/lib").or_else(|_| open("libcudart.so.12", "cuda_runtime/lib"))?;
-    let n = |name| sym(nccl, "libnccl.so.2", name);
-    let c = |name| sym(cudart, "libcudart", name);
+    let n = |name| nccl.sym(name);
+    let c = |name| cudart.sym(name);
     // SAFETY: the symbols are NCCL's and the CUDA runtime's C functions with these signatures
     // (nccl.h 2.x, cuda_runtime_api.h).
     unsafe {

@@ -23,32 +23,30 @@ pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
     n * rank / world..n * (rank + 1) / world
 }
 
-/// What a micro-batch's mean loss divides by: its rows, the rows' class weights, or its rows
-/// times labels (multi-label BCE averages over every label).
-fn denominator(objective: &Objective, targets: &shards::Targets) -> f64 {
-    match (objective, targets) {
-        (Objective::SingleLabel { weights: Some(w), .. }, shards::Targets::Class(y)) => {
-            let w: Vec<f64> = Vec::try_from(w.to_kind(Kind::Double).to_device(tch::Device::Cpu)).unwrap_or_default();
-            y.iter().map(|&c| w.get(c as usize).copied().unwrap_or(0.0)).sum()
-        }
-        (_, shards::Targets::Class(y)) => y.len() as f64,
-        (_, shards::Targets::Multi { hot, .. }) => hot.len() as f64,
-        (_, shards::Targets::Score(y)) => y.len() as f64,
-    }
-}
-
 /// This rank's rows of the global micro-batch `global`, and the factor its mean loss is
 /// multiplied by so that the ranks' losses sum to the global batch's mean. A rank whose share
 /// is empty (a last batch smaller than the world) runs one row at factor 0: its gradients then
 /// exist, as zeros, like everyone else's.
 pub fn local_rows(objective: &Objective, train: &dyn shards::Examples, global: &[usize], group: &Group) -> anyhow::Result<(Vec<usize>, f64)> {
-    let mine = &global[share(global.len(), group.rank(), group.size())];
-    if mine.is_empty() {
+    let range = share(global.len(), group.rank(), group.size());
+    if range.is_empty() {
         return Ok((global[..1].to_vec(), 0.0));
     }
-    let (Some(part), Some(all)) = (train.targets(mine), train.targets(global)) else { anyhow::bail!("the training split has no labels") };
-    let whole = denominator(objective, &all);
-    Ok((mine.to_vec(), if whole > 0.0 { denominator(objective, &part) / whole } else { 0.0 }))
+    // A mean loss divides by the rows (times the labels, for multi-label BCE: the same
+    // share), or with class weights by the rows' weights.
+    let weighted = match objective {
+        Objective::SingleLabel { weights: Some(w), .. } => train.targets(global).map(|t| (w, t)),
+        _ => None,
+    };
+    let (part, whole) = match weighted {
+        Some((w, shards::Targets::Class(y))) => {
+            let w: Vec<f64> = Vec::try_from(w.to_kind(Kind::Double).to_device(tch::Device::Cpu)).context("reading the class weights")?;
+            let weight = |ys: &[i64]| -> f64 { ys.iter().map(|&c| w.get(c as usize).copied().unwrap_or(0.0)).sum() };
+            (weight(&y[range.clone()]), weight(&y))
+        }
+        _ => (range.len() as f64, global.len() as f64),
+    };
+    Ok((global[range].to_vec(), if whole > 0.0 { part / whole } else { 0.0 }))
 }
 
 /// Sums the trainable parameters' gradients across the ranks (one all-reduce of the flat
@@ -73,8 +71,8 @@ pub fn sum_losses(group: &Group, losses: &[Tensor], device: tch::Device) -> anyh
     if losses.is_empty() {
         return Ok(Vec::new());
     }
-    let host = if matches!(device, tch::Device::Cuda(_)) { device } else { tch::Device::Cpu };
-    let t = Tensor::stack(losses, 0).to_kind(Kind::Float).to_device(host).contiguous();
+    // On the device the group's backend moves tensors on (NCCL: the GPU; Gloo: the CPU).
+    let t = Tensor::stack(losses, 0).to_kind(Kind::Float).to_device(device).contiguous();
     group.all_reduce_sum(&t)?;
     Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).context("reading the summed losses")
 }

@@ -27,7 +27,7 @@ fn main() {
         _ => None,
     };
     match launch {
-        None => artifact::exit(&cli.args, real_main(&cli.args, None)),
+        None => artifact::exit(&cli.args, read_params(&cli.args).and_then(|p| real_main(&cli.args, &p, None))),
         Some(l) => {
             let rank = l.rank;
             let result = ranked(&cli.args, &l);
@@ -46,12 +46,11 @@ fn main() {
 /// One rank of a data-parallel run: joins the others, then rank 0 runs the stage and the others
 /// follow its word. Returns rank 0's report.
 fn ranked(args: &artifact::StageArgs, launch: &collective::Launch) -> anyhow::Result<Option<artifact::Report>> {
-    let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
-    train::validate(&params)?;
+    let params = read_params(args)?;
     let group = train::join(&params, launch)?;
     if launch.rank == 0 {
         let mut told = false;
-        let result = real_main(args, Some((&group, &mut told)));
+        let result = real_main(args, &params, Some((&group, &mut told)));
         if !told {
             // A cached artifact, or a failure before training: the others stop too.
             let _ = group.broadcast_bytes(if result.is_ok() { NOTHING_TO_DO } else { FAILED });
@@ -75,10 +74,14 @@ fn ranked(args: &artifact::StageArgs, launch: &collective::Launch) -> anyhow::Re
     Ok(None)
 }
 
-/// The stage, alone or as rank 0 of `group` (which it tells, once it knows, to train).
-fn real_main(args: &artifact::StageArgs, group: Option<(&collective::Group, &mut bool)>) -> anyhow::Result<artifact::Report> {
+fn read_params(args: &artifact::StageArgs) -> anyhow::Result<pipeline::TrainParams> {
     let params: pipeline::TrainParams = pipeline::load_params(&args.params)?;
     train::validate(&params)?;
+    Ok(params)
+}
+
+/// The stage, alone or as rank 0 of `group` (which it tells, once it knows, to train).
+fn real_main(args: &artifact::StageArgs, params: &pipeline::TrainParams, group: Option<(&collective::Group, &mut bool)>) -> anyhow::Result<artifact::Report> {
     // The key leaves out how the ranks talk, as it leaves out how many there are.
     artifact::execute(&train::stage_def(), args, &params.for_key(), Default::default(), |ctx| {
         let download = ctx.input("download")?.dir.clone();
@@ -93,7 +96,7 @@ fn real_main(args: &artifact::StageArgs, group: Option<(&collective::Group, &mut
             }
             None => None,
         };
-        ctx.summary = serde_json::to_value(train::run(&params, &download.join("model"), &tokenize, &ctx.out, &work, group)?)?;
+        ctx.summary = serde_json::to_value(train::run(params, &download.join("model"), &tokenize, &ctx.out, &work, group)?)?;
         let _ = std::fs::remove_dir_all(&work);
         Ok(())
     })
