@@ -27,7 +27,7 @@ fn synthetic(dir: &Path, n: usize) {
 }
 
 /// The synthetic task with `n` train examples in a fresh directory: (directory, train, validation).
-fn task(n: usize) -> (tempfile::TempDir, shards::Split, shards::Split) {
+pub(crate) fn task(n: usize) -> (tempfile::TempDir, shards::Split, shards::Split) {
     let tmp = tempfile::tempdir().unwrap();
     synthetic(tmp.path(), n);
     let train = shards::Split::open(tmp.path(), "train").unwrap();
@@ -35,11 +35,11 @@ fn task(n: usize) -> (tempfile::TempDir, shards::Split, shards::Split) {
     (tmp, train, val)
 }
 
-fn params(yaml: &str) -> TrainParams {
+pub(crate) fn params(yaml: &str) -> TrainParams {
     serde_yaml_ng::from_str(yaml).unwrap()
 }
 
-fn job<'a>(p: &'a TrainParams, m: &'a mut model::Model, train: &'a shards::Split, val: &'a shards::Split, work: &Path, stop: Option<u64>) -> train::trainer::Job<'a> {
+pub(crate) fn job<'a>(p: &'a TrainParams, m: &'a mut model::Model, train: &'a shards::Split, val: &'a shards::Split, work: &Path, stop: Option<u64>) -> train::trainer::Job<'a> {
     train::trainer::Job {
         params: p,
         model: m,
