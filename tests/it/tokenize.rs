@@ -231,7 +231,7 @@ fn an_id_beyond_65535_on_a_small_vocabulary_survives_tokenize() {
     std::fs::write(ds.join("labels.json"), r#"{"task": "single_label", "names": ["neg", "pos"]}"#).unwrap();
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
-    let meta = tokenize::run(&params(16, Truncation::Head, 0), &tmp.path().join("download"), &out).unwrap();
+    let meta = tokenize::run(&params(16, Truncation::Head, 0), &tmp.path().join("download"), &out).unwrap().meta;
     assert_eq!((meta.vocab_size, meta.max_id), (5, 70_000));
     let s = shards::Split::open(&out, "train").unwrap();
     assert_eq!(s.ids(0), vec![2, 70_000, 3]);
@@ -247,7 +247,7 @@ fn an_id_beyond_65535_on_a_small_vocabulary_survives_tokenize() {
 
 /// The stage reads and encodes a split a chunk of rows at a time: the chunks never hold more
 /// rows than asked, cover the file in order, and shards made 7 rows at a time (pairs, and a
-/// split smaller than a chunk) are byte for byte those made in one chunk.
+/// split smaller than a chunk) and every other file are byte for byte those made in one chunk.
 #[test]
 fn chunked_tokenize_reads_bounded_chunks_and_writes_the_same_shards() {
     let tmp = tempfile::tempdir().unwrap();
@@ -269,11 +269,20 @@ fn chunked_tokenize_reads_bounded_chunks_and_writes_the_same_shards() {
     let (whole, small) = (tmp.path().join("whole"), tmp.path().join("small"));
     for (dir, rows) in [(&whole, tokenize::CHUNK_ROWS), (&small, 7)] {
         std::fs::create_dir_all(dir).unwrap();
-        tokenize::run_chunked(&p, &tmp.path().join("download"), dir, rows).unwrap();
+        let run = tokenize::run_chunked(&p, &tmp.path().join("download"), dir, rows).unwrap();
+        assert_eq!(run.seconds.keys().collect::<Vec<_>>(), ["test", "train"], "each split's time goes to the manifest's summary");
     }
-    for split in ["train", "test"] {
-        let a = std::fs::read(whole.join(format!("{split}-00000.shard"))).unwrap();
-        assert_eq!(a, std::fs::read(small.join(format!("{split}-00000.shard"))).unwrap(), "{split}");
+    // Every file, meta.json included, is the same: the artifact's bytes depend on its inputs
+    // alone (no timings), so a rerun leaves the stages after it cached.
+    let files = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names.into_iter().map(|n| (n.clone(), std::fs::read(dir.join(n)).unwrap())).collect::<Vec<_>>()
+    };
+    let (a, b) = (files(&whole), files(&small));
+    assert_eq!(a.iter().map(|f| &f.0).collect::<Vec<_>>(), b.iter().map(|f| &f.0).collect::<Vec<_>>());
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(x == y, "{name:?} differs between the two runs");
     }
     assert_eq!(shards::Split::open(&small, "train").unwrap().len(), 50);
 }

@@ -143,7 +143,9 @@ pub struct DatasetInfo {
     pub split_map: BTreeMap<String, String>,
 }
 
-/// Token statistics of one split (tokenize's `meta.json`).
+/// Token statistics of one split (tokenize's `meta.json`). Only what the data determines: the
+/// time a split took is in the manifest's summary, so a rerun on the same inputs writes the same
+/// bytes and leaves later stages cached.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitStats {
@@ -154,7 +156,6 @@ pub struct SplitStats {
     pub fraction_truncated: f64,
     pub unk_rate: f64,
     pub shards: usize,
-    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -22,8 +22,8 @@ use rayon::prelude::*;
 use pipeline::files::{Labels, TokenizeMeta};
 use pipeline::{Task, Truncation};
 
-/// Bump when the shard contents or meta.json change meaning.
-pub const SCHEMA_VERSION: u32 = 2;
+/// Bump when the shard contents or meta.json change meaning (3: meta.json holds no seconds).
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub fn stage_def() -> artifact::StageDef {
     artifact::stage_def!("tokenize", SCHEMA_VERSION)
@@ -151,8 +151,18 @@ fn label_kind(labels: &Labels) -> shards::LabelKind {
     }
 }
 
+/// What a run wrote to `meta.json` and what it took: the manifest's summary. The seconds stay
+/// out of the artifact's files, whose bytes must depend on the inputs alone (early cutoff).
+#[derive(Debug, serde::Serialize)]
+pub struct Tokenized {
+    #[serde(flatten)]
+    pub meta: TokenizeMeta,
+    /// Per split: reading the parquet, encoding and writing the shards.
+    pub seconds: std::collections::BTreeMap<String, f64>,
+}
+
 /// Runs the stage: `download` is the download artifact's directory.
-pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<TokenizeMeta> {
+pub fn run(p: &TokenizeParams, download: &Path, out: &Path) -> anyhow::Result<Tokenized> {
     run_chunked(p, download, out, CHUNK_ROWS)
 }
 
@@ -165,7 +175,7 @@ fn encode_rows(tk: &tok::Tok, rows: &SplitRows, p: &TokenizeParams) -> Vec<anyho
 }
 
 /// [`run`], reading and encoding `chunk_rows` rows of a split at a time (tests use tiny chunks).
-pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: usize) -> anyhow::Result<TokenizeMeta> {
+pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: usize) -> anyhow::Result<Tokenized> {
     validate(p)?;
     let model_dir = download.join("model");
     let tk = tok::load(&model_dir)?;
@@ -199,7 +209,7 @@ pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: 
     }
     let labels: Labels = pipeline::files::read(&ds.join("labels.json"))?;
     let mut pairs = None;
-    let mut split_stats = std::collections::BTreeMap::new();
+    let (mut split_stats, mut seconds) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
     for split in &splits {
         let t = std::time::Instant::now();
         let path = ds.join(format!("{split}.parquet"));
@@ -227,9 +237,10 @@ pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: 
         }
         progress.finish();
         let files = writer.finish()?;
-        let s = st.summary(files.len(), t.elapsed().as_secs_f64());
+        let s = st.summary(files.len());
         eprintln!("tokenize {split}: {}", stats::describe(&s));
         split_stats.insert(split.clone(), s);
+        seconds.insert(split.clone(), t.elapsed().as_secs_f64());
     }
     tk.tokenizer
         .save(out.join("tokenizer.json"), false)
@@ -250,5 +261,5 @@ pub fn run_chunked(p: &TokenizeParams, download: &Path, out: &Path, chunk_rows: 
         splits: split_stats,
     };
     pipeline::files::write(&out.join("meta.json"), &meta)?;
-    Ok(meta)
+    Ok(Tokenized { meta, seconds })
 }

@@ -30,8 +30,8 @@ impl Stats {
         }
     }
 
-    /// The split's statistics, with the shard count and time its caller measured.
-    pub fn summary(&self, shards: usize, seconds: f64) -> SplitStats {
+    /// The split's statistics, with the shard count its caller knows.
+    pub fn summary(&self, shards: usize) -> SplitStats {
         let n = self.examples;
         // The length at rank `(n - 1)·q` of the sorted lengths.
         let pct = |q: f64| {
@@ -50,7 +50,6 @@ impl Stats {
             fraction_truncated: if n == 0 { 0.0 } else { self.truncated as f64 / n as f64 },
             unk_rate: if self.kept_tokens == 0 { 0.0 } else { self.unk_tokens as f64 / self.kept_tokens as f64 },
             shards,
-            seconds,
         }
     }
 }
@@ -85,11 +84,11 @@ mod tests {
         let mut sorted = lengths.clone();
         sorted.sort_unstable();
         let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
-        let s = st.summary(1, 0.0);
+        let s = st.summary(1);
         let p = &s.untruncated_length;
         assert_eq!((p.p50, p.p90, p.p95, p.p99, p.max), (at(0.5), at(0.9), at(0.95), at(0.99), 612));
         assert_eq!(s.examples, 1001);
         assert_eq!(s.fraction_truncated, sorted.iter().filter(|&&l| l > 512).count() as f64 / 1001.0);
-        assert_eq!(Stats::new(None).summary(0, 0.0).untruncated_length.max, 0);
+        assert_eq!(Stats::new(None).summary(0).untruncated_length.max, 0);
     }
 }
