@@ -26,6 +26,36 @@ pub fn resolve(spec: &str) -> anyhow::Result<Device> {
     }
 }
 
+/// Keeps the host memory that libtorch frees for the process's next tensors. The train stage
+/// calls it once, before the model loads.
+///
+/// By default glibc serves blocks over its mmap threshold (128 KiB at first, rising to the
+/// largest block freed so far, at most 32 MiB) with a fresh mapping that `free` unmaps, and it
+/// gives the heap's top back to the kernel once more than twice that threshold is free there.
+/// A training step frees its activations and gradients at the end, so the next step faults the
+/// same memory in again and the kernel zeroes it again: on ModernBERT-base at 128 tokens,
+/// batch 16, 12% of the time went to the kernel's page clearing, and 10 steps took 2.98M page
+/// faults (2.10M with the settings below; 1.59–1.62 against 1.69–1.79 samples/s, peak RSS 5.66
+/// against 5.70 GB). With the threshold fixed at its maximum and the top never trimmed, freed
+/// blocks up to 32 MiB go back to malloc's free lists and are reused; larger ones are still
+/// unmapped. A `MALLOC_*_` variable or `glibc.malloc` tunable of the user's own is left to
+/// rule, and any other libc alone.
+pub fn keep_freed_host_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let own = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_"].iter().any(|v| std::env::var_os(v).is_some())
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc."));
+        if !own {
+            // SAFETY: mallopt only changes malloc's parameters; both values are in range (the
+            // threshold's maximum is HEAP_MAX_SIZE / 2, 32 MiB on 64-bit).
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        }
+    }
+}
+
 fn why_no_cuda() -> String {
     if tch::Cuda::device_count() > 0 {
         "CUDA devices exist but are not usable".into()

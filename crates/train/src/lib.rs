@@ -184,6 +184,7 @@ fn load_model(p: &TrainParams, config: &model::Config, outputs: i64, model_dir: 
 /// (`out` and `work` are not touched) and return the same summary.
 pub fn run(p: &TrainParams, model_dir: &Path, tokenize: &Path, out: &Path, work: &Path, group: Option<&collective::Group>) -> anyhow::Result<TrainSummary> {
     validate(p)?;
+    model::device::keep_freed_host_memory();
     let meta: TokenizeMeta = pipeline::files::read(&tokenize.join("meta.json"))?;
     let (pad_id, max_length) = (meta.pad_id, meta.max_length);
     let labels = labels(tokenize)?;
