@@ -35,10 +35,10 @@ pub fn resolve(spec: &str) -> anyhow::Result<Device> {
 /// A training step frees its activations and gradients at the end, so the next step faults the
 /// same memory in again and the kernel zeroes it again: on ModernBERT-base at 128 tokens,
 /// batch 16, 12% of the time went to the kernel's page clearing, and 10 steps took 2.98M page
-/// faults (2.10M with the settings below; 1.59–1.62 against 1.69–1.79 samples/s, peak RSS 5.66
-/// against 5.70 GB). With the threshold fixed at its maximum and the top never trimmed, freed
-/// blocks up to 32 MiB go back to malloc's free lists and are reused; larger ones are still
-/// unmapped. A `MALLOC_*_` variable or `glibc.malloc` tunable of the user's own is left to
+/// faults at 1.59–1.62 samples/s; with the settings below, 2.10M at 1.69–1.79 (peak RSS 5523
+/// against 5568 MiB; BENCHMARKS.md). With the threshold fixed at its maximum and the top never
+/// trimmed, freed blocks up to 32 MiB go back to malloc's free lists and are reused; larger ones
+/// are still unmapped. A `MALLOC_*_` variable or `glibc.malloc` tunable of the user's own is left to
 /// rule, and any other libc alone.
 pub fn keep_freed_host_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
