@@ -703,8 +703,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
             // The stage does every split; its own timing of train (read parquet, encode, write
             // shards), in the manifest's summary, is the part comparable with the references,
             // which encode train only.
-            let manifest: artifact::Manifest = serde_json::from_slice(&std::fs::read(tok.join("manifest.json"))?).context("reading the tokenize manifest")?;
-            ours.0.push(manifest.summary["seconds"]["train"].as_f64().context("the tokenize manifest's summary has no seconds of the train split")?);
+            let summary = artifact::Artifact::open(&tok)?.manifest.summary;
+            ours.0.push(summary["seconds"]["train"].as_f64().context("the tokenize manifest's summary has no seconds of the train split")?);
         }
         let py = json_of(
             Command::new(python()).arg(root().join("bench/tokenize_bench.py")).arg(&dl).arg(&tok).arg(plan.max_length.to_string()).arg(plan.repeats.to_string()),
