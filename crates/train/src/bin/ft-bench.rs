@@ -41,6 +41,49 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// The rate, in FLOP/s, of the model's own matrix products at one fixed-padding batch's shape
+/// (`tokens` rows), in the compute dtype on `device`: each encoder linear layer's three training
+/// products (forward `x·Wᵀ`, input gradient `dy·W`, weight gradient `dyᵀ·x`), the fastest of a
+/// few repetitions after a warm-up, weighted by how many layers have that shape. The head's products,
+/// over one row per sample, are left out.
+fn matmul_rate(config: &model::Config, num_labels: i64, tokens: i64, kind: tch::Kind, device: tch::Device) -> f64 {
+    let (layout, _) = config.layout(num_labels);
+    let mut shapes: std::collections::BTreeMap<(i64, i64), usize> = Default::default();
+    for s in layout.slots.iter().filter(|s| s.linear && !s.head && s.shape.len() == 2) {
+        *shapes.entry((s.shape[0], s.shape[1])).or_default() += 1;
+    }
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let (mut flops, mut secs) = (0.0, 0.0);
+    tch::no_grad(|| {
+        for (&(out, inp), &count) in &shapes {
+            let x = tch::Tensor::randn([tokens, inp], (kind, device));
+            let w = tch::Tensor::randn([out, inp], (kind, device));
+            let dy = tch::Tensor::randn([tokens, out], (kind, device));
+            let products = || {
+                let _ = (x.matmul(&w.tr()), dy.matmul(&w), dy.tr().matmul(&x));
+            };
+            products();
+            sync();
+            // The fastest of a few repetitions: other load on the machine only slows them.
+            let best = (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    products();
+                    sync();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min);
+            flops += count as f64 * 3.0 * 2.0 * (tokens * inp * out) as f64;
+            secs += count as f64 * best;
+        }
+    });
+    flops / secs.max(1e-12)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let params: pipeline::TrainParams = pipeline::load_params(&cli.params)?;
@@ -66,21 +109,29 @@ fn main() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let rates = pipeline::files::LogLine::steady_rates(&pipeline::files::LogLine::parse_all(&log_path, &log)?, cli.warmup_windows);
     let (samples_per_s, tokens_per_s) = (rates.map(|r| r.0), rates.map(|r| r.1));
+    // What the model's FLOPs would allow at its own matrix products' rate on this machine, if
+    // nothing else took time: the most samples/s any implementation of the same math reaches here
+    // (a full fine-tune's math: LoRA skips the frozen weights' gradient products).
+    let device = model::device::resolve(&params.device)?;
+    let config = model::Config::from_file(&cli.out.join("config.json"))?;
+    let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
+    let len = meta.max_length as f64;
+    let rate = matmul_rate(&config, train::labels(&cli.tokens)?.outputs() as i64, (params.batch_size * meta.max_length) as i64, train::compute_kind(params.precision, device), device);
+    let ceiling = rate / (3.0 * len * config.family().flops_per_token(len));
     let mut out = serde_json::json!({
         "train": summary,
+        "matmul_flops_per_s": rate,
+        "ceiling_samples_per_s": ceiling,
         "wall_seconds": wall,
         "steady_samples_per_s": samples_per_s,
         "steady_tokens_per_s": tokens_per_s,
         "train_peak_rss_mb": train_peak,
     });
     if let Some(split) = &cli.eval_split {
-        let device = model::device::resolve(&params.device)?;
         let labels = train::labels(&cli.tokens)?;
-        let config = model::Config::from_file(&cli.out.join("config.json"))?;
         let mut m = model::Model::random(config, labels.outputs() as i64, device, 0)?;
         m.compute = train::compute_kind(params.precision, device);
         m.params.load_exact(&cli.out.join(format!("{}.safetensors", cli.eval_weights)))?;
-        let meta: pipeline::files::TokenizeMeta = pipeline::files::read(&cli.tokens.join("meta.json"))?;
         let s = shards::Split::open(&cli.tokens, split)?;
         let t = std::time::Instant::now();
         let positive = train::positive_class(&params, &labels)?;
