@@ -89,7 +89,7 @@ for spec in bert-base:128:128 bert-base:256:64 bert-base:512:32 roberta-base:512
   IFS=: read -r fam L B <<< "$spec"; B=$(BATCH "$B")
   for pad in max_length dynamic; do
     P=$(params "$fam-$L-$pad" "device: $DEV" "precision: $BB_PREC" "init: random" "max_steps: $STEPS" "batch_size: $B" "padding: $pad" "log_every_steps: $WINDOW" "learning_rate: 2.0e-5")
-    ours "$fam-$L-$pad" --model "$D/$fam" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-$fam-$L-$pad"
+    ours "$fam-$L-$pad" --model "$D/$fam" --tokens "$W/tok$(TOK $L)" --params "$P" --out "$W/o-$fam-$L-$pad" $([ "$pad" = max_length ] && echo --ceiling)
   done
   hf "$fam-$L-max_length" throughput --config "$D/$fam/config.json" --tokens "$W/tok$(TOK $L)" --batch "$B" --length "$L" --steps "$STEPS" --warmup $((STEPS / 5))
 done

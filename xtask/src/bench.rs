@@ -794,7 +794,8 @@ pub fn bench(a: Args) -> anyhow::Result<()> {
                         .arg("--out")
                         .arg(plan.out.join(format!("throughput-{pad}")))
                         .arg("--warmup-windows")
-                        .arg(plan.warmup_steps.to_string()),
+                        .arg(plan.warmup_steps.to_string())
+                        .args((pad == "max_length").then_some("--ceiling")),
                     &logs.join(format!("ours-throughput-{pad}-{r}.log")),
                 )?;
                 acc.0 .0.push(num(&v, &["steady_samples_per_s"])?);
