@@ -314,22 +314,29 @@ struct ModernBert {
     c: ModernBertConfig,
 }
 
-/// Rotary cos and sin tables `(len, head_dim)` in fp32, HF's default rope.
+/// Rotary tables `(len, head_dim)` in fp32 for HF's default rope: cos, and sin with its first
+/// half negated, so that `rotate_half(x)·sin` is `swap_halves(x)·signed_sin`.
 fn rope_tables(theta: f64, len: i64, head_dim: i64, device: tch::Device) -> (Tensor, Tensor) {
     let f = (Kind::Float, device);
     let exponent = Tensor::arange_start_step(0, head_dim, 2, f) / head_dim as f64;
     let inv_freq = Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponent).reciprocal();
     let freqs = Tensor::arange(len, f).unsqueeze(1) * inv_freq.unsqueeze(0);
-    let emb = Tensor::cat(&[&freqs, &freqs], 1);
-    (emb.cos(), emb.sin())
+    let sin = freqs.sin();
+    (Tensor::cat(&[&freqs, &freqs], 1).cos(), Tensor::cat(&[&sin.neg(), &sin], 1))
 }
 
-/// `x·cos + rotate_half(x)·sin` in fp32, back in `x`'s dtype.
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+/// `x·cos + rotate_half(x)·sin` in fp32, back in `x`'s dtype. One flip swaps the halves and an
+/// in-place `addcmul` adds their product: three whole-tensor passes forward and about four
+/// backward, against four and a half and about seven for a negation, a concatenation, two
+/// products and a sum (ModernBERT-base, 128 tokens, CPU: 1–3% faster steps, BENCHMARKS).
+fn rotate(x: &Tensor, cos: &Tensor, signed_sin: &Tensor) -> Tensor {
     let xf = x.to_kind(Kind::Float);
-    let half = xf.size()[3] / 2;
-    let rotated = Tensor::cat(&[&xf.narrow(3, half, half).neg(), &xf.narrow(3, 0, half)], 3);
-    (&xf * cos + rotated * sin).to_kind(x.kind())
+    let size = xf.size();
+    let (b, h, l, d) = (size[0], size[1], size[2], size[3]);
+    let swapped = xf.view([b, h, l, 2, d / 2]).flip([3]).reshape([b, h, l, d]);
+    let mut out = &xf * cos;
+    let _ = out.addcmul_(&swapped, signed_sin);
+    out.to_kind(x.kind())
 }
 
 /// What every layer of one pass shares: the batch, rotary tables and masks by layer type.
