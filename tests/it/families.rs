@@ -1,6 +1,7 @@
 //! Every encoder family against transformers: logits to 1e-4 in fp32 on padded batches (packed
 //! and in the padded layout), bf16 within transformers' own bf16-autocast distance, one
-//! training step's loss and gradients to 1e-4, ModernBERT at 8,192 tokens, and token ids equal
+//! training step's loss and gradients to 1e-4 (also under config variants: ModernBERT's [CLS]
+//! pooling with a global and a local last layer), ModernBERT at 8,192 tokens, and token ids equal
 //! to Python `tokenizers`' at head and head_tail truncation. Golden values are committed from
 //! `fixtures/families/make_families.py`; the live test recomputes them with transformers.
 
@@ -14,9 +15,12 @@ fn golden() -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(fixtures().join("families/golden.json")).unwrap()).unwrap()
 }
 
-fn classifier(family: &str) -> model::Model {
+/// The parity classifier, its config changed by `overrides` (an object, or null for none).
+fn classifier(family: &str, overrides: &serde_json::Value) -> model::Model {
     let dir = fixtures().join("parity").join(family);
-    let config = model::Config::from_file(&dir.join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    json.as_object_mut().unwrap().extend(overrides.as_object().cloned().unwrap_or_default());
+    let config = model::Config::from_json(json).unwrap();
     assert_eq!(config.model_type, family);
     let (m, report) = model::Model::load(config, 2, &dir.join("model.safetensors"), Device::Cpu, 0).unwrap();
     assert!(report.initialized.is_empty(), "{family}: {:?}", report.initialized);
@@ -61,14 +65,20 @@ fn max_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
     a.iter().flatten().zip(b.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-/// fp32 logits, both layouts; bf16 within twice transformers' own bf16 distance from fp32.
-fn check_logits(family: &str, m: &mut model::Model, g: &serde_json::Value) {
-    let want = matrix(&g["logits"]);
+/// fp32 logits `want` for the batch of `g`, in both layouts.
+fn check_fp32_logits(family: &str, m: &model::Model, g: &serde_json::Value, want: &serde_json::Value) {
+    let want = matrix(want);
     for packed in [true, false] {
         let got = rows_of(&tch::no_grad(|| m.forward(&inputs(g, packed), false)));
         let d = max_diff(&got, &want);
         assert!(d < 1e-4, "{family} (packed: {packed}): ours {got:?} vs transformers {want:?}");
     }
+}
+
+/// fp32 logits, both layouts; bf16 within twice transformers' own bf16 distance from fp32.
+fn check_logits(family: &str, m: &mut model::Model, g: &serde_json::Value) {
+    check_fp32_logits(family, m, g, &g["logits"]);
+    let want = matrix(&g["logits"]);
     let hf_bf16 = max_diff(&matrix(&g["bf16_logits"]), &want);
     m.compute = Kind::BFloat16;
     let ours_bf16 = max_diff(&rows_of(&tch::no_grad(|| m.forward(&inputs(g, true), false))), &want);
@@ -76,15 +86,16 @@ fn check_logits(family: &str, m: &mut model::Model, g: &serde_json::Value) {
     assert!(ours_bf16 <= 2.0 * hf_bf16 + 0.02, "{family}: bf16 is {ours_bf16} from fp32, transformers' bf16 autocast {hf_bf16}");
 }
 
-/// The loss for the golden labels and the first elements of every parameter's gradient.
-fn check_gradients(family: &str, m: &model::Model, g: &serde_json::Value) {
+/// The loss for the golden labels and the first elements of every parameter's gradient, for
+/// the batch of `g` and the values of `want` (`g` itself or one of its variants).
+fn check_gradients(family: &str, m: &model::Model, g: &serde_json::Value, want: &serde_json::Value) {
     let labels = Tensor::from_slice(&g["labels"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect::<Vec<_>>());
     m.params.zero_grad();
     let loss = m.forward(&inputs(g, true), false).cross_entropy_for_logits(&labels);
     loss.backward();
-    let (ours, theirs) = (loss.double_value(&[]), g["loss"].as_f64().unwrap());
+    let (ours, theirs) = (loss.double_value(&[]), want["loss"].as_f64().unwrap());
     assert!((ours - theirs).abs() < 1e-4, "{family}: loss {ours} vs {theirs}");
-    let grads = g["grads"].as_object().unwrap();
+    let grads = want["grads"].as_object().unwrap();
     assert_eq!(grads.len(), m.params.len(), "{family}: transformers has a gradient for every parameter");
     for (name, want) in grads {
         let got: Vec<f32> = Vec::try_from(m.params.get(name).grad().flatten(0, -1).narrow(0, 0, want.as_array().unwrap().len() as i64)).unwrap();
@@ -119,9 +130,17 @@ fn check_tokens(family: &str, texts: &[String], g: &serde_json::Value) {
 
 fn check_family(family: &str, all: &serde_json::Value) {
     let g = &all[family];
-    let mut m = classifier(family);
+    let mut m = classifier(family, &serde_json::Value::Null);
     check_logits(family, &mut m, g);
-    check_gradients(family, &m, g);
+    check_gradients(family, &m, g, g);
+    // Config changes on the same weights (ModernBERT's [CLS] pooling, whose last layer runs for
+    // the first position alone).
+    for v in g["variants"].as_array().unwrap() {
+        let what = format!("{family} with {}", v["config"]);
+        let m = classifier(family, &v["config"]);
+        check_fp32_logits(&what, &m, g, &v["logits"]);
+        check_gradients(&what, &m, g, v);
+    }
     let texts: Vec<String> = all["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect();
     check_tokens(family, &texts, g);
     if let Some(long) = g.get("long") {

@@ -349,6 +349,21 @@ struct Pass<'x> {
 }
 
 impl ModernBert {
+    /// Queries, keys and values `(rows, heads, len or 1, head_dim)` from the normed hidden
+    /// states: with `first_only`, queries for each row's first position alone, from `Wqkv`'s
+    /// query rows (a third of the layer's largest product saved, forward and backward), keys
+    /// and values from its other rows over every token.
+    fn qkv(&self, w: &Weights, l: &Layer, x: &Inputs, normed: &Tensor, first_only: bool) -> (Tensor, Tensor, Tensor) {
+        let (h, heads) = (self.c.hidden_size, self.c.num_attention_heads);
+        if first_only && w.rows_split_exact(&l.wqkv) {
+            let q = w.linear_rows(&l.wqkv, &x.first(normed), 0, h).view([x.rows, 1, heads, -1]).transpose(1, 2);
+            let [k, v] = x.heads_fused::<2>(&w.linear_rows(&l.wqkv, normed, h, 2 * h), heads);
+            return (q, k, v);
+        }
+        let [q, k, v] = x.heads_fused::<3>(&w.linear(&l.wqkv, normed), heads);
+        (if first_only { q.narrow(2, 0, 1) } else { q }, k, v)
+    }
+
     /// Layer `l` over token-wise hidden states `h`; with `first_only`, its output for each
     /// row's first position alone, `(rows, hidden)` (keys and values from every token).
     fn layer(&self, w: &Weights, l: &Layer, h: &Tensor, first_only: bool, pass: &Pass) -> Tensor {
@@ -358,10 +373,10 @@ impl ModernBert {
             Some(n) => w.layer_norm(n, h),
             None => h.shallow_clone(),
         };
-        let [q, k, v] = x.heads_fused::<3>(&w.linear(&l.wqkv, &normed), c.num_attention_heads);
+        let (q, k, v) = self.qkv(w, l, x, &normed, first_only);
         let local = l.kind == LayerType::SlidingAttention;
         let (cos, sin) = &pass.rope[local as usize];
-        let (q, qcos, qsin) = if first_only { (q.narrow(2, 0, 1), cos.narrow(0, 0, 1), sin.narrow(0, 0, 1)) } else { (q, cos.shallow_clone(), sin.shallow_clone()) };
+        let (qcos, qsin) = if first_only { (cos.narrow(0, 0, 1), sin.narrow(0, 0, 1)) } else { (cos.shallow_clone(), sin.shallow_clone()) };
         let (q, k) = (rotate(&q, &qcos, &qsin), rotate(&k, cos, sin));
         let mask = match (local, first_only) {
             (false, _) => &pass.masks[0],

@@ -315,21 +315,49 @@ impl<'a> Weights<'a> {
 
     /// `x · Wᵀ + b` in the compute dtype, plus the layer's LoRA update when it has one.
     pub fn linear(&self, l: &Linear, x: &Tensor) -> Tensor {
-        let b = l.bias.map(|b| self.get(b));
+        self.linear_part(l, x, None)
+    }
+
+    /// [`Weights::linear`]'s output features `start..start + n` alone: the product with those
+    /// rows of the weight (and of LoRA's up-projection), so the other features cost nothing.
+    pub fn linear_rows(&self, l: &Linear, x: &Tensor, start: i64, n: i64) -> Tensor {
+        self.linear_part(l, x, Some((start, n)))
+    }
+
+    /// Whether [`Weights::linear_rows`] over two parts of `l`'s input (one row's first
+    /// position, every position) equals one product over all of it: true unless LoRA's dropout
+    /// is live on `l`, where PEFT draws one mask for the whole input.
+    pub fn rows_split_exact(&self, l: &Linear) -> bool {
+        l.lora.is_none_or(|k| !self.train || self.m.params.adapters()[k].dropout <= 0.0)
+    }
+
+    /// [`Weights::linear`] over the weight's rows `rows` (`None`: all of them, with no slice
+    /// in the graph, whose backward would cost a zero-filled copy of the weight's gradient).
+    fn linear_part(&self, l: &Linear, x: &Tensor, rows: Option<(i64, i64)>) -> Tensor {
+        let part = |t: Tensor| match rows {
+            Some((start, n)) => t.narrow(0, start, n),
+            None => t,
+        };
+        let b = l.bias.map(|b| part(self.get(b)));
         let x = x.to_kind(self.m.compute);
-        let y = x.linear(&self.get(l.weight), b.as_ref());
+        let y = x.linear(&part(self.get(l.weight)), b.as_ref());
         match l.lora {
-            Some(k) => y + self.lora(k, &x),
+            Some(k) => y + self.lora(k, &x, rows),
             None => y,
         }
     }
 
-    /// Adapter `k`'s update for the input `x` (in the compute dtype):
-    /// `dropout(x)·Aᵀ·Bᵀ·scale`, as PEFT's `lora_B(lora_A(dropout(x))) * scaling`.
-    fn lora(&self, k: usize, x: &Tensor) -> Tensor {
+    /// Adapter `k`'s update for the input `x` (in the compute dtype), for the output features
+    /// `rows` (`None`: all): `dropout(x)·Aᵀ·Bᵀ·scale`, as PEFT's
+    /// `lora_B(lora_A(dropout(x))) * scaling`.
+    fn lora(&self, k: usize, x: &Tensor, rows: Option<(i64, i64)>) -> Tensor {
         let a = &self.m.params.adapters()[k];
         let down = dropout(x, a.dropout, self.train).linear::<&Tensor>(&self.get(a.a), None);
-        down.linear::<&Tensor>(&self.get(a.b), None) * a.scale
+        let up = match rows {
+            Some((start, n)) => self.get(a.b).narrow(0, start, n),
+            None => self.get(a.b),
+        };
+        down.linear::<&Tensor>(&up, None) * a.scale
     }
 
     /// A fused group's product over `x` for its parts from `from` on (0: all of them; 1: the
@@ -351,7 +379,7 @@ impl<'a> Weights<'a> {
             .iter()
             .zip(&rows[from..])
             .map(|(l, &r)| match l.lora {
-                Some(k) => self.lora(k, &x),
+                Some(k) => self.lora(k, &x, None),
                 None => Tensor::zeros([x.size()[0], r], (x.kind(), x.device())),
             })
             .collect();
