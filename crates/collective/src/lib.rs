@@ -349,6 +349,28 @@ mod tests {
         Ok(())
     }
 
+    /// Every variable `from_vars` asks for is one the runner clears for its stage binaries.
+    #[test]
+    fn every_launch_variable_read_is_one_the_runner_clears() {
+        let cases: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")],
+            &[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), ("MASTER_ADDR", "h")],
+            &[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2"), ("SLURM_TASKS_PER_NODE", "2"), ("MASTER_ADDR", "h")],
+        ];
+        for case in cases {
+            let asked = std::cell::RefCell::new(Vec::new());
+            let known = vars(case);
+            let _ = Launch::from_vars(|k| {
+                asked.borrow_mut().push(k.to_string());
+                known(k)
+            });
+            for k in asked.into_inner() {
+                assert!(pipeline::LAUNCH_VARS.contains(&k.as_str()), "{k} is read by Launch::from_vars but not in pipeline::LAUNCH_VARS");
+            }
+        }
+    }
+
     #[test]
     fn a_launch_that_cannot_work_is_explained() {
         let err = |pairs: &[(&str, &str)]| Launch::from_vars(vars(pairs)).err().map(|e| e.to_string()).unwrap_or_default();

@@ -17,6 +17,26 @@ pub use check::{did_you_mean, positive_index, split_exists, Params};
 pub use params::*;
 pub use sweep::{load_sweep, show_value, Axis, Setting, Sweep};
 
+/// The environment variables that make a stage binary one rank of several: torchrun's,
+/// Slurm's and `FT_LAUNCHER`, every one `collective::Launch` reads (its tests hold it to this
+/// list). The runner starts its binaries without them, and sets them itself for the ranks it
+/// starts, so a run inside a torchrun or Slurm job is still one process per stage.
+pub const LAUNCH_VARS: &[&str] = &[
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_TASKS_PER_NODE",
+    "FT_LAUNCHER",
+];
+
 /// The stages, in pipeline order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {

@@ -158,11 +158,6 @@ struct How<'a> {
     ranks: usize,
 }
 
-/// The variables that make a stage binary one rank of several (what `collective::Launch`
-/// reads): the runner starts its binaries without them, and sets them itself for the ranks of
-/// `--nproc-per-node`, so a run inside a torchrun or Slurm job is still one process per stage.
-const LAUNCH_VARS: &[&str] = &["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "FT_LAUNCHER"];
-
 /// Starts `ranks` copies of the command `make` builds, as torchrun would on one machine (rank
 /// 0 serves the rendezvous on a free loopback port), and waits for all: rank 0's exit is the
 /// stage's.
@@ -246,7 +241,7 @@ fn invoke(store: &Path, bin_dir: &Path, stage: Stage, params: &serde_json::Value
             cmd.arg("--force");
         }
         artifact::remote::Config::to_env(remote, &mut cmd);
-        for v in LAUNCH_VARS {
+        for v in pipeline::LAUNCH_VARS {
             cmd.env_remove(v);
         }
         for up in stage.inputs() {
