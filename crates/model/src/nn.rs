@@ -200,6 +200,14 @@ pub trait Network: Send + Sync {
     fn forward(&self, w: &Weights, x: &crate::Inputs, train: bool) -> Tensor;
 }
 
+/// Rows `start..start + n` of `t` (`None`: `t` itself, with no slice in the graph).
+fn some_rows(t: Tensor, rows: Option<(i64, i64)>) -> Tensor {
+    match rows {
+        Some((start, n)) => t.narrow(0, start, n),
+        None => t,
+    }
+}
+
 /// The parameters as one forward pass reads them, in `model.compute`.
 ///
 /// In fp32, the master parameters themselves. In bf16, one working copy per pass: the linear
@@ -334,13 +342,9 @@ impl<'a> Weights<'a> {
     /// [`Weights::linear`] over the weight's rows `rows` (`None`: all of them, with no slice
     /// in the graph, whose backward would cost a zero-filled copy of the weight's gradient).
     fn linear_part(&self, l: &Linear, x: &Tensor, rows: Option<(i64, i64)>) -> Tensor {
-        let part = |t: Tensor| match rows {
-            Some((start, n)) => t.narrow(0, start, n),
-            None => t,
-        };
-        let b = l.bias.map(|b| part(self.get(b)));
+        let b = l.bias.map(|b| some_rows(self.get(b), rows));
         let x = x.to_kind(self.m.compute);
-        let y = x.linear(&part(self.get(l.weight)), b.as_ref());
+        let y = x.linear(&some_rows(self.get(l.weight), rows), b.as_ref());
         match l.lora {
             Some(k) => y + self.lora(k, &x, rows),
             None => y,
@@ -353,11 +357,7 @@ impl<'a> Weights<'a> {
     fn lora(&self, k: usize, x: &Tensor, rows: Option<(i64, i64)>) -> Tensor {
         let a = &self.m.params.adapters()[k];
         let down = dropout(x, a.dropout, self.train).linear::<&Tensor>(&self.get(a.a), None);
-        let up = match rows {
-            Some((start, n)) => self.get(a.b).narrow(0, start, n),
-            None => self.get(a.b),
-        };
-        down.linear::<&Tensor>(&up, None) * a.scale
+        down.linear::<&Tensor>(&some_rows(self.get(a.b), rows), None) * a.scale
     }
 
     /// A fused group's product over `x` for its parts from `from` on (0: all of them; 1: the
