@@ -9,7 +9,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src/cpp");
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
     println!("cargo:rerun-if-env-changed=GLOO_LIB");
-    build_support::link_libtorch_for_tests();
+    // The package has no binaries; this reaches its unit tests too (they use the store).
+    build_support::link_libtorch();
     let Some(lib) = build_support::libtorch_lib_dir() else {
         panic!("libtorch not found: run `cargo xtask setup` (it creates .venv with torch 2.11.0)");
     };

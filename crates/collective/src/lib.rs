@@ -221,25 +221,55 @@ impl Group {
             Some(Comm::Gloo(g)) => drop(g),
             None => {}
         }
-        if marked.is_err() {
-            return cause.context(format!(
+        let store_gone = || {
+            format!(
                 "{head}: rank 0, which serves the rendezvous store at {}, is gone (it died, failed or was stopped; see its output)",
                 self.store.address
-            ));
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let silent = loop {
-            let silent: Vec<usize> = (0..n).filter(|&r| r != me && !self.store.check(&format!("failed/{r}")).unwrap_or(false)).collect();
-            if silent.is_empty() || Instant::now() > deadline {
-                break silent;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            )
         };
-        if silent.is_empty() {
-            return cause.context(format!("{head}; every rank reports a failure"));
+        if marked.is_err() {
+            return cause.context(store_gone());
+        }
+        let (silent, gone) = self.unreported(Duration::from_secs(3));
+        if gone && silent.contains(&0) {
+            return cause.context(store_gone());
         }
         let list: Vec<String> = silent.iter().map(|r| r.to_string()).collect();
-        cause.context(format!("{head}: rank {} stopped answering (died or hung; see its output)", list.join(", ")))
+        let mut text = if silent.is_empty() {
+            format!("{head}; every rank reports a failure")
+        } else {
+            format!("{head}: rank {} stopped answering (died or hung; see its output)", list.join(", "))
+        };
+        if gone {
+            // Rank 0 closes the store once it has explained its own failure.
+            text.push_str("; rank 0 reported its failure and has since closed the rendezvous store");
+        }
+        cause.context(text)
+    }
+
+    /// Waits up to `grace` for every other rank to mark itself failed in the store. Returns
+    /// the ranks not seen marked, and whether the store went away meanwhile (which ends the
+    /// wait; a rank seen marked before stays counted).
+    fn unreported(&self, grace: Duration) -> (Vec<usize>, bool) {
+        let me = self.rank();
+        let mut seen: Vec<bool> = (0..self.size()).map(|r| r == me).collect();
+        let deadline = Instant::now() + grace;
+        loop {
+            for (r, s) in seen.iter_mut().enumerate().filter(|(_, s)| !**s) {
+                match self.store.check(&format!("failed/{r}")) {
+                    Ok(marked) => *s = marked,
+                    Err(_) => return (Self::unseen(&seen), true),
+                }
+            }
+            if seen.iter().all(|&s| s) || Instant::now() > deadline {
+                return (Self::unseen(&seen), false);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn unseen(seen: &[bool]) -> Vec<usize> {
+        seen.iter().enumerate().filter(|(_, &s)| !s).map(|(r, _)| r).collect()
     }
 
     fn checked(t: &Tensor, what: &str, device: Device) -> anyhow::Result<()> {
@@ -369,6 +399,38 @@ mod tests {
                 assert!(pipeline::LAUNCH_VARS.contains(&k.as_str()), "{k} is read by Launch::from_vars but not in pipeline::LAUNCH_VARS");
             }
         }
+    }
+
+    /// A group of `world` ranks on a store at `port` with no backend (only the store's part of
+    /// failure reports is exercised).
+    fn store_only(rank: usize, world: usize, port: u16) -> anyhow::Result<Group> {
+        let launch = Launch { rank, world_size: world, local_rank: rank, local_world_size: world, master_addr: "127.0.0.1".into(), master_port: port, launcher: "env".into() };
+        let store = Store::connect("127.0.0.1", port, rank == 0, world, Duration::from_secs(5))?;
+        Ok(Group { launch, backend: Backend::Gloo, timeout: Duration::from_secs(5), store, comm: RefCell::new(None), seq: Cell::new(0) })
+    }
+
+    /// Rank 0 ends once it has explained its own failure, closing the store while the others
+    /// may still wait for a silent rank: a rank seen reporting is not then named as silent.
+    #[test]
+    fn the_store_closing_after_rank_zero_reported_names_only_the_silent_rank() -> anyhow::Result<()> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let zero = store_only(0, 3, port)?;
+        let one = store_only(1, 3, port)?;
+        let e = format!("{:#}", zero.failed("all-reduce", anyhow::anyhow!("peer closed")));
+        assert!(e.contains("rank 1, 2 stopped answering"), "{e}");
+        let closer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(800));
+            drop(zero);
+        });
+        let t0 = Instant::now();
+        let e = format!("{:#}", one.failed("all-reduce", anyhow::anyhow!("peer closed")));
+        closer.join().map_err(|_| anyhow::anyhow!("the closing thread panicked"))?;
+        assert!(e.contains("rank 2 stopped answering") && e.contains("rank 0 reported its failure and has since closed the rendezvous store"), "{e}");
+        assert!(t0.elapsed() < Duration::from_millis(2500), "the closed store did not end the wait: {:?}", t0.elapsed());
+        // Once the store is gone, reporting a failure says so.
+        let e = format!("{:#}", one.failed("broadcast", anyhow::anyhow!("peer closed")));
+        assert!(e.contains(&format!("rank 0, which serves the rendezvous store at 127.0.0.1:{port}, is gone")), "{e}");
+        Ok(())
     }
 
     #[test]
