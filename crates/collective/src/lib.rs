@@ -149,7 +149,7 @@ impl Backend {
 
 enum Comm {
     Gloo(gloo::Gloo),
-    Nccl(RefCell<nccl::Nccl>),
+    Nccl(nccl::Nccl),
 }
 
 /// The connected ranks. Operations are collective: every rank makes the same calls in the same
@@ -191,7 +191,7 @@ impl Group {
                     let arr: [u8; 128] = bytes.as_slice().try_into().map_err(|_| anyhow::anyhow!("the NCCL id in the store has {} bytes, not 128", bytes.len()))?;
                     nccl::UniqueId(arr)
                 };
-                Comm::Nccl(RefCell::new(nccl::Nccl::connect(id, l.rank, l.world_size, index, timeout)?))
+                Comm::Nccl(nccl::Nccl::connect(id, l.rank, l.world_size, index, timeout)?)
             }
         };
         Ok(Group { launch: l.clone(), backend, timeout, store, comm: RefCell::new(Some(comm)), seq: Cell::new(0) })
@@ -217,7 +217,7 @@ impl Group {
         let head = format!("{op} failed on rank {me} of {n} ({})", self.backend.name());
         let marked = self.store.set(&format!("failed/{me}"), op.as_bytes());
         match self.comm.borrow_mut().take() {
-            Some(Comm::Nccl(c)) => c.into_inner().abort(),
+            Some(Comm::Nccl(c)) => c.abort(),
             Some(Comm::Gloo(g)) => drop(g),
             None => {}
         }
@@ -284,14 +284,14 @@ impl Group {
 
     fn device(&self) -> Device {
         match self.comm.borrow().as_ref() {
-            Some(Comm::Nccl(n)) => Device::Cuda(n.borrow().device),
+            Some(Comm::Nccl(n)) => Device::Cuda(n.device),
             _ => Device::Cpu,
         }
     }
 
     /// Runs `f` on the backend, explaining a failure (see [`Group`]).
-    fn with_comm(&self, op: &str, f: impl FnOnce(&Comm) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let r = match self.comm.borrow().as_ref() {
+    fn with_comm(&self, op: &str, f: impl FnOnce(&mut Comm) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let r = match self.comm.borrow_mut().as_mut() {
             Some(c) => f(c),
             None => return Err(anyhow::anyhow!("{op}: an earlier operation of this group failed (see above)")),
         };
@@ -308,7 +308,7 @@ impl Group {
         self.with_comm("all-reduce", |c| match c {
             // SAFETY: a contiguous fp32 CPU tensor of `n` elements, not used elsewhere meanwhile.
             Comm::Gloo(g) => g.all_reduce_sum(unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<f32>(), n) }),
-            Comm::Nccl(c) => c.borrow_mut().all_reduce_sum(t),
+            Comm::Nccl(c) => c.all_reduce_sum(t),
         })
     }
 
@@ -319,7 +319,7 @@ impl Group {
         self.with_comm("broadcast", |c| match c {
             // SAFETY: a contiguous CPU tensor of `bytes` bytes, not used elsewhere meanwhile.
             Comm::Gloo(g) => g.broadcast(unsafe { std::slice::from_raw_parts_mut(t.data_ptr().cast::<u8>(), bytes) }, root),
-            Comm::Nccl(c) => c.borrow_mut().broadcast(t, root),
+            Comm::Nccl(c) => c.broadcast(t, root),
         })
     }
 
