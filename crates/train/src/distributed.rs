@@ -49,20 +49,15 @@ pub fn local_rows(objective: &Objective, train: &dyn shards::Examples, global: &
     Ok((global[range].to_vec(), if whole > 0.0 { part / whole } else { 0.0 }))
 }
 
-/// Sums the trainable parameters' gradients across the ranks (one all-reduce of the flat
-/// gradient) and writes the sums back into each parameter's gradient.
-pub fn all_reduce_grads(group: &Group, params: &model::Params) -> anyhow::Result<()> {
+/// Sums the trainable parameters' gradients across the ranks with one all-reduce of the flat
+/// gradient, and returns them as views of that sum for the optimizer (each parameter's own
+/// gradient stays this rank's; a parameter without one here gets none).
+pub fn all_reduce_grads(group: &Group, params: &model::Params) -> anyhow::Result<crate::optim::Grads> {
     tch::no_grad(|| {
         let grads = params.grads();
         let flat = params.flat_grad_of(&grads);
         group.all_reduce_sum(&flat)?;
-        for (off, g) in &grads {
-            if let Some(g) = g {
-                let mut g = g.shallow_clone();
-                g.copy_(&flat.narrow(0, *off, g.numel() as i64).view_as(&g));
-            }
-        }
-        Ok(())
+        Ok(grads.into_iter().map(|(off, g)| (off, g.map(|g| flat.narrow(0, off, g.numel() as i64)))).collect())
     })
 }
 

@@ -3,6 +3,9 @@
 
 use tch::{Kind, Tensor};
 
+/// Each parameter's offset in the flat buffer and its gradient, if it has one.
+pub type Grads = Vec<(i64, Option<Tensor>)>;
+
 pub struct AdamW {
     pub beta1: f64,
     pub beta2: f64,
@@ -23,14 +26,16 @@ impl AdamW {
         AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, m, v }
     }
 
-    /// One update with learning rate `lr` from the gradients in `params`, after clipping their
-    /// global L2 norm to `max_grad_norm` (0: no clipping). Returns the norm before clipping as a
-    /// device scalar (no host sync). Everything runs on the flat buffers: a dozen kernels.
-    pub fn step(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+    /// One update with learning rate `lr` from `grads` (each parameter's offset in the flat
+    /// buffer and its gradient, if it has one: [`model::Params::grads`], or the ranks' sums),
+    /// after clipping their global L2 norm to `max_grad_norm` (0: no clipping). Returns the norm
+    /// before clipping as a device scalar (no host sync). Everything runs on the flat buffers: a
+    /// dozen kernels.
+    pub fn step(&mut self, params: &model::Params, grads: Grads, lr: f64, max_grad_norm: f64) -> Tensor {
         if self.m.device() == tch::Device::Cpu && self.m.kind() == Kind::Float {
-            self.step_cpu(params, lr, max_grad_norm)
+            self.step_cpu(params, grads, lr, max_grad_norm)
         } else {
-            self.step_tensors(params, lr, max_grad_norm)
+            self.step_tensors(params, grads, lr, max_grad_norm)
         }
     }
 
@@ -54,11 +59,9 @@ impl AdamW {
     /// [`AdamW::step`] as whole-buffer tensor operations (any device). A parameter without a
     /// gradient (outside this step's graph) is left alone, as torch's AdamW and the CPU step do:
     /// its slices of the parameters and both moments are put back after the whole-buffer update.
-    fn step_tensors(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+    fn step_tensors(&mut self, params: &model::Params, grads: Grads, lr: f64, max_grad_norm: f64) -> Tensor {
         let (bc1, bc2) = self.next_step();
         tch::no_grad(|| {
-            // The gradients are read once: for the parameters without one and for the update.
-            let grads = params.grads();
             let flat = params.flat().narrow(0, 0, params.n_trainable());
             let untouched: Vec<(i64, i64, [Tensor; 3])> = grads
                 .iter()
@@ -111,12 +114,11 @@ impl AdamW {
     /// the gradients: ~40 ms per step for MiniLM's 22.7M parameters on 2 cores (~80 ms, timed
     /// the same way, before its loops were written to vectorize). Same arithmetic, in fp32 as
     /// libtorch's; a parameter without a gradient is left alone, as torch's AdamW does.
-    fn step_cpu(&mut self, params: &model::Params, lr: f64, max_grad_norm: f64) -> Tensor {
+    fn step_cpu(&mut self, params: &model::Params, grads: Grads, lr: f64, max_grad_norm: f64) -> Tensor {
         use rayon::prelude::*;
         let (bc1, bc2) = self.next_step();
         // (offset in the flat buffers, gradient as contiguous fp32), per parameter with one.
-        let grads: Vec<(usize, Tensor)> = params
-            .grads()
+        let grads: Vec<(usize, Tensor)> = grads
             .into_iter()
             .filter_map(|(off, g)| g.map(|g| (off as usize, g.to_kind(Kind::Float).contiguous())))
             .collect();
@@ -253,7 +255,7 @@ mod tests {
             params.zero_grad();
             let loss = (params.get("classifier.weight").get(0).get(0) * 0.5).sum(Kind::Float);
             loss.backward();
-            let _ = opt.step(&params, 0.1, 0.0);
+            let _ = opt.step(&params, params.grads(), 0.1, 0.0);
         }
         // Step 1: p1 = p0(1-0.001) - 0.1 * (0.05/0.1) / (sqrt(0.00025/0.001)/... ) -> Adam's first
         // steps move by ~lr regardless of gradient scale.
@@ -297,7 +299,7 @@ mod tests {
                     })
                     .fold(Tensor::from(0f32), |a, b| a + b);
                 loss.backward();
-                let norm = if fused { opt.step_cpu(&params, 1e-3, 1.0) } else { opt.step_tensors(&params, 1e-3, 1.0) };
+                let norm = if fused { opt.step_cpu(&params, params.grads(), 1e-3, 1.0) } else { opt.step_tensors(&params, params.grads(), 1e-3, 1.0) };
                 assert!(f64::try_from(norm).unwrap() > 1.0, "clipping must be exercised");
             }
             Tensor::cat(&[params.flat().shallow_clone(), opt.m.shallow_clone(), opt.v.shallow_clone()], 0)

@@ -436,10 +436,11 @@ pub fn run(mut job: Job) -> anyhow::Result<Outcome> {
             }
             micro_in_step = 0;
             let lr = p.learning_rate * lr_lambda(st.step, warmup, total_steps);
-            if let Some(g) = job.group {
-                crate::distributed::all_reduce_grads(g, &job.model.params)?;
-            }
-            let norm = opt.step(&job.model.params, lr, p.max_grad_norm);
+            let grads = match job.group {
+                Some(g) => crate::distributed::all_reduce_grads(g, &job.model.params)?,
+                None => job.model.params.grads(),
+            };
+            let norm = opt.step(&job.model.params, grads, lr, p.max_grad_norm);
             job.model.params.zero_grad();
             st.step += 1;
             pending.push((st.step, loss));
