@@ -68,6 +68,31 @@ fn losses(train: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Asserts that train artifacts `a` (one process) and `b` (two ranks) hold the same weights,
+/// logged losses, steps and best validation; returns their summaries.
+fn assert_trained_alike(a: &Path, b: &Path, what: &str) -> (pipeline::files::TrainSummary, pipeline::files::TrainSummary) {
+    let (ta, tb) = (tensors(&a.join("final.safetensors")), tensors(&b.join("final.safetensors")));
+    assert_eq!(ta.len(), tb.len());
+    let mut worst = 0f64;
+    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
+        assert_eq!(na, nb);
+        worst = worst.max(f64::try_from((xa - xb).abs().max()).unwrap());
+    }
+    eprintln!("{what}: largest |weight difference|, 1 process vs 2 ranks: {worst:.3e}");
+    assert!(worst < 1e-5, "{what}: weights differ by {worst}");
+    let (la, lb) = (losses(a), losses(b));
+    assert_eq!(la.len(), lb.len());
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 1e-5, "{what}: logged losses {la:?} vs {lb:?}");
+    }
+    let (sa, sb): (pipeline::files::TrainSummary, pipeline::files::TrainSummary) = (pipeline::files::read(&a.join("summary.json")).unwrap(), pipeline::files::read(&b.join("summary.json")).unwrap());
+    assert_eq!((sa.steps, sa.samples, sa.best_step), (sb.steps, sb.samples, sb.best_step));
+    let (va, vb) = (sa.best_validation.clone().unwrap(), sb.best_validation.clone().unwrap());
+    assert_eq!((va.examples, va.accuracy), (vb.examples, vb.accuracy));
+    assert!((va.loss - vb.loss).abs() < 1e-5, "{what}: validation loss {} vs {}", va.loss, vb.loss);
+    (sa, sb)
+}
+
 #[test]
 fn two_cpu_ranks_train_what_one_process_trains_under_the_same_key() {
     let tmp = tempfile::tempdir().unwrap();
@@ -76,25 +101,7 @@ fn two_cpu_ranks_train_what_one_process_trains_under_the_same_key() {
     let one = run(&pipeline(&one_store, &model, 2, ""), 1);
     let two = run(&pipeline(&two_store, &model, 2, ""), 2);
     let (a, b) = (one[2].artifact.clone().unwrap(), two[2].artifact.clone().unwrap());
-    let (ta, tb) = (tensors(&a.join("final.safetensors")), tensors(&b.join("final.safetensors")));
-    assert_eq!(ta.len(), tb.len());
-    let mut worst = 0f64;
-    for ((na, xa), (nb, xb)) in ta.iter().zip(&tb) {
-        assert_eq!(na, nb);
-        worst = worst.max(f64::try_from((xa - xb).abs().max()).unwrap());
-    }
-    eprintln!("largest |weight difference| after 2 epochs (56 steps), 1 process vs 2 ranks: {worst:.3e}");
-    assert!(worst < 1e-5, "weights differ by {worst}");
-    let (la, lb) = (losses(&a), losses(&b));
-    assert_eq!(la.len(), lb.len());
-    for (x, y) in la.iter().zip(&lb) {
-        assert!((x - y).abs() < 1e-5, "logged losses {la:?} vs {lb:?}");
-    }
-    let (sa, sb): (pipeline::files::TrainSummary, pipeline::files::TrainSummary) = (pipeline::files::read(&a.join("summary.json")).unwrap(), pipeline::files::read(&b.join("summary.json")).unwrap());
-    assert_eq!((sa.steps, sa.samples, sa.best_step), (sb.steps, sb.samples, sb.best_step));
-    let (va, vb) = (sa.best_validation.unwrap(), sb.best_validation.unwrap());
-    assert_eq!((va.examples, va.accuracy), (vb.examples, vb.accuracy));
-    assert!((va.loss - vb.loss).abs() < 1e-5, "validation loss {} vs {}", va.loss, vb.loss);
+    let (sa, sb) = assert_trained_alike(&a, &b, "2 epochs (56 steps)");
     assert_eq!(sa.distributed, None);
     let d = sb.distributed.unwrap();
     assert_eq!((d.world_size, d.backend.as_str(), d.launcher.as_str()), (2, "gloo", "ft"));
@@ -102,6 +109,19 @@ fn two_cpu_ranks_train_what_one_process_trains_under_the_same_key() {
     let again = run(&pipeline(&one_store, &model, 2, ""), 2);
     assert!(again[2].cached, "train reran with 2 ranks: {:?}", again[2]);
     assert_eq!(again[2].key, one[2].key);
+}
+
+/// With class weights a mean loss divides by the batch's summed weights, not its rows: each
+/// rank's share of the loss is its rows' weight over the whole batch's, which differs from its
+/// share of the rows wherever the ranks' halves hold other mixes of the classes.
+#[test]
+fn two_cpu_ranks_with_class_weights_train_what_one_process_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = model_without_dropout(tmp.path());
+    let weights = "  class_weights: [1.0, 4.0]\n";
+    let one = run(&pipeline(&tmp.path().join("one"), &model, 1, weights), 1);
+    let two = run(&pipeline(&tmp.path().join("two"), &model, 1, weights), 2);
+    assert_trained_alike(&one[2].artifact.clone().unwrap(), &two[2].artifact.clone().unwrap(), "class weights [1, 4], 1 epoch");
 }
 
 /// Starts `ft-train` as rank `rank` of 2 on the stage's inputs, as a launcher would.

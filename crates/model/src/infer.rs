@@ -14,6 +14,9 @@ pub struct Predictions {
     pub probs: Vec<Vec<f32>>,
     /// The mean loss; `None` when the examples carry no labels.
     pub loss: Option<f64>,
+    /// The mean's denominator (see [`Objective::loss_parts`]), which weighs this loss when it is
+    /// joined with another part's.
+    pub loss_weight: f64,
     /// Real tokens processed.
     pub tokens: usize,
 }
@@ -53,7 +56,7 @@ pub fn predict<E: shards::Examples + ?Sized>(
     // Logits and the loss stay on the device until the end: reading them back per batch would
     // make the host wait for each batch before queuing the next.
     let mut logits = Vec::new();
-    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let (mut loss_sum, mut loss_weight) = (Tensor::zeros([], (Kind::Float, device)), Tensor::zeros([], (Kind::Float, device)));
     let mut labelled = false;
     let mut tokens = 0;
     let mut finished = 0;
@@ -67,7 +70,9 @@ pub fn predict<E: shards::Examples + ?Sized>(
                 let x = to_device(&b, device);
                 let l = frozen.get_or_insert_with(|| model.frozen()).forward(&x);
                 if let Some(t) = &b.targets {
-                    loss_sum += objective.loss(&l, &crate::loss::targets(t, device)) * chunk.len() as f64;
+                    let (sum, weight) = objective.loss_parts(&l, &crate::loss::targets(t, device));
+                    loss_sum += sum;
+                    loss_weight += weight;
                     labelled = true;
                 }
                 l
@@ -87,6 +92,7 @@ pub fn predict<E: shards::Examples + ?Sized>(
             probs[i] = flat[r * c..(r + 1) * c].to_vec();
         }
     }
-    let loss = labelled.then(|| loss_sum.double_value(&[]) / n as f64);
-    Ok(Predictions { probs, loss, tokens })
+    let loss_weight = loss_weight.double_value(&[]);
+    let loss = labelled.then(|| loss_sum.double_value(&[]) / loss_weight);
+    Ok(Predictions { probs, loss, loss_weight, tokens })
 }

@@ -36,6 +36,24 @@ impl Objective {
         }
     }
 
+    /// The loss of `logits` against `targets` as its two sums: the numerator and the
+    /// denominator of [`Objective::loss`]'s mean (the rows; with class weights, the rows' class
+    /// weights; rows × labels for label sets and scores). Summed over batches or ranks and
+    /// divided, they give the mean loss of all the rows as one batch, whatever the batches.
+    pub fn loss_parts(&self, logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        let logits = logits.to_kind(Kind::Float);
+        let count = || Tensor::from(targets.numel() as f32).to_device(logits.device());
+        match self {
+            Objective::SingleLabel { weights, smoothing } => {
+                let sum = logits.cross_entropy_loss(targets, weights.as_ref(), Reduction::Sum, -100, *smoothing);
+                let denominator = weights.as_ref().map_or_else(count, |w| w.index_select(0, targets).sum(Kind::Float));
+                (sum, denominator)
+            }
+            Objective::MultiLabel { pos_weight } => (logits.binary_cross_entropy_with_logits(targets, None::<&Tensor>, pos_weight.as_ref(), Reduction::Sum), count()),
+            Objective::Regression => (logits.view(-1).mse_loss(targets, Reduction::Sum), count()),
+        }
+    }
+
     /// What a prediction reports per output: softmax probabilities, per-label sigmoid
     /// probabilities, or the score itself.
     pub fn outputs(&self, logits: &Tensor) -> Tensor {
@@ -92,5 +110,35 @@ mod tests {
         let scores = targets(&shards::Targets::Score(vec![1.5, -1.0]), Device::Cpu);
         let one = Tensor::from_slice(&[1.0f32, 0.0]).view([2, 1]);
         assert!((value(&Objective::Regression.loss(&one, &scores)) - (0.25 + 1.0) / 2.0).abs() < 1e-6);
+    }
+
+    /// Split into parts of any sizes, the loss's sums give the whole batch's mean: with class
+    /// weights (and smoothing) too, where a rows-weighted mean of the parts' means does not.
+    #[test]
+    fn loss_parts_join_into_the_whole_batch_mean() {
+        let logits = Tensor::from_slice(&[2.0f32, 0.0, -1.0, 0.5, 1.0, 0.0, 0.0, 3.0, -0.5, 1.5, 0.2, -2.0]).view([4, 3]);
+        let classes = targets(&shards::Targets::Class(vec![0, 2, 2, 1]), Device::Cpu);
+        let multi = targets(&shards::Targets::Multi { labels: 3, hot: vec![1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0] }, Device::Cpu);
+        let cases = [
+            (Objective::single_label(None, 0.0, Device::Cpu), &classes),
+            (Objective::single_label(Some(&[1.0, 3.0, 0.5]), 0.1, Device::Cpu), &classes),
+            (Objective::multi_label(Some(&[2.0, 1.0, 0.5]), Device::Cpu), &multi),
+        ];
+        for (i, (objective, y)) in cases.iter().enumerate() {
+            let whole = value(&objective.loss(&logits, y));
+            let (s, d) = objective.loss_parts(&logits, y);
+            assert!((value(&s) / value(&d) - whole).abs() < 1e-6, "case {i}: one part");
+            let (a, b) = (objective.loss_parts(&logits.narrow(0, 0, 1), &y.narrow(0, 0, 1)), objective.loss_parts(&logits.narrow(0, 1, 3), &y.narrow(0, 1, 3)));
+            let joined = (value(&a.0) + value(&b.0)) / (value(&a.1) + value(&b.1));
+            assert!((joined - whole).abs() < 1e-6, "case {i}: parts of 1 and 3 rows give {joined}, the batch {whole}");
+        }
+        let scores = targets(&shards::Targets::Score(vec![1.5, -1.0, 0.0, 2.0]), Device::Cpu);
+        let (s, d) = Objective::Regression.loss_parts(&logits.narrow(1, 0, 1), &scores);
+        assert!((value(&s) / value(&d) - value(&Objective::Regression.loss(&logits.narrow(1, 0, 1), &scores))).abs() < 1e-6);
+        // The rows-weighted mean of the parts' means, as validation joined them before, misses.
+        let weighted = &cases[1].0;
+        let part = |r: i64, n: i64| value(&weighted.loss(&logits.narrow(0, r, n), &classes.narrow(0, r, n)));
+        let by_rows = (part(0, 1) + 3.0 * part(1, 3)) / 4.0;
+        assert!((by_rows - value(&weighted.loss(&logits, &classes))).abs() > 1e-3);
     }
 }

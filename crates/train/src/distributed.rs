@@ -114,12 +114,16 @@ impl shards::Examples for Part<'_> {
     }
 }
 
+/// The bytes before a prediction message's values: rows, width, loss, its weight, tokens.
+const HEAD: usize = 40;
+
 fn encode(p: &Predictions, rows: usize) -> Vec<u8> {
     let width = p.probs.first().map_or(0, Vec::len);
-    let mut out = Vec::with_capacity(24 + 4 * rows * width);
+    let mut out = Vec::with_capacity(HEAD + 4 * rows * width);
     out.extend_from_slice(&(rows as u64).to_le_bytes());
     out.extend_from_slice(&(width as u64).to_le_bytes());
     out.extend_from_slice(&p.loss.unwrap_or(f64::NAN).to_le_bytes());
+    out.extend_from_slice(&p.loss_weight.to_le_bytes());
     out.extend_from_slice(&(p.tokens as u64).to_le_bytes());
     for v in p.probs.iter().flatten() {
         out.extend_from_slice(&v.to_le_bytes());
@@ -127,33 +131,37 @@ fn encode(p: &Predictions, rows: usize) -> Vec<u8> {
     out
 }
 
-fn decode(b: &[u8]) -> anyhow::Result<(Predictions, usize)> {
+fn decode(b: &[u8]) -> anyhow::Result<Predictions> {
     let word = |i: usize| -> anyhow::Result<[u8; 8]> { b.get(8 * i..8 * i + 8).and_then(|s| s.try_into().ok()).context("a truncated prediction message") };
     let rows = u64::from_le_bytes(word(0)?) as usize;
     let width = u64::from_le_bytes(word(1)?) as usize;
     let loss = f64::from_le_bytes(word(2)?);
-    let tokens = u64::from_le_bytes(word(3)?) as usize;
-    let floats: Vec<f32> = b[32..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let loss_weight = f64::from_le_bytes(word(3)?);
+    let tokens = u64::from_le_bytes(word(4)?) as usize;
+    let floats: Vec<f32> = b[HEAD..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
     anyhow::ensure!(floats.len() == rows * width, "a prediction message with {} values for {rows} x {width}", floats.len());
     let probs = if width == 0 { vec![Vec::new(); rows] } else { floats.chunks(width).map(<[f32]>::to_vec).collect() };
-    Ok((Predictions { probs, loss: (!loss.is_nan()).then_some(loss), tokens }, rows))
+    Ok(Predictions { probs, loss: (!loss.is_nan()).then_some(loss), loss_weight, tokens })
 }
 
 /// Every rank's predictions of its part, joined in rank order (the split's order), with the
-/// mean loss over all of them.
+/// mean loss over all of them (each part's weighed by its denominator: rows, or their class
+/// weights).
 pub fn gather(group: &Group, mine: &Predictions, rows: usize) -> anyhow::Result<Predictions> {
     let all = group.all_gather_bytes(&encode(mine, rows))?;
-    let mut out = Predictions { probs: Vec::new(), loss: None, tokens: 0 };
-    let (mut loss_sum, mut n) = (0.0, 0usize);
+    let mut out = Predictions { probs: Vec::new(), loss: None, loss_weight: 0.0, tokens: 0 };
+    let mut loss_sum = 0.0;
+    let mut labelled = false;
     for b in &all {
-        let (p, rows) = decode(b)?;
+        let p = decode(b)?;
         if let Some(l) = p.loss {
-            loss_sum += l * rows as f64;
-            n += rows;
+            loss_sum += l * p.loss_weight;
+            out.loss_weight += p.loss_weight;
+            labelled = true;
         }
         out.tokens += p.tokens;
         out.probs.extend(p.probs);
     }
-    out.loss = (n > 0).then(|| loss_sum / n as f64);
+    out.loss = labelled.then(|| loss_sum / out.loss_weight);
     Ok(out)
 }

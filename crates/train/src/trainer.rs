@@ -163,7 +163,7 @@ fn evaluate_job(job: &Job, val: &dyn shards::Examples) -> anyhow::Result<Validat
     };
     let part = crate::distributed::Part { inner: val, range: crate::distributed::share(val.len(), group.rank(), group.size()) };
     let mine = if part.range.is_empty() {
-        model::infer::Predictions { probs: Vec::new(), loss: None, tokens: 0 }
+        model::infer::Predictions { probs: Vec::new(), loss: None, loss_weight: 0.0, tokens: 0 }
     } else {
         model::infer::predict(job.model, job.objective, &part, batch, job.pad_id, job.device, &mut |_| {}).map_err(explain)?
     };
