@@ -1,5 +1,6 @@
 //! Data-parallel training on the CPU backend (Gloo over 127.0.0.1): two ranks train what one
-//! process trains, under the same key; a killed rank fails the run, nothing is published, and a
+//! process trains, under the same key (also with class weights, LoRA, gradient accumulation, and
+//! ModernBERT in token-budget batches); a killed rank fails the run, nothing is published, and a
 //! rerun resumes from the last checkpoint.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use tests::repo;
 /// The tiny BERT with its dropouts at 0, so two ranks (which draw their own masks) and one
 /// process compute the same function.
 fn model_without_dropout(dir: &Path) -> PathBuf {
-    let dst = model_copy(dir);
+    let dst = model_copy(dir, "tiny-bert");
     let config = std::fs::read_to_string(dst.join("config.json")).unwrap();
     let config = config.replace("\"hidden_dropout_prob\": 0.1", "\"hidden_dropout_prob\": 0.0").replace("\"attention_probs_dropout_prob\": 0.1", "\"attention_probs_dropout_prob\": 0.0");
     assert!(config.contains("\"hidden_dropout_prob\": 0.0") && config.contains("\"attention_probs_dropout_prob\": 0.0"), "{config}");
@@ -19,10 +20,11 @@ fn model_without_dropout(dir: &Path) -> PathBuf {
     dst
 }
 
-/// A copy of the tiny BERT in `dir` (the pipelines below name it by a path outside fixtures).
-fn model_copy(dir: &Path) -> PathBuf {
-    let src = tests::fixtures().join("tiny-bert");
-    let dst = dir.join("tiny-bert");
+/// A copy of fixture model `name` (`tiny-bert`, `families/modernbert`) in `dir` (the
+/// pipelines below name it by a path outside fixtures).
+fn model_copy(dir: &Path, name: &str) -> PathBuf {
+    let src = tests::fixtures().join(name);
+    let dst = dir.join(name);
     std::fs::create_dir_all(&dst).unwrap();
     for e in std::fs::read_dir(&src).unwrap() {
         let e = e.unwrap();
@@ -124,6 +126,28 @@ fn two_cpu_ranks_with_class_weights_train_what_one_process_trains() {
     assert_trained_alike(&one[2].artifact.clone().unwrap(), &two[2].artifact.clone().unwrap(), "class weights [1, 4], 1 epoch");
 }
 
+/// LoRA (the frozen base out of the all-reduce), gradient accumulation, another family
+/// (ModernBERT, its rows packed) and batches by a token budget, each on two ranks as in one
+/// process.
+#[test]
+fn two_cpu_ranks_train_lora_accumulated_and_modernbert_token_budget_batches_as_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bert = model_without_dropout(tmp.path());
+    // Its fixture has every dropout at 0.
+    let modernbert = model_copy(tmp.path(), "families/modernbert");
+    let cases = [("LoRA, grad_accum 2", &bert, "  lora:\n    dropout: 0.0\n  grad_accum: 2\n"), ("ModernBERT, batch_tokens 200", &modernbert, "  batch_tokens: 200\n")];
+    for (i, (what, model, extra)) in cases.into_iter().enumerate() {
+        let one = run(&pipeline(&tmp.path().join(format!("one-{i}")), model, 1, extra), 1);
+        let two = run(&pipeline(&tmp.path().join(format!("two-{i}")), model, 1, extra), 2);
+        let (a, b) = (one[2].artifact.clone().unwrap(), two[2].artifact.clone().unwrap());
+        assert_trained_alike(&a, &b, what);
+        if i == 0 {
+            // final.safetensors is the merged model; the adapters are beside it.
+            assert!(b.join("final.adapter.safetensors").exists(), "{what}: no adapters in {}", b.display());
+        }
+    }
+}
+
 /// Starts `ft-train` as rank `rank` of 2 on the stage's inputs, as a launcher would.
 fn rank(rank: usize, port: u16, params: &Path, store: &Path, inputs: &[String]) -> std::process::Child {
     let mut cmd = Command::new(tests::release_bin("ft-train"));
@@ -195,7 +219,7 @@ fn with_dropout_a_two_rank_run_is_reproducible() {
     // Each rank draws its own masks, from (seed, micro-batch, rank): the same run twice gives
     // the same bytes.
     let tmp = tempfile::tempdir().unwrap();
-    let model = model_copy(tmp.path());
+    let model = model_copy(tmp.path(), "tiny-bert");
     let weights = |store: &str| {
         let o = run(&pipeline(&tmp.path().join(store), &model, 1, ""), 2);
         std::fs::read(o[2].artifact.clone().unwrap().join("final.safetensors")).unwrap()
