@@ -36,15 +36,25 @@ fn model_copy(dir: &Path, name: &str) -> PathBuf {
 /// The smoke pipeline on `model`, with an odd batch (15: ranks of 7 and 8 rows, and a last
 /// batch of another size), validation every 4 steps, and `train_extra` appended to `train:`.
 fn pipeline(store: &Path, model: &Path, epochs: u32, train_extra: &str) -> pipeline::Pipeline {
-    let text = std::fs::read_to_string(repo().join("pipelines/smoke.yaml"))
-        .unwrap()
+    pipeline_from("smoke.yaml", store, model, epochs, train_extra)
+}
+
+/// [`pipeline`] from `pipelines/<file>` (a smoke pipeline on the tiny BERT).
+fn pipeline_from(file: &str, store: &Path, model: &Path, epochs: u32, train_extra: &str) -> pipeline::Pipeline {
+    let text = std::fs::read_to_string(repo().join("pipelines").join(file)).unwrap();
+    let text: String = text
         .replace("tests/fixtures/tiny-bert", &model.display().to_string())
         .replace("tests/fixtures", &tests::fixtures().display().to_string())
-        .replace("name: smoke", &format!("name: smoke-ddp\nstore: {}", store.display()))
-        .replace("  epochs: 8\n", &format!("  epochs: {epochs}\n  eval_every_steps: 4\n{train_extra}"))
-        .replace("  batch_size: 16\n", "  batch_size: 15\n");
-    assert!(text.contains("batch_size: 15") && text.contains("eval_every_steps: 4"), "smoke.yaml changed: {text}");
-    pipeline::parse(Path::new("smoke-ddp.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
+        .lines()
+        .map(|l| match l {
+            _ if l.starts_with("name: ") => format!("name: ddp\nstore: {}\n", store.display()),
+            _ if l.starts_with("  epochs: ") => format!("  epochs: {epochs}\n  eval_every_steps: 4\n{train_extra}"),
+            _ if l.starts_with("  batch_size: ") => "  batch_size: 15\n".into(),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert!(text.contains("batch_size: 15") && text.contains("eval_every_steps: 4") && text.contains("store: "), "{file} changed: {text}");
+    pipeline::parse(Path::new("ddp.yaml"), &text).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn run(p: &pipeline::Pipeline, ranks: usize) -> Vec<runner::StageOutcome> {
@@ -127,18 +137,23 @@ fn two_cpu_ranks_with_class_weights_train_what_one_process_trains() {
 }
 
 /// LoRA (the frozen base out of the all-reduce), gradient accumulation, another family
-/// (ModernBERT, its rows packed) and batches by a token budget, each on two ranks as in one
-/// process.
+/// (ModernBERT, its rows packed), batches by a token budget, and the other task kinds (their
+/// loss denominators: rows × labels, scores), each on two ranks as in one process.
 #[test]
-fn two_cpu_ranks_train_lora_accumulated_and_modernbert_token_budget_batches_as_one_process() {
+fn two_cpu_ranks_train_lora_modernbert_token_budgets_and_other_tasks_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     let bert = model_without_dropout(tmp.path());
     // Its fixture has every dropout at 0.
     let modernbert = model_copy(tmp.path(), "families/modernbert");
-    let cases = [("LoRA, grad_accum 2", &bert, "  lora:\n    dropout: 0.0\n  grad_accum: 2\n"), ("ModernBERT, batch_tokens 200", &modernbert, "  batch_tokens: 200\n")];
-    for (i, (what, model, extra)) in cases.into_iter().enumerate() {
-        let one = run(&pipeline(&tmp.path().join(format!("one-{i}")), model, 1, extra), 1);
-        let two = run(&pipeline(&tmp.path().join(format!("two-{i}")), model, 1, extra), 2);
+    let cases = [
+        ("LoRA, grad_accum 2", "smoke.yaml", &bert, "  lora:\n    dropout: 0.0\n  grad_accum: 2\n"),
+        ("ModernBERT, batch_tokens 200", "smoke.yaml", &modernbert, "  batch_tokens: 200\n"),
+        ("multi-label, balanced pos_weight", "smoke-multilabel.yaml", &bert, ""),
+        ("regression of pairs", "smoke-regression.yaml", &bert, ""),
+    ];
+    for (i, (what, file, model, extra)) in cases.into_iter().enumerate() {
+        let one = run(&pipeline_from(file, &tmp.path().join(format!("one-{i}")), model, 1, extra), 1);
+        let two = run(&pipeline_from(file, &tmp.path().join(format!("two-{i}")), model, 1, extra), 2);
         let (a, b) = (one[2].artifact.clone().unwrap(), two[2].artifact.clone().unwrap());
         assert_trained_alike(&a, &b, what);
         if i == 0 {
