@@ -42,7 +42,8 @@ impl Objective {
     /// divided, they give the mean loss of all the rows as one batch, whatever the batches.
     pub fn loss_parts(&self, logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
         let logits = logits.to_kind(Kind::Float);
-        let count = || Tensor::from(targets.numel() as f32).to_device(logits.device());
+        // Made on the device (a fill, no host-to-device copy per batch).
+        let count = || Tensor::full([0i64; 0], targets.numel() as f64, (Kind::Float, logits.device()));
         match self {
             Objective::SingleLabel { weights, smoothing } => {
                 let sum = logits.cross_entropy_loss(targets, weights.as_ref(), Reduction::Sum, -100, *smoothing);
